@@ -1,0 +1,64 @@
+"""Command line: ``ziplm-deploy <command>``. One thin module per command; each imports its stage lazily.
+
+Exit codes: 0 success, 1 a check or gate failed, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# command -> (module, one-line help). Modules define ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "shrink": ("ziplm_deploy.cli.shrink", "physically shrink a model to a per-layer shape"),
+    "export": ("ziplm_deploy.cli.export", "export a model directory to a validated ONNX file"),
+    "inspect": ("ziplm_deploy.cli.inspect", "print the per-layer shape, parameters and FLOPs of a model or ONNX file"),
+    "profile": ("ziplm_deploy.cli.profile", "measure a latency table in the deployment runtime (torch-free)"),
+    "predict": ("ziplm_deploy.cli.predict", "predict a shape's latency and speedup from a latency table"),
+    "demo": ("ziplm_deploy.cli.demo", "shrink + export + verify the embedded SmolLM2-135M default"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="ziplm-deploy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ziplm-deploy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=True)  # a command of a stage not built yet
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..core.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"ziplm-deploy: error: command {args.command!r} is not available in this version", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as e:
+        print(f"ziplm-deploy {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ziplm-deploy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Versioned JSON artifacts, written atomically (temp file in the same folder, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}", "check the path")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON: {e}", "regenerate or fix the file") from None
+
+
+def check_header(payload: Any, fmt: str, versions: tuple[int, ...], source: str) -> None:
+    """Refuse anything that is not a ``fmt`` artifact of a version this code reads."""
+    if not isinstance(payload, dict):
+        raise UserError(f"{source}: expected a JSON object with \"format\": \"{fmt}\"")
+    if payload.get("format") != fmt:
+        raise UserError(
+            f"{source}: format is {payload.get('format')!r}, expected {fmt!r}",
+            "pass a file written for this purpose",
+        )
+    if payload.get("version") not in versions:
+        raise UserError(
+            f"{source}: {fmt} version {payload.get('version')!r} is not supported "
+            f"(this ziplm-deploy reads version {', '.join(map(str, versions))})",
+            "upgrade ziplm-deploy or regenerate the file",
+        )

@@ -1,0 +1,165 @@
+"""The per-layer shape of a (pruned) model: the contract between profiler, pruner, exporter and verifier.
+
+JSON form (other tools write these files)::
+
+    {"format": "ziplm-deploy/shape", "version": 1,
+     "layers": [{"heads": 12, "ffn": 3072}, {"heads": 0, "ffn": 512}, {"dropped": true}, ...]}
+
+``kv_heads`` is optional per layer (GQA models); ``heads: 0`` removes attention, ``ffn: 0`` removes the
+FFN, ``dropped: true`` removes the whole layer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .arch import ArchSpec
+from .errors import UserError
+from .jsonio import atomic_write_json, check_header, read_json
+
+SHAPE_FORMAT = "ziplm-deploy/shape"
+SHAPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    heads: int = 0
+    ffn: int = 0
+    kv_heads: int | None = None  # None: same as heads (no GQA)
+    dropped: bool = False
+
+    @property
+    def kv(self) -> int:
+        return self.heads if self.kv_heads is None else self.kv_heads
+
+    def to_json(self) -> dict[str, Any]:
+        if self.dropped:
+            return {"dropped": True}
+        out: dict[str, Any] = {"heads": self.heads, "ffn": self.ffn}
+        if self.kv_heads is not None:
+            out["kv_heads"] = self.kv_heads
+        return out
+
+    @staticmethod
+    def from_json(d: Any, where: str) -> "LayerShape":
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected an object like {{\"heads\": 12, \"ffn\": 3072}}, got {d!r}")
+        unknown = set(d) - {"heads", "ffn", "kv_heads", "dropped"}
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}", "allowed: heads, kv_heads, ffn, dropped")
+        dropped = d.get("dropped", False)
+        if not isinstance(dropped, bool):
+            raise UserError(f"{where}: 'dropped' must be true or false, got {dropped!r}")
+        if dropped:
+            return LayerShape(dropped=True)
+        vals = {}
+        for key in ("heads", "ffn", "kv_heads"):
+            v = d.get(key)
+            if v is None:
+                if key == "kv_heads":
+                    continue
+                raise UserError(f"{where}: missing '{key}'", "every kept layer needs heads and ffn")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise UserError(f"{where}: '{key}' must be a non-negative integer, got {v!r}")
+            vals[key] = v
+        return LayerShape(heads=vals["heads"], ffn=vals["ffn"], kv_heads=vals.get("kv_heads"))
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: tuple[LayerShape, ...]
+
+    # --- construction -------------------------------------------------------------------------
+    @staticmethod
+    def dense(arch: ArchSpec) -> "ModelShape":
+        kv = arch.kv_heads if arch.kv_heads != arch.heads else None
+        return ModelShape(tuple(LayerShape(arch.heads, arch.ffn, kv) for _ in range(arch.num_layers)))
+
+    @staticmethod
+    def from_model(model: Any) -> "ModelShape":
+        """The shape of a live (possibly pruned) transformers model."""
+        from ..models import adapter_for  # lazy: models/ needs torch
+
+        return adapter_for(model).shape_of(model)
+
+    # --- JSON ---------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SHAPE_FORMAT,
+            "version": SHAPE_VERSION,
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+
+    @staticmethod
+    def from_json(payload: Any, source: str = "shape") -> "ModelShape":
+        check_header(payload, SHAPE_FORMAT, (SHAPE_VERSION,), source)
+        unknown = set(payload) - {"format", "version", "layers"}
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {sorted(unknown)}", "allowed: format, version, layers")
+        layers = payload.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise UserError(f"{source}: 'layers' must be a non-empty list")
+        return ModelShape(tuple(LayerShape.from_json(d, f"{source}: layers[{i}]") for i, d in enumerate(layers)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "ModelShape":
+        return ModelShape.from_json(read_json(path, "shape file"), source=str(path))
+
+    # --- queries ------------------------------------------------------------------------------
+    @property
+    def kept_layers(self) -> list[int]:
+        return [i for i, layer in enumerate(self.layers) if not layer.dropped]
+
+    @property
+    def attention_layers(self) -> list[int]:
+        """Original indices of the layers that still have attention (they own KV-cache slots)."""
+        return [i for i, layer in enumerate(self.layers) if not layer.dropped and layer.heads > 0]
+
+    def validate(self, arch: ArchSpec, source: str = "shape") -> "ModelShape":
+        """Check the shape fits the dense architecture; returns it normalised (kv_heads filled for GQA)."""
+        if len(self.layers) != arch.num_layers:
+            raise UserError(
+                f"{source}: has {len(self.layers)} layers but the model has {arch.num_layers}",
+                "list every layer, with {\"dropped\": true} for removed ones",
+            )
+        if not self.kept_layers:
+            raise UserError(f"{source}: drops every layer", "keep at least one layer")
+        out = []
+        for i, layer in enumerate(self.layers):
+            where = f"{source}: layer {i}"
+            if layer.dropped:
+                out.append(layer)
+                continue
+            if layer.heads > arch.heads:
+                raise UserError(f"{where} asks for {layer.heads} heads; the model has {arch.heads}")
+            if layer.ffn > arch.ffn:
+                raise UserError(f"{where} asks for ffn {layer.ffn}; the model has {arch.ffn}")
+            if arch.kv_heads == arch.heads:
+                if layer.kv_heads is not None and layer.kv_heads != layer.heads:
+                    raise UserError(f"{where}: kv_heads={layer.kv_heads} but this model has no GQA", "drop kv_heads")
+                out.append(LayerShape(layer.heads, layer.ffn))
+                continue
+            kv = layer.kv_heads
+            if kv is None:  # infer: keep as many KV groups as the query heads need at full group size
+                kv = -(-layer.heads // arch.group_size)
+            if kv > arch.kv_heads:
+                raise UserError(f"{where} asks for {kv} kv_heads; the model has {arch.kv_heads}")
+            if (layer.heads == 0) != (kv == 0):
+                raise UserError(f"{where}: heads={layer.heads} with kv_heads={kv}", "both must be 0 or both > 0")
+            if layer.heads and layer.heads % kv:
+                raise UserError(
+                    f"{where}: {layer.heads} query heads are not divisible across {kv} kept KV groups",
+                    f"use a multiple of {kv} heads or change kv_heads",
+                )
+            if layer.heads // max(kv, 1) > arch.group_size:
+                raise UserError(
+                    f"{where}: {layer.heads // kv} query heads per KV group; the model has {arch.group_size}",
+                    "keep more kv_heads",
+                )
+            out.append(LayerShape(layer.heads, layer.ffn, kv))
+        return ModelShape(tuple(out))

@@ -1,0 +1,133 @@
+"""Save and load pruned models as ordinary Hugging Face directories.
+
+A pruned directory is ``save_pretrained`` output whose ``config.json`` also holds ``ziplm_shape`` (the
+per-layer shape, dropped layers included). ``load_model`` rebuilds the real transformers class with
+that shape and loads the safetensors strictly. The stock ``from_pretrained`` refuses such a directory
+with a size-mismatch error (shapes differ from the config's dense ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.arch import SHAPE_CONFIG_KEY, arch_from_config, read_model_config
+from ..core.errors import UserError
+from ..core.shape import ModelShape
+from .base import LayerPlan, shrink
+
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def structural_plan(shape: ModelShape, group_size: int) -> list[LayerPlan]:
+    """A plan that gives a *dense* model the layer shapes of ``shape`` (which indices is irrelevant:
+    the weights are loaded afterwards). With GQA, heads are taken group by group."""
+    plan = []
+    for s in shape.layers:
+        if s.dropped:
+            plan.append(LayerPlan(dropped=True))
+            continue
+        per_group = s.heads // s.kv if s.kv else 0
+        heads = tuple(g * group_size + j for g in range(s.kv) for j in range(per_group))
+        plan.append(LayerPlan(heads=heads, ffn=tuple(range(s.ffn))))
+    return plan
+
+
+def _model_class(config: Any):
+    import transformers
+
+    name = (config.architectures or [None])[0]
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        raise UserError(
+            f"config.json names architecture {name!r}, which transformers {transformers.__version__} lacks",
+            "set \"architectures\" in config.json to a transformers model class",
+        )
+    return cls
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (path / WEIGHTS).is_file():
+        return load_file(str(path / WEIGHTS))
+    if (path / WEIGHTS_INDEX).is_file():
+        index = json.loads((path / WEIGHTS_INDEX).read_text())
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(path / shard)))
+        return state
+    raise UserError(f"{path} has no {WEIGHTS}", "save the model with save_pretrained(safe_serialization=True)")
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a dense or pruned model directory into its real transformers class (``generate()`` works)."""
+    from transformers import AutoConfig
+    from transformers.initialization import no_init_weights
+
+    path = Path(path)
+    raw = read_model_config(path)
+    arch = arch_from_config(raw, source=str(path))
+    config = AutoConfig.from_pretrained(str(path))
+    cls = _model_class(config)
+    recorded = raw.get(SHAPE_CONFIG_KEY)
+    if recorded is None:
+        return cls.from_pretrained(str(path), dtype=dtype or torch.float32)
+    shape = ModelShape.from_json(recorded, source=f"{path}/config.json: {SHAPE_CONFIG_KEY}").validate(arch)
+    config.num_hidden_layers = len(shape.layers)
+    if arch.family == "gpt2":
+        config.n_layer = len(shape.layers)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and len(layer_types) != len(shape.layers):
+        it = iter(layer_types)
+        config.layer_types = [layer_types[0] if s.dropped else next(it) for s in shape.layers]
+    delattr(config, SHAPE_CONFIG_KEY)
+    with no_init_weights():
+        model = cls(config)
+    shrink(model, structural_plan(shape, arch.group_size))
+    state = _read_state_dict(path)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not match the recorded shape (missing {missing[:5]}, unexpected {unexpected[:5]})",
+            "the directory was modified after saving; re-export it with ziplm-deploy",
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    return model
+
+
+def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False,
+               extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (and its tokenizer) to ``out`` atomically: a temp folder renamed at the end."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"output directory {out} already exists", "choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
