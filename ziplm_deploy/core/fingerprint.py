@@ -1,0 +1,58 @@
+"""The device and runtime a latency table (or a measurement) was taken on.
+
+A table only predicts the deployment it was measured in: same CPU/GPU, runtime and version, provider,
+optimisation level, threads, dtype and input sizes. ``differences`` lists what does not match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DeviceFingerprint:
+    cpu: str  # CPU model name
+    cores: int  # logical CPUs visible to the process
+    gpu: str | None  # GPU name for GPU providers, None on CPU
+    runtime: str  # "onnxruntime" | "tensorrt" | "torch"
+    runtime_version: str
+    provider: str  # e.g. "CPUExecutionProvider", "TensorrtExecutionProvider", "cuda-graph"
+    opt_level: str  # runtime optimisation level ("all", "extended", "basic", "disabled", ...)
+    threads: int  # intra-op threads (0: runtime default)
+    dtype: str  # "float32" | "float16" | ...
+    batch: int
+    seq: int  # prefill sequence length; 1 for decode
+    mode: str  # "prefill" | "decode"
+    kv_len: int  # KV-cache length for decode; 0 for prefill
+    opset: int
+    platform: str  # OS / machine
+    producer: str  # "ziplm-deploy X.Y.Z"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: Any, source: str) -> "DeviceFingerprint":
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: 'fingerprint' must be an object")
+        names = {f.name for f in fields(DeviceFingerprint)}
+        missing = names - set(d)
+        unknown = set(d) - names
+        if missing or unknown:
+            raise UserError(
+                f"{source}: fingerprint has missing {sorted(missing)} / unknown {sorted(unknown)} keys",
+                "regenerate the table with `ziplm-deploy profile`",
+            )
+        return DeviceFingerprint(**d)
+
+    def differences(self, other: "DeviceFingerprint", ignore: tuple[str, ...] = ("producer",)) -> list[str]:
+        """``key: mine != theirs`` for every field that differs (``ignore``d fields excepted)."""
+        out = []
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name not in ignore and a != b:
+                out.append(f"{f.name}: {a!r} != {b!r}")
+        return out

@@ -1,0 +1,311 @@
+"""The latency table: per-block latencies measured in the deployment runtime, and ``predict(shape)``.
+
+JSON form (``ziplm-deploy profile`` writes it; the pruner's search reads it)::
+
+    {"format": "ziplm-deploy/latency-table", "version": 1,
+     "fingerprint": {...device, runtime, sizes...},
+     "arch": {...the dense ArchSpec...},
+     "protocol": {"statistic": "p25", "warmup": 5, "rounds": 50, ...},
+     "attention": [{"heads": 0, "kv_heads": 0, "p25": 0.12, "p50": ..., "p90": ..., "n": 50}, ...],
+     "ffn": [{"ffn": 0, ...}, {"ffn": 32, ...}, ...],
+     "references": {"dense": {...stats...}, "removed": {...}, "dense_recheck": {...}},
+     "calibration": {"alpha": 0.97, "beta": 3.1, "drift": 0.004}}
+
+Every head count (and, for GQA, every valid heads/kv_heads pair) has an entry; FFN widths are on a
+grid that includes 0 and the dense width, with linear interpolation between grid points. Widths
+between 0 and the first non-zero grid point use the line through the two smallest non-zero points:
+removing a block costs far less than the fitted intercept, so the 0 entry is never interpolated.
+
+Prediction: ``T = alpha * sum(entries) + beta``, with alpha, beta fitted on the dense and the
+all-blocks-removed reference models measured in the same process and time window as the entries.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .arch import ArchSpec
+from .errors import UserError
+from .fingerprint import DeviceFingerprint
+from .jsonio import atomic_write_json, check_header, read_json
+from .shape import LayerShape, ModelShape
+
+TABLE_FORMAT = "ziplm-deploy/latency-table"
+TABLE_VERSION = 1
+STATISTICS = ("p25", "p50", "p90")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Percentiles (ms) of the raw samples of one entry."""
+
+    p25: float
+    p50: float
+    p90: float
+    n: int
+
+    def get(self, statistic: str) -> float:
+        return float(getattr(self, statistic))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: Any, where: str) -> "Stats":
+        try:
+            return Stats(float(d["p25"]), float(d["p50"]), float(d["p90"]), int(d["n"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: bad sample statistics ({e!r})", "expected p25, p50, p90 and n") from None
+
+
+@dataclass(frozen=True)
+class AttentionEntry:
+    heads: int
+    kv_heads: int
+    stats: Stats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"heads": self.heads, "kv_heads": self.kv_heads, **self.stats.to_json()}
+
+
+@dataclass(frozen=True)
+class FfnEntry:
+    ffn: int
+    stats: Stats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ffn": self.ffn, **self.stats.to_json()}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    alpha: float
+    beta: float
+    drift: float  # relative change of the dense reference between start and end of the run
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_two_point(sum_dense: float, t_dense: float, sum_removed: float, t_removed: float) -> tuple[float, float]:
+    """``alpha, beta`` such that ``T = alpha * sum + beta`` passes through both reference models."""
+    if sum_dense <= sum_removed:
+        raise UserError(
+            f"calibration impossible: dense sum {sum_dense:.3f} ms <= removed sum {sum_removed:.3f} ms",
+            "the measurements are broken (interference?): profile again",
+        )
+    alpha = (t_dense - t_removed) / (sum_dense - sum_removed)
+    return alpha, t_dense - alpha * sum_dense
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    fingerprint: DeviceFingerprint
+    arch: ArchSpec
+    protocol: dict[str, Any]
+    attention: tuple[AttentionEntry, ...]
+    ffn: tuple[FfnEntry, ...]
+    references: dict[str, Stats]  # "dense", "removed", optionally "dense_recheck"
+    calibration: Calibration
+
+    # --- construction -------------------------------------------------------------------------
+    @staticmethod
+    def build(fingerprint: DeviceFingerprint, arch: ArchSpec, protocol: dict[str, Any],
+              attention: list[AttentionEntry], ffn: list[FfnEntry], references: dict[str, Stats]) -> "LatencyTable":
+        """A table whose calibration is fitted from its own entries and reference models."""
+        table = LatencyTable(
+            fingerprint, arch, dict(protocol),
+            tuple(sorted(attention, key=lambda e: (e.heads, e.kv_heads))),
+            tuple(sorted(ffn, key=lambda e: e.ffn)),
+            dict(references), Calibration(1.0, 0.0, 0.0),
+        )
+        return table.recalibrated()
+
+    @property
+    def statistic(self) -> str:
+        return str(self.protocol.get("statistic", "p25"))
+
+    def recalibrated(self) -> "LatencyTable":
+        """Refit alpha, beta on the stored dense / all-removed reference measurements."""
+        st = self.statistic
+        dense = self.references["dense"].get(st)
+        removed = self.references["removed"].get(st)
+        alpha, beta = fit_two_point(self.raw_sum(self.dense_shape()), dense, self.raw_sum(self.removed_shape()), removed)
+        recheck = self.references.get("dense_recheck")
+        drift = (recheck.get(st) / dense - 1.0) if recheck else 0.0
+        return replace(self, calibration=Calibration(alpha, beta, drift))
+
+    # --- reference shapes ---------------------------------------------------------------------
+    def dense_shape(self) -> ModelShape:
+        return ModelShape.dense(self.arch)
+
+    def removed_shape(self) -> ModelShape:
+        return LatencyTable.removed_shape_of(self.arch)
+
+    @staticmethod
+    def removed_shape_of(arch: ArchSpec) -> ModelShape:
+        """Every attention and FFN block removed, every layer kept: the calibration's second point."""
+        kv = 0 if arch.kv_heads != arch.heads else None
+        return ModelShape(tuple(LayerShape(0, 0, kv) for _ in range(arch.num_layers)))
+
+    @property
+    def _gqa(self) -> bool:
+        return self.arch.kv_heads != self.arch.heads
+
+    # --- lookup -------------------------------------------------------------------------------
+    def attention_ms(self, heads: int, kv_heads: int | None = None) -> float:
+        kv = heads if kv_heads is None or not self._gqa else kv_heads
+        if heads == 0:
+            kv = 0
+        for e in self.attention:
+            if e.heads == heads and e.kv_heads == kv:
+                return e.stats.get(self.statistic)
+        have = ", ".join(f"{e.heads}/{e.kv_heads}" for e in self.attention)
+        raise UserError(f"latency table has no attention entry for {heads} heads / {kv} kv_heads",
+                        f"entries (heads/kv_heads): {have}; profile the missing ones")
+
+    def ffn_ms(self, width: int) -> float:
+        grid = [e.ffn for e in self.ffn]
+        vals = [e.stats.get(self.statistic) for e in self.ffn]
+        if width < 0 or width > grid[-1]:
+            raise UserError(f"FFN width {width} outside the table's grid 0..{grid[-1]}")
+        i = bisect_left(grid, width)
+        if i < len(grid) and grid[i] == width:
+            return vals[i]
+        nonzero = [(g, v) for g, v in zip(grid, vals) if g > 0]
+        if width < nonzero[0][0]:  # below the first non-zero point: extend the non-zero line, never use the 0 entry
+            if len(nonzero) == 1:
+                return nonzero[0][1]
+            (g0, v0), (g1, v1) = nonzero[0], nonzero[1]
+        else:
+            (g0, v0), (g1, v1) = (grid[i - 1], vals[i - 1]), (grid[i], vals[i])
+        return max(v0 + (v1 - v0) * (width - g0) / (g1 - g0), 0.0)
+
+    def raw_sum(self, shape: ModelShape) -> float:
+        """Sum of the block entries of ``shape`` (ms, uncalibrated); dropped layers cost nothing."""
+        total = 0.0
+        for layer in shape.layers:
+            if layer.dropped:
+                continue
+            total += self.attention_ms(layer.heads, layer.kv) + self.ffn_ms(layer.ffn)
+        return total
+
+    def check_arch(self, arch: ArchSpec, source: str = "model") -> None:
+        """Refuse to predict for a model the table was not measured for."""
+        mine = self.arch
+        for key in ("family", "hidden", "heads", "kv_heads", "head_dim", "ffn", "num_layers", "vocab"):
+            if getattr(mine, key) != getattr(arch, key):
+                raise UserError(
+                    f"latency table was measured for a {mine.family} model with {key}={getattr(mine, key)}, "
+                    f"but {source} is a {arch.family} model with {key}={getattr(arch, key)}",
+                    "profile this model with `ziplm-deploy profile --model DIR`",
+                )
+
+    def predict(self, shape: ModelShape, arch: ArchSpec | None = None) -> float:
+        """Predicted latency (ms) of a model of this architecture pruned to ``shape``."""
+        if arch is not None:
+            self.check_arch(arch)
+        shape = shape.validate(self.arch)
+        return self.calibration.alpha * self.raw_sum(shape) + self.calibration.beta
+
+    def speedup(self, shape: ModelShape) -> float:
+        return self.predict(self.dense_shape()) / self.predict(shape)
+
+    # --- merge --------------------------------------------------------------------------------
+    def merge(self, other: "LatencyTable") -> "LatencyTable":
+        """Union of the entries of two tables of the same model and deployment.
+
+        Where both have an entry, the one with more samples wins; the references and calibration are
+        this table's (refitted on the merged entries).
+        """
+        diffs = self.fingerprint.differences(other.fingerprint)
+        if diffs:
+            raise UserError("cannot merge latency tables of different deployments: " + "; ".join(diffs))
+        other.check_arch(self.arch, "the other table")
+        if other.statistic != self.statistic:
+            raise UserError(f"cannot merge tables using {self.statistic} and {other.statistic}")
+        att = {(e.heads, e.kv_heads): e for e in self.attention}
+        for e in other.attention:
+            key = (e.heads, e.kv_heads)
+            if key not in att or e.stats.n > att[key].stats.n:
+                att[key] = e
+        ffn = {e.ffn: e for e in self.ffn}
+        for e in other.ffn:
+            if e.ffn not in ffn or e.stats.n > ffn[e.ffn].stats.n:
+                ffn[e.ffn] = e
+        return LatencyTable.build(self.fingerprint, self.arch, self.protocol, list(att.values()),
+                                  list(ffn.values()), self.references)
+
+    # --- JSON ---------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": TABLE_FORMAT,
+            "version": TABLE_VERSION,
+            "fingerprint": self.fingerprint.to_json(),
+            "arch": asdict(self.arch),
+            "protocol": self.protocol,
+            "attention": [e.to_json() for e in self.attention],
+            "ffn": [e.to_json() for e in self.ffn],
+            "references": {k: v.to_json() for k, v in self.references.items()},
+            "calibration": self.calibration.to_json(),
+        }
+
+    @staticmethod
+    def from_json(payload: Any, source: str = "latency table") -> "LatencyTable":
+        check_header(payload, TABLE_FORMAT, (TABLE_VERSION,), source)
+        keys = {"format", "version", "fingerprint", "arch", "protocol", "attention", "ffn", "references", "calibration"}
+        missing, unknown = keys - set(payload), set(payload) - keys
+        if missing or unknown:
+            raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
+                            "regenerate the table with `ziplm-deploy profile`")
+        arch_d = payload["arch"]
+        arch_names = {f.name for f in fields(ArchSpec)}
+        if not isinstance(arch_d, dict) or set(arch_d) != arch_names:
+            raise UserError(f"{source}: 'arch' does not describe an architecture", "regenerate the table")
+        arch = ArchSpec(**arch_d)
+        protocol = payload["protocol"]
+        if not isinstance(protocol, dict) or protocol.get("statistic", "p25") not in STATISTICS:
+            raise UserError(f"{source}: 'protocol.statistic' must be one of {STATISTICS}")
+        att = [AttentionEntry(int(d["heads"]), int(d["kv_heads"]), Stats.from_json(d, f"{source}: attention[{i}]"))
+               for i, d in enumerate(_entries(payload, "attention", ("heads", "kv_heads"), source))]
+        ffn = [FfnEntry(int(d["ffn"]), Stats.from_json(d, f"{source}: ffn[{i}]"))
+               for i, d in enumerate(_entries(payload, "ffn", ("ffn",), source))]
+        if not any(e.heads == 0 for e in att) or not any(e.ffn == 0 for e in ffn):
+            raise UserError(f"{source}: the 0-heads and 0-FFN entries are required", "regenerate the table")
+        if max(e.ffn for e in ffn) != arch.ffn or not any(e.heads == arch.heads for e in att):
+            raise UserError(f"{source}: the dense head count and FFN width must be entries", "regenerate the table")
+        refs_d = payload["references"]
+        if not isinstance(refs_d, dict) or not {"dense", "removed"} <= set(refs_d):
+            raise UserError(f"{source}: 'references' needs 'dense' and 'removed'")
+        refs = {k: Stats.from_json(v, f"{source}: references.{k}") for k, v in refs_d.items()}
+        cal = payload["calibration"]
+        try:
+            calibration = Calibration(float(cal["alpha"]), float(cal["beta"]), float(cal["drift"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{source}: 'calibration' needs alpha, beta, drift") from None
+        return LatencyTable(
+            DeviceFingerprint.from_json(payload["fingerprint"], source), arch, protocol,
+            tuple(sorted(att, key=lambda e: (e.heads, e.kv_heads))), tuple(sorted(ffn, key=lambda e: e.ffn)),
+            refs, calibration,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "LatencyTable":
+        return LatencyTable.from_json(read_json(path, "latency table"), source=str(path))
+
+
+def _entries(payload: dict[str, Any], key: str, required: tuple[str, ...], source: str) -> list[dict[str, Any]]:
+    items = payload[key]
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{source}: '{key}' must be a non-empty list")
+    allowed = set(required) | {"p25", "p50", "p90", "n"}
+    for i, d in enumerate(items):
+        if not isinstance(d, dict) or not set(required) <= set(d) or set(d) - allowed:
+            raise UserError(f"{source}: {key}[{i}] must have keys {sorted(allowed)}")
+    return items

@@ -1,0 +1,47 @@
+"""Which entries a latency table measures, and random non-uniform shapes for checking it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.arch import ArchSpec
+from ..core.errors import UserError
+from ..core.shape import LayerShape, ModelShape
+
+
+def attention_grid(arch: ArchSpec) -> list[tuple[int, int]]:
+    """Every (heads, kv_heads) a pruned layer can have: all head counts; with GQA, every number of kept
+    KV groups times every number of query heads per group."""
+    if arch.kv_heads == arch.heads:
+        return [(h, h) for h in range(arch.heads + 1)]
+    return [(0, 0)] + sorted((kv * r, kv) for kv in range(1, arch.kv_heads + 1) for r in range(1, arch.group_size + 1))
+
+
+def ffn_grid(width: int, step: int) -> list[int]:
+    """0, step, 2*step, ... and the dense ``width``."""
+    if step < 1:
+        raise UserError(f"FFN grid step must be >= 1, got {step}")
+    return sorted({0, width, *range(step, width, step)})
+
+
+def random_shape(arch: ArchSpec, rng: np.random.Generator, p_zero: float = 0.15, p_drop: float = 0.05) -> ModelShape:
+    """A random non-uniform shape: per layer random head count and FFN width (off-grid), some blocks
+    removed (0) and some layers dropped; never all layers dropped."""
+    layers = []
+    for _ in range(arch.num_layers):
+        if rng.random() < p_drop:
+            layers.append(LayerShape(dropped=True))
+            continue
+        if rng.random() < p_zero:
+            heads, kv = 0, 0
+        elif arch.kv_heads == arch.heads:
+            heads = int(rng.integers(1, arch.heads + 1))
+            kv = heads
+        else:
+            kv = int(rng.integers(1, arch.kv_heads + 1))
+            heads = kv * int(rng.integers(1, arch.group_size + 1))
+        ffn = 0 if rng.random() < p_zero else int(rng.integers(1, arch.ffn + 1))
+        layers.append(LayerShape(heads, ffn, kv if arch.kv_heads != arch.heads else None))
+    if all(layer.dropped for layer in layers):
+        layers[0] = LayerShape(arch.heads, arch.ffn, arch.kv_heads if arch.kv_heads != arch.heads else None)
+    return ModelShape(tuple(layers)).validate(arch)

@@ -1,0 +1,210 @@
+"""Measure a latency table, and check it against whole models, in one runtime on this device.
+
+``profile``: build every block graph of the grid plus the dense and all-removed reference models, load
+them all, time them together with the one protocol (``runtime.timing``), re-time the dense reference
+at the end, and fit the two-point calibration. ``check``: build random non-uniform shapes of the
+model, time them end to end beside the dense model, and compare with the table's prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..core.arch import ArchSpec
+from ..core.errors import UserError
+from ..core.shape import ModelShape
+from ..core.table import AttentionEntry, FfnEntry, LatencyTable, Stats
+from ..runtime import Backend, Session, get_backend
+from ..runtime.feeds import synthetic_feeds
+from ..runtime.fingerprint import fingerprint
+from ..runtime.timing import Protocol, drift, recheck, round_robin, stats_of
+from .blocks import OPSET, Sizes, block_graph, model_graph
+from .grid import attention_grid, ffn_grid, random_shape
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    runtime: str = "ort-cpu"
+    batch: int = 1
+    seq: int = 128
+    decode_kv_len: int = 0  # > 0: decode one token with a KV cache of this length
+    threads: int = 1
+    opt_level: str = "all"
+    dtype: str = "float32"
+    ffn_step: int = 32
+    protocol: Protocol = field(default_factory=Protocol)
+
+    @property
+    def sizes(self) -> Sizes:
+        if self.decode_kv_len:
+            return Sizes(self.batch, 1, "decode", self.decode_kv_len)
+        return Sizes(self.batch, self.seq, "prefill", 0)
+
+    def backend(self) -> Backend:
+        return get_backend(self.runtime, threads=self.threads, opt_level=self.opt_level, dtype=self.dtype)
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False) as bar:
+        yield bar.update
+
+
+def _load(backend: Backend, model: Any, sizes: Sizes, vocab: int) -> Session:
+    session = backend.load(model.SerializeToString())
+    session.bind(synthetic_feeds(session.inputs, sizes.dims, vocab))
+    return session
+
+
+def _load_all(backend: Backend, builders: dict[str, Callable[[], Any]], sizes: Sizes, vocab: int,
+              progress: bool) -> dict[str, Session]:
+    sessions: dict[str, Session] = {}
+    try:
+        with _bar(progress, len(builders), "building", "graph") as update:
+            for name, build in builders.items():
+                sessions[name] = _load(backend, build(), sizes, vocab)
+                update(1)
+    except BaseException:
+        _close(sessions)
+        raise
+    return sessions
+
+
+def _close(sessions: dict[str, Session]) -> None:
+    for s in sessions.values():
+        s.close()
+
+
+def _time(sessions: dict[str, Session], protocol: Protocol, progress: bool) -> dict[str, np.ndarray]:
+    calls = {name: s.run_bound for name, s in sessions.items()}
+    with _bar(progress, protocol.rounds * len(calls), "timing", "call") as update:
+        return round_robin(calls, protocol, update)
+
+
+def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> LatencyTable:
+    """Measure the latency table of ``arch`` with ``opts`` on this machine."""
+    sizes = opts.sizes
+    if arch.family == "bert" and sizes.decode:
+        raise UserError("BERT has no decode mode", "drop --decode-kv-len for BERT models")
+    backend = opts.backend()
+    dense = ModelShape.dense(arch)
+    builders: dict[str, Callable[[], Any]] = {}
+    for heads, kv in attention_grid(arch):
+        builders[f"attn:{heads}/{kv}"] = (lambda h=heads, k=kv: block_graph(arch, "attention", h, sizes, k, opts.dtype))
+    for width in ffn_grid(arch.ffn, opts.ffn_step):
+        builders[f"ffn:{width}"] = (lambda w=width: block_graph(arch, "ffn", w, sizes, None, opts.dtype))
+    builders["ref:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
+    removed = LatencyTable.removed_shape_of(arch)
+    builders["ref:removed"] = lambda: model_graph(arch, removed, sizes, opts.dtype)
+    sessions = _load_all(backend, builders, sizes, arch.vocab, progress)
+    try:
+        samples = _time(sessions, opts.protocol, progress)
+        samples["ref:dense_recheck"] = recheck(sessions["ref:dense"].run_bound, opts.protocol.recheck)
+    finally:
+        _close(sessions)
+    stats = {name: stats_of(s) for name, s in samples.items()}
+    attention = [AttentionEntry(h, kv, stats[f"attn:{h}/{kv}"]) for h, kv in attention_grid(arch)]
+    ffn = [FfnEntry(w, stats[f"ffn:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)]
+    refs = {"dense": stats["ref:dense"], "removed": stats["ref:removed"], "dense_recheck": stats["ref:dense_recheck"]}
+    fp = fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
+                     kv_len=sizes.kv_len, opset=OPSET)
+    protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks"}
+    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    shape: ModelShape
+    predicted_ms: float
+    measured: Stats
+    predicted_speedup: float
+    measured_speedup: float
+
+    def measured_ms(self, statistic: str = "p25") -> float:
+        return self.measured.get(statistic)
+
+    def latency_error(self, statistic: str = "p25") -> float:
+        return self.predicted_ms / self.measured_ms(statistic) - 1.0
+
+    @property
+    def speedup_error(self) -> float:
+        return self.predicted_speedup / self.measured_speedup - 1.0
+
+    def to_json(self, statistic: str = "p25") -> dict[str, Any]:
+        return {
+            "layers": [layer.to_json() for layer in self.shape.layers],
+            "predicted_ms": round(self.predicted_ms, 4), "measured_ms": round(self.measured_ms(statistic), 4),
+            "measured": self.measured.to_json(), "latency_error": round(self.latency_error(statistic), 5),
+            "predicted_speedup": round(self.predicted_speedup, 4), "measured_speedup": round(self.measured_speedup, 4),
+            "speedup_error": round(self.speedup_error, 5),
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    results: tuple[CheckResult, ...]
+    dense: Stats
+    dense_recheck: Stats
+    statistic: str
+
+    @property
+    def drift(self) -> float:
+        return drift(self.dense, self.dense_recheck, self.statistic)
+
+    def summary(self) -> dict[str, float]:
+        lat = np.abs([r.latency_error(self.statistic) for r in self.results])
+        spd = np.abs([r.speedup_error for r in self.results])
+        return {"median_abs_latency_error": float(np.median(lat)), "max_abs_latency_error": float(lat.max()),
+                "median_abs_speedup_error": float(np.median(spd)), "max_abs_speedup_error": float(spd.max())}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"statistic": self.statistic, "dense": self.dense.to_json(), "dense_recheck": self.dense_recheck.to_json(),
+                "drift": round(self.drift, 5), "summary": {k: round(v, 5) for k, v in self.summary().items()},
+                "shapes": [r.to_json(self.statistic) for r in self.results]}
+
+
+def check(table: LatencyTable, shapes: list[ModelShape], opts: ProfileOptions, progress: bool = True,
+          protocol: Protocol | None = None) -> CheckReport:
+    """Time ``shapes`` end to end beside the dense model; compare with ``table.predict``."""
+    arch = table.arch
+    sizes = opts.sizes
+    protocol = protocol or Protocol(warmup=3, rounds=20, recheck=10)
+    backend = opts.backend()
+    fp = fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
+                     kv_len=sizes.kv_len, opset=OPSET)
+    diffs = table.fingerprint.differences(fp, ignore=("producer", "cores"))
+    if diffs:
+        raise UserError("the table was measured for another deployment: " + "; ".join(diffs),
+                        "check with the same --runtime/--threads/--opt-level/--batch/--seq/--decode-kv-len")
+    shapes = [s.validate(arch) for s in shapes]
+    builders: dict[str, Callable[[], Any]] = {"dense": lambda: model_graph(arch, ModelShape.dense(arch), sizes, opts.dtype)}
+    for i, s in enumerate(shapes):
+        builders[f"shape:{i}"] = (lambda s=s: model_graph(arch, s, sizes, opts.dtype))
+    sessions = _load_all(backend, builders, sizes, arch.vocab, progress)
+    try:
+        samples = _time(sessions, protocol, progress)
+        samples["dense_recheck"] = recheck(sessions["dense"].run_bound, protocol.recheck)
+    finally:
+        _close(sessions)
+    st = table.statistic
+    stats = {k: stats_of(v) for k, v in samples.items()}
+    dense = stats["dense"]
+    results = []
+    for i, s in enumerate(shapes):
+        m = stats[f"shape:{i}"]
+        results.append(CheckResult(s, table.predict(s), m, table.speedup(s), dense.get(st) / m.get(st)))
+    return CheckReport(tuple(results), dense, stats["dense_recheck"], st)
+
+
+def random_shapes(arch: ArchSpec, n: int, seed: int = 0) -> list[ModelShape]:
+    rng = np.random.default_rng(seed)
+    return [random_shape(arch, rng) for _ in range(n)]

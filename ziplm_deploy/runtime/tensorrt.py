@@ -1,0 +1,220 @@
+"""Native TensorRT backend: build an engine from ONNX (optimisation profile at the timed shapes, timing
+cache on disk) or load a serialized ``.plan``; run with ``execute_async_v3`` on a CUDA stream and
+synchronise that stream. ``tensorrt`` is imported lazily; device memory goes through libcudart (ctypes),
+so neither torch nor pycuda is needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..core.errors import UserError
+from .base import Backend, Session, TensorInfo
+
+NEEDS = "runtime trt needs the tensorrt package and an NVIDIA GPU"
+_H2D, _D2H = 1, 2
+
+
+def _import_trt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise UserError(NEEDS, "pip install 'ziplm-deploy[tensorrt]' on a machine with an NVIDIA driver") from None
+    return tensorrt
+
+
+class CudaRuntime:
+    """The few libcudart calls the backend needs."""
+
+    def __init__(self) -> None:
+        names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.13", "libcudart.so.12",
+                 "libcudart.so.11.0"]
+        self.lib = None
+        for name in filter(None, names):
+            try:
+                self.lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if self.lib is None:
+            raise UserError(NEEDS, "libcudart was not found: install the CUDA runtime")
+        count = ctypes.c_int(0)
+        if self.lib.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value == 0:
+            raise UserError(NEEDS, "no CUDA device is visible")
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise UserError(f"CUDA call {what} failed with error {status}")
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self._check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cudaMalloc")
+        return int(ptr.value)
+
+    def free(self, ptr: int) -> None:
+        self.lib.cudaFree(ctypes.c_void_p(ptr))
+
+    def to_device(self, ptr: int, array: np.ndarray) -> None:
+        a = np.ascontiguousarray(array)
+        self._check(self.lib.cudaMemcpy(ctypes.c_void_p(ptr), a.ctypes.data_as(ctypes.c_void_p),
+                                        ctypes.c_size_t(a.nbytes), _H2D), "cudaMemcpy")
+
+    def to_host(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        self._check(self.lib.cudaMemcpy(out.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(ptr),
+                                        ctypes.c_size_t(out.nbytes), _D2H), "cudaMemcpy")
+        return out
+
+    def stream(self) -> int:
+        s = ctypes.c_void_p()
+        self._check(self.lib.cudaStreamCreate(ctypes.byref(s)), "cudaStreamCreate")
+        return int(s.value or 0)
+
+    def sync(self, stream: int) -> None:
+        self._check(self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
+
+    def destroy_stream(self, stream: int) -> None:
+        self.lib.cudaStreamDestroy(ctypes.c_void_p(stream))
+
+
+class TensorRTBackend(Backend):
+    name = "trt"
+
+    def __init__(self, fp16: bool = False, workspace_mb: int = 2048, timing_cache: str | None = None,
+                 opt_level: str = "3", threads: int = 0, **unused: Any):
+        self.trt = _import_trt()
+        self.cuda = CudaRuntime()
+        self.fp16 = fp16
+        self.workspace_mb = workspace_mb
+        self.timing_cache = timing_cache
+        self.opt_level = str(opt_level)
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+
+    def describe(self) -> dict[str, Any]:
+        from .fingerprint import gpu_name
+
+        return {"runtime": "tensorrt", "runtime_version": self.trt.__version__, "provider": "tensorrt",
+                "opt_level": f"builder-{self.opt_level}", "threads": 0, "gpu": gpu_name()}
+
+    def load(self, model: Any) -> "TensorRTSession":
+        """``model``: an ONNX path/bytes (engine built at the first bound shapes) or a ``.plan`` engine."""
+        if isinstance(model, (str, os.PathLike)):
+            path = Path(model)
+            if not path.is_file():
+                raise UserError(f"model file not found: {path}")
+            if path.suffix in (".plan", ".engine"):
+                return TensorRTSession(self, engine=self.deserialize(path.read_bytes()))
+            return TensorRTSession(self, onnx_bytes=path.read_bytes())
+        return TensorRTSession(self, onnx_bytes=bytes(model))
+
+    def deserialize(self, data: bytes) -> Any:
+        engine = self.trt.Runtime(self.logger).deserialize_cuda_engine(data)
+        if engine is None:
+            raise UserError("TensorRT could not deserialize the engine", "rebuild it for this GPU and TensorRT version")
+        return engine
+
+    def build(self, onnx_bytes: bytes, shapes: Mapping[str, tuple[int, ...]]) -> bytes:
+        """A serialized engine with one optimisation profile at exactly ``shapes``."""
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse(onnx_bytes):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise UserError(f"TensorRT could not parse the ONNX model: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
+        config.builder_optimization_level = int(self.opt_level)
+        if self.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        cache_path = Path(self.timing_cache) if self.timing_cache else None
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            name = network.get_input(i).name
+            if name not in shapes:
+                raise UserError(f"no shape given for TensorRT input {name!r}")
+            profile.set_shape(name, shapes[name], shapes[name], shapes[name])
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise UserError("TensorRT failed to build the engine", "see the TensorRT log above")
+        if cache_path:
+            from ..core.jsonio import atomic_write_bytes
+
+            atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+        return bytes(serialized)
+
+
+class TensorRTSession(Session):
+    def __init__(self, backend: TensorRTBackend, engine: Any = None, onnx_bytes: bytes | None = None):
+        self.backend = backend
+        self.engine = engine
+        self.onnx_bytes = onnx_bytes
+        self.context: Any = None
+        self.stream = backend.cuda.stream()
+        self._buffers: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
+        if engine is not None:
+            self._describe()
+
+    def _describe(self) -> None:
+        trt, e = self.backend.trt, self.engine
+        ins, outs = [], []
+        for i in range(e.num_io_tensors):
+            name = e.get_tensor_name(i)
+            info = TensorInfo(name, np.dtype(trt.nptype(e.get_tensor_dtype(name))), tuple(e.get_tensor_shape(name)))
+            (ins if e.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs).append(info)
+        self.inputs, self.outputs = tuple(ins), tuple(outs)
+        self.context = e.create_execution_context()
+
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> None:
+        if self.engine is None:
+            shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+            self.engine = self.backend.deserialize(self.backend.build(self.onnx_bytes, shapes))
+            self._describe()
+        self._free()
+        cuda = self.backend.cuda
+        for info in self.inputs:
+            if info.name not in feeds:
+                raise UserError(f"missing input {info.name!r}")
+            a = np.ascontiguousarray(feeds[info.name], dtype=info.dtype)
+            ptr = cuda.malloc(a.nbytes)
+            cuda.to_device(ptr, a)
+            self.context.set_input_shape(info.name, a.shape)
+            self.context.set_tensor_address(info.name, ptr)
+            self._buffers[info.name] = (ptr, a.shape, info.dtype)
+        for info in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(info.name))
+            ptr = cuda.malloc(int(np.prod(shape)) * info.dtype.itemsize)
+            self.context.set_tensor_address(info.name, ptr)
+            self._buffers[info.name] = (ptr, shape, info.dtype)
+
+    def run_bound(self) -> None:
+        if not self.context.execute_async_v3(self.stream):
+            raise UserError("TensorRT execution failed")
+        self.backend.cuda.sync(self.stream)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.bind(feeds)
+        self.run_bound()
+        return {o.name: self.backend.cuda.to_host(*self._buffers[o.name]) for o in self.outputs}
+
+    def _free(self) -> None:
+        for ptr, _, _ in self._buffers.values():
+            self.backend.cuda.free(ptr)
+        self._buffers = {}
+
+    def close(self) -> None:
+        self._free()
+        if self.stream:
+            self.backend.cuda.destroy_stream(self.stream)
+            self.stream = 0
+        self.context = None
+        self.engine = None
