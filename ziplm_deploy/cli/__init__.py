@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"ziplm-deploy {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
     except KeyboardInterrupt:
         print(f"ziplm-deploy {args.command}: interrupted", file=sys.stderr)
         return 130

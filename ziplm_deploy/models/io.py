@@ -25,6 +25,12 @@ from .base import LayerPlan, shrink
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
+# A pruned directory stores its weights under its own name, so that the stock ``from_pretrained`` finds
+# no weights and stops, rather than loading what matches and re-initialising the rest (it would for
+# a layer whose attention or FFN was removed entirely: those keys are merely "missing").
+PRUNED_WEIGHTS = "pruned-model.safetensors"
+PRUNED_WEIGHTS_INDEX = "pruned-model.safetensors.index.json"
+LOAD_NOTE = "pruned by ziplm-deploy with per-layer shapes: load with ziplm_deploy.load_model(path)"
 
 
 def structural_plan(shape: ModelShape, group_size: int) -> list[LayerPlan]:
@@ -57,15 +63,16 @@ def _model_class(config: Any):
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    if (path / WEIGHTS).is_file():
-        return load_file(str(path / WEIGHTS))
-    if (path / WEIGHTS_INDEX).is_file():
-        index = json.loads((path / WEIGHTS_INDEX).read_text())
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
-        return state
-    raise UserError(f"{path} has no {WEIGHTS}", "save the model with save_pretrained(safe_serialization=True)")
+    for single, index_name in ((PRUNED_WEIGHTS, PRUNED_WEIGHTS_INDEX), (WEIGHTS, WEIGHTS_INDEX)):
+        if (path / single).is_file():
+            return load_file(str(path / single))
+        if (path / index_name).is_file():
+            index = json.loads((path / index_name).read_text())
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(load_file(str(path / shard)))
+            return state
+    raise UserError(f"{path} has no {PRUNED_WEIGHTS}", "save pruned models with ziplm_deploy.models.save_model")
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
@@ -90,6 +97,8 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
         it = iter(layer_types)
         config.layer_types = [layer_types[0] if s.dropped else next(it) for s in shape.layers]
     delattr(config, SHAPE_CONFIG_KEY)
+    if hasattr(config, "ziplm_note"):
+        delattr(config, "ziplm_note")
     with no_init_weights():
         model = cls(config)
     shrink(model, structural_plan(shape, arch.group_size))
@@ -110,6 +119,16 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
     return model
 
 
+def _mark_pruned(folder: Path) -> None:
+    for stock, ours in ((WEIGHTS, PRUNED_WEIGHTS), (WEIGHTS_INDEX, PRUNED_WEIGHTS_INDEX)):
+        if (folder / stock).is_file():
+            os.replace(folder / stock, folder / ours)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["ziplm_note"] = LOAD_NOTE
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False,
                extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` (and its tokenizer) to ``out`` atomically: a temp folder renamed at the end."""
@@ -120,6 +139,8 @@ def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: Any = None, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        if getattr(model.config, SHAPE_CONFIG_KEY, None) is not None:
+            _mark_pruned(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         for name, text in (extra_files or {}).items():

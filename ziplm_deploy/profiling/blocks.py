@@ -203,6 +203,7 @@ def _sdpa(b: GraphBuilder, q: str, k: str, v: str, mask: str, d: int) -> str:
     kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
     scores = b.op("MatMul", [b.op("Mul", [q, s]), b.op("Mul", [kt, s])])
     probs = b.op("Softmax", [b.op("Add", [scores, mask])], axis=-1)
+    probs = b.op("Where", [b.op("IsNaN", [probs]), b.fconst(0.0), probs])  # the exporter's fully-masked-row guard
     return b.op("MatMul", [probs, v])
 
 
@@ -338,8 +339,10 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
     hidden = b.op("Gather", [b.param("embed.tokens", (arch.vocab, e)), ids], axis=0)
     ctx = BlockContext(pad)
     if arch.family == "bert":
-        seq_len = b.op("Gather", [b.op("Shape", [ids]), b.const(np.int64(1))], axis=0)
-        positions = b.op("Range", [b.const(np.int64(0)), seq_len, b.const(np.int64(1))])
+        # positions 0..S-1 per row, computed so that shape inference keeps (batch, seq): ORT's fusions
+        # (SkipLayerNormalization) depend on it, as they do on the exporter's annotated shapes
+        ones = b.op("Add", [b.op("Mul", [ids, b.const(np.int64(0))]), b.const(np.int64(1))])
+        positions = b.op("Sub", [b.op("CumSum", [ones, b.const(np.int64(1))]), b.const(np.int64(1))])
         pos = b.op("Gather", [b.param("embed.positions", (max_pos, e)), positions], axis=0)
         hidden = b.op("Add", [b.op("Add", [hidden, pos]), b.param("embed.token_type", (e,))])
         hidden = _layer_norm(b, hidden, "embed.ln", arch)

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from ziplm_deploy.core.arch import arch_from_config
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.core.shape import LayerShape, ModelShape
+
+LLAMA = {"model_type": "llama", "num_hidden_layers": 3, "hidden_size": 48, "num_attention_heads": 6,
+         "num_key_value_heads": 3, "head_dim": 8, "intermediate_size": 80, "vocab_size": 120}
+BERT = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 4,
+        "intermediate_size": 96, "vocab_size": 120}
+
+
+def test_json_round_trip_keeps_every_field(tmp_path):
+    shape = ModelShape((LayerShape(4, 80, 2), LayerShape(0, 0, 0), LayerShape(dropped=True)))
+    path = tmp_path / "shape.json"
+    shape.save(path)
+    payload = json.loads(path.read_text())
+    assert payload["format"] == "ziplm-deploy/shape" and payload["version"] == 1
+    assert payload["layers"][2] == {"dropped": True}
+    assert ModelShape.load(path) == shape
+
+
+def test_contract_example_parses():
+    payload = {"format": "ziplm-deploy/shape", "version": 1, "layers": [{"heads": 12, "ffn": 3072}, {"dropped": True}]}
+    shape = ModelShape.from_json(payload)
+    assert shape.layers[0] == LayerShape(12, 3072) and shape.layers[1].dropped
+    assert shape.kept_layers == [0]
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"format": "other", "version": 1, "layers": []}, "format is 'other'"),
+    ({"format": "ziplm-deploy/shape", "version": 9, "layers": [{"heads": 1, "ffn": 1}]}, "version 9 is not supported"),
+    ({"format": "ziplm-deploy/shape", "version": 1, "layers": []}, "non-empty list"),
+    ({"format": "ziplm-deploy/shape", "version": 1, "layers": [{"heads": -1, "ffn": 3}]}, "non-negative integer"),
+    ({"format": "ziplm-deploy/shape", "version": 1, "layers": [{"heads": 2}]}, "missing 'ffn'"),
+    ({"format": "ziplm-deploy/shape", "version": 1, "layers": [{"heads": 2, "ffn": 3, "hedas": 1}]}, "unknown key"),
+])
+def test_invalid_shape_files_are_rejected_with_the_reason(payload, message):
+    with pytest.raises(UserError, match=message):
+        ModelShape.from_json(payload)
+
+
+def test_not_json_is_a_user_error(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text("{heads: 3")
+    with pytest.raises(UserError, match="not valid JSON"):
+        ModelShape.load(bad)
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([LayerShape(6, 80)] * 2, "has 2 layers but the model has 3"),
+    ([LayerShape(7, 80)] * 3, "asks for 7 heads; the model has 6"),
+    ([LayerShape(6, 81)] * 3, "asks for ffn 81"),
+    ([LayerShape(3, 80, 2)] * 3, "not divisible across 2 kept KV groups"),
+    ([LayerShape(6, 80, 1)] * 3, "6 query heads per KV group; the model has 2"),
+    ([LayerShape(0, 80, 1)] * 3, "both must be 0"),
+    ([LayerShape(dropped=True)] * 3, "drops every layer"),
+])
+def test_validation_against_a_gqa_model(layers, message):
+    arch = arch_from_config(LLAMA)
+    with pytest.raises(UserError, match=message):
+        ModelShape(tuple(layers)).validate(arch)
+
+
+def test_validation_infers_kv_heads_and_rejects_kv_on_non_gqa():
+    arch = arch_from_config(LLAMA)
+    shape = ModelShape((LayerShape(4, 80), LayerShape(2, 0), LayerShape(0, 10))).validate(arch)
+    assert [s.kv for s in shape.layers] == [2, 1, 0]
+    with pytest.raises(UserError, match="has no GQA"):
+        ModelShape((LayerShape(2, 96, 1), LayerShape(4, 96))).validate(arch_from_config(BERT))
+
+
+def test_unknown_architecture_is_named():
+    with pytest.raises(UserError, match="unsupported architecture model_type='t5'"):
+        arch_from_config({"model_type": "t5"})

@@ -1,0 +1,97 @@
+"""``ziplm-deploy profile``: measure a latency table in the deployment runtime (torch-free).
+
+Only the model's config.json is read: a device never needs the weights. ``--check N`` then times N
+random non-uniform shapes end to end and reports the table's prediction error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (only config.json is read)")
+    p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt | torch (default ort-cpu)")
+    p.add_argument("--out", help="write the latency table here (TABLE.json)")
+    p.add_argument("--table", help="with --check and no --out: check this existing table instead of profiling")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128, help="prefill sequence length (default 128)")
+    p.add_argument("--decode-kv-len", type=int, default=0, metavar="L",
+                   help="profile decoding one token with a KV cache of L tokens instead of prefill")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--opt-level", default="all", help="graph optimisation level: disabled|basic|extended|all")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--ffn-step", type=int, default=32, help="FFN width grid step (default 32)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up calls per entry (default 5)")
+    p.add_argument("--rounds", type=int, default=50, help="shuffled round-robin rounds (default 50)")
+    p.add_argument("--check", type=int, default=0, metavar="N", help="also time N random non-uniform shapes end to end")
+    p.add_argument("--check-rounds", type=int, default=20, help="rounds for --check (default 20)")
+    p.add_argument("--check-out", help="write the --check report (JSON) here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-speedup-error", type=float, default=None,
+                   help="with --check: exit 1 when a speedup prediction is off by more than this fraction")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.arch import arch_from_dir
+    from ..core.errors import UserError
+    from ..core.jsonio import atomic_write_json
+    from ..core.table import LatencyTable
+    from ..profiling.profiler import ProfileOptions, check, profile, random_shapes
+    from ..runtime.timing import Protocol
+
+    if not args.out and not (args.check and args.table):
+        raise UserError("nothing to do", "pass --out TABLE.json (and/or --check N --table TABLE.json)")
+    for name in ("batch", "seq", "threads", "ffn_step", "rounds", "check_rounds"):
+        if getattr(args, name) < (0 if name == "threads" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.check < 0 or args.decode_kv_len < 0 or args.warmup < 0:
+        raise UserError("--check, --decode-kv-len and --warmup must be >= 0")
+    arch = arch_from_dir(args.model)
+    protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
+    opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
+                          threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
+                          protocol=protocol)
+    progress = not args.no_progress
+    if args.out:
+        table = profile(arch, opts, progress=progress)
+        table.save(args.out)
+        cal, refs, st = table.calibration, table.references, table.statistic
+        print(f"latency table: {args.out} ({len(table.attention)} attention + {len(table.ffn)} FFN entries, "
+              f"{table.fingerprint.runtime} {table.fingerprint.runtime_version} {table.fingerprint.provider}, "
+              f"{table.fingerprint.mode})")
+        print(f"dense {refs['dense'].get(st):.3f} ms, all-removed {refs['removed'].get(st):.3f} ms ({st}); "
+              f"calibration alpha={cal.alpha:.4f} beta={cal.beta:.4f} ms")
+        if abs(cal.drift) > protocol.max_drift:
+            print(f"warning: the dense reference moved by {cal.drift:+.1%} during profiling: the machine was busy; "
+                  "profile again for a trustworthy table", file=sys.stderr)
+    else:
+        table = LatencyTable.load(args.table)
+        table.check_arch(arch, args.model)
+    if not args.check:
+        return 0
+    shapes = random_shapes(arch, args.check, seed=args.seed)
+    report = check(table, shapes, opts, progress=progress,
+                   protocol=Protocol(warmup=3, rounds=args.check_rounds, seed=args.seed))
+    if args.check_out:
+        atomic_write_json(args.check_out, {"format": "ziplm-deploy/table-check", "version": 1, **report.to_json()})
+    print(f"{'shape':>5} {'predicted ms':>13} {'measured ms':>12} {'error':>7} {'pred. speedup':>14} "
+          f"{'meas. speedup':>14} {'error':>7}")
+    for i, r in enumerate(report.results):
+        print(f"{i:>5} {r.predicted_ms:>13.3f} {r.measured_ms(report.statistic):>12.3f} "
+              f"{r.latency_error(report.statistic):>+7.1%} {r.predicted_speedup:>13.3f}x {r.measured_speedup:>13.3f}x "
+              f"{r.speedup_error:>+7.1%}")
+    s = report.summary()
+    print(f"latency error: median {s['median_abs_latency_error']:.1%}, max {s['max_abs_latency_error']:.1%}; "
+          f"speedup error: median {s['median_abs_speedup_error']:.1%}, max {s['max_abs_speedup_error']:.1%}")
+    if abs(report.drift) > protocol.max_drift:
+        print(f"warning: the dense model moved by {report.drift:+.1%} during the check: the machine was busy",
+              file=sys.stderr)
+    if args.max_speedup_error is not None:
+        ok = s["max_abs_speedup_error"] <= args.max_speedup_error
+        print(f"{'PASSED' if ok else 'FAILED'}: max speedup error {s['max_abs_speedup_error']:.1%} "
+              f"(limit {args.max_speedup_error:.1%})")
+        return 0 if ok else 1
+    return 0

