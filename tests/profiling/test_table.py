@@ -1,0 +1,134 @@
+"""LatencyTable: schema round trip, lookup/interpolation, calibration, merge, refusals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ziplm_deploy.core.arch import arch_from_config
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.core.fingerprint import DeviceFingerprint
+from ziplm_deploy.core.shape import LayerShape, ModelShape
+from ziplm_deploy.core.table import AttentionEntry, FfnEntry, LatencyTable, Stats, fit_two_point
+from ziplm_deploy.profiling.grid import attention_grid, ffn_grid
+
+BERT = arch_from_config(dict(model_type="bert", num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
+                             intermediate_size=100, vocab_size=1000))
+LLAMA = arch_from_config(dict(model_type="llama", num_hidden_layers=2, hidden_size=64, num_attention_heads=6,
+                              num_key_value_heads=2, intermediate_size=100, vocab_size=1000))
+FP = DeviceFingerprint(cpu="test cpu", cores=2, gpu=None, runtime="onnxruntime", runtime_version="1.0",
+                       provider="CPUExecutionProvider", opt_level="all", threads=1, dtype="float32", batch=1, seq=8,
+                       mode="prefill", kv_len=0, opset=18, platform="Linux x86_64", producer="ziplm-deploy test")
+
+
+def s(ms: float, n: int = 10) -> Stats:
+    return Stats(ms, ms * 1.1, ms * 1.3, n)
+
+
+def attn_ms(h: int) -> float:
+    return 0.1 if h == 0 else 1.0 + 0.5 * h
+
+
+def ffn_ms(m: int) -> float:
+    return 0.1 if m == 0 else 1.0 + 0.01 * m
+
+
+def make_table(arch=BERT, step=25, dense=None, removed=None) -> LatencyTable:
+    att = [AttentionEntry(h, kv, s(attn_ms(h))) for h, kv in attention_grid(arch)]
+    ffn = [FfnEntry(m, s(ffn_ms(m))) for m in ffn_grid(arch.ffn, step)]
+    n = arch.num_layers
+    dense_sum = n * (attn_ms(arch.heads) + ffn_ms(arch.ffn))
+    removed_sum = n * (attn_ms(0) + ffn_ms(0))
+    refs = {"dense": s(dense if dense is not None else 2 * dense_sum + 3),
+            "removed": s(removed if removed is not None else 2 * removed_sum + 3)}
+    return LatencyTable.build(FP, arch, {"statistic": "p25"}, att, ffn, refs)
+
+
+def test_fit_two_point_passes_through_both_references():
+    alpha, beta = fit_two_point(10.0, 23.0, 1.0, 5.0)
+    assert alpha * 10 + beta == pytest.approx(23.0) and alpha * 1 + beta == pytest.approx(5.0)
+    with pytest.raises(UserError, match="calibration impossible"):
+        fit_two_point(1.0, 2.0, 1.0, 1.0)
+
+
+def test_calibration_and_predict():
+    t = make_table()
+    assert t.calibration.alpha == pytest.approx(2.0) and t.calibration.beta == pytest.approx(3.0)
+    assert t.predict(t.dense_shape()) == pytest.approx(t.references["dense"].p25)
+    assert t.predict(t.removed_shape()) == pytest.approx(t.references["removed"].p25)
+    shape = ModelShape((LayerShape(2, 50), LayerShape(0, 0), LayerShape(dropped=True)))
+    raw = attn_ms(2) + ffn_ms(50) + attn_ms(0) + ffn_ms(0)
+    assert t.predict(shape) == pytest.approx(2 * raw + 3)
+    assert t.speedup(shape) == pytest.approx(t.predict(t.dense_shape()) / t.predict(shape))
+
+
+def test_ffn_interpolation_never_uses_the_zero_entry():
+    t = make_table(step=25)  # grid 0, 25, 50, 75, 100
+    assert t.ffn_ms(50) == pytest.approx(ffn_ms(50))
+    assert t.ffn_ms(60) == pytest.approx(ffn_ms(60))  # linear between 50 and 75
+    assert t.ffn_ms(10) == pytest.approx(ffn_ms(10))  # extends the 25-50 line, not 0-25
+    assert t.ffn_ms(0) == pytest.approx(0.1)
+    with pytest.raises(UserError, match="outside"):
+        t.ffn_ms(101)
+
+
+def test_gqa_entries_and_lookup():
+    t = make_table(LLAMA)
+    pairs = {(e.heads, e.kv_heads) for e in t.attention}
+    assert pairs == {(0, 0), (1, 1), (2, 1), (3, 1), (2, 2), (4, 2), (6, 2)}
+    shape = ModelShape((LayerShape(4, 30, 2), LayerShape(3, 0, 1)))
+    assert t.predict(shape) > t.predict(t.removed_shape())
+    with pytest.raises(UserError, match="not divisible"):
+        t.predict(ModelShape((LayerShape(3, 30, 2), LayerShape(6, 100, 2))))
+
+
+def test_json_round_trip(tmp_path):
+    t = make_table(LLAMA)
+    path = tmp_path / "t.json"
+    t.save(path)
+    payload = json.loads(path.read_text())
+    assert payload["format"] == "ziplm-deploy/latency-table" and payload["version"] == 1
+    assert LatencyTable.load(path) == t
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda p: p.update(version=99), "version 99 is not supported"),
+    (lambda p: p.update(format="other"), "format is 'other'"),
+    (lambda p: p.update(extra=1), "unknown \\['extra'\\]"),
+    (lambda p: p["ffn"].pop(0), "0-FFN entries are required"),
+    (lambda p: p["fingerprint"].pop("cpu"), "fingerprint has missing \\['cpu'\\]"),
+    (lambda p: p["attention"][0].pop("p25"), "bad sample statistics"),
+    (lambda p: p["attention"][0].update(speed=1), "must have keys"),
+])
+def test_load_refuses_broken_files(tmp_path, mutate, match):
+    payload = make_table().to_json()
+    mutate(payload)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=match):
+        LatencyTable.load(path)
+
+
+def test_refuses_another_model():
+    t = make_table()
+    other = replace(BERT, hidden=128)
+    with pytest.raises(UserError, match="hidden=64.*hidden=128"):
+        t.predict(t.dense_shape(), arch=other)
+    with pytest.raises(UserError, match="family"):
+        t.check_arch(LLAMA)
+    with pytest.raises(UserError, match="has 2 layers but the model has 3"):
+        t.predict(ModelShape((LayerShape(1, 1), LayerShape(1, 1))))
+
+
+def test_merge_takes_union_and_refits():
+    t = make_table(step=50)  # grid 0, 50, 100
+    finer = make_table(step=25)
+    finer = replace(finer, ffn=tuple(replace(e, stats=s(e.stats.p25, n=20)) for e in finer.ffn))
+    merged = t.merge(finer)
+    assert [e.ffn for e in merged.ffn] == [0, 25, 50, 75, 100]
+    assert all(e.stats.n == 20 for e in merged.ffn)
+    assert merged.predict(merged.dense_shape()) == pytest.approx(t.references["dense"].p25)
+    with pytest.raises(UserError, match="different deployments: threads"):
+        t.merge(replace(finer, fingerprint=replace(FP, threads=2)))
