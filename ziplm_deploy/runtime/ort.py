@@ -1,9 +1,10 @@
 """ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
 
 Session options follow ``latency-protocol.md``: ``ORT_SEQUENTIAL``, one inter-op thread, explicit
-intra-op threads, the deployment's graph optimisation level. With several threads, all sessions share
-one global intra-op pool (per-session spinning pools fight over the cores); when the process already
-has a global pool of another size, sessions get their own pool with spinning disabled.
+intra-op threads, the deployment's graph optimisation level. With several threads, spinning is
+disabled (``session.intra_op.allow_spinning=0``): many sessions with spinning pools fight over the cores.
+ORT's alternative, one global pool, is fixed for the life of the process and then forces every
+session onto it, so one process could not profile two thread counts; it is not used.
 Timed calls use io_binding with pre-bound inputs and pre-allocated outputs.
 """
 
@@ -24,9 +25,6 @@ _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(int8)": np.int8,
 }
-
-# ONNX Runtime allows one global thread pool per process, fixed at its first creation.
-_global_pool_threads: list[int] = []
 
 
 def _import_ort() -> Any:
@@ -62,19 +60,6 @@ class OrtBackend(Backend):
                 f"(this onnxruntime {self.ort.__version__} offers {', '.join(available)})",
                 "pick another --runtime or install the provider",
             )
-        self._use_global_pool = self._setup_global_pool()
-
-    def _setup_global_pool(self) -> bool:
-        if self.provider != "cpu" or self.threads <= 1:
-            return False
-        if _global_pool_threads:
-            return _global_pool_threads[0] == self.threads
-        try:
-            self.ort.set_global_thread_pool_sizes(self.threads, 1)
-        except Exception:  # a session was created before: keep per-session pools without spinning
-            return False
-        _global_pool_threads.append(self.threads)
-        return True
 
     def session_options(self) -> Any:
         so = self.ort.SessionOptions()
@@ -87,11 +72,8 @@ class OrtBackend(Backend):
         so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        if self._use_global_pool:
-            so.use_per_session_threads = False
-        else:
-            so.intra_op_num_threads = self.threads
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0" if self.threads > 1 else "1")
+        so.intra_op_num_threads = self.threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if self.threads != 1 else "1")
         return so
 
     def providers(self) -> list[Any]:
