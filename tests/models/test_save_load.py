@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_model
-from test_shrink import PLANS, _out
+from families import PLANS, model_output as _out, tiny_model
 from ziplm_deploy import load_model
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.models import LayerPlan, adapter_for, save_model, shrink

@@ -7,46 +7,10 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_model
+from families import PLANS, masked_reference, model_output as _out, tiny_model
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.shape import LayerShape, ModelShape
 from ziplm_deploy.models import LayerPlan, adapter_for, apply_shape, shrink
-from ziplm_deploy.models.surgery import head_columns
-
-# Non-uniform plans (indices into each layer): layer 0 loses all attention, one layer loses its FFN.
-PLANS = {
-    "bert": [LayerPlan(heads=(), ffn=(1, 5, 90)), LayerPlan(heads=(0, 3), ffn=()), LayerPlan(heads=(2,)),
-             LayerPlan(ffn=tuple(range(0, 96, 3)))],
-    "gpt2": [LayerPlan(heads=(), ffn=(1, 5, 190)), LayerPlan(heads=(0, 3), ffn=()), LayerPlan(heads=(2,)),
-             LayerPlan(ffn=tuple(range(0, 192, 3)))],
-    # GQA groups {0,1} {2,3} {4,5}: keep whole groups, or the same count per kept group
-    "llama": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
-              LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
-}
-
-
-def _out(model, ids):
-    with torch.no_grad():
-        out = model(input_ids=ids)
-    return out["logits"] if "logits" in out else out["last_hidden_state"]
-
-
-def masked_reference(model, plan):
-    """Same weights, removed heads' output-projection columns and removed neurons' down columns zeroed."""
-    ref = copy.deepcopy(model)
-    adapter = adapter_for(ref)
-    arch = adapter.arch(ref)
-    with torch.no_grad():
-        for layer, p in zip(adapter.layers(ref), plan):
-            if p.heads is not None:
-                wo = adapter.attn_out_weight(layer)
-                removed = [h for h in range(wo.shape[1] // arch.head_dim) if h not in p.heads]
-                wo[:, head_columns(removed, arch.head_dim)] = 0
-            if p.ffn is not None:
-                wd = adapter.ffn_out_weight(layer)
-                wd[:, [j for j in range(wd.shape[1]) if j not in p.ffn]] = 0
-    return ref
-
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_pruned_equals_masked_reference(family, attn):

@@ -1,0 +1,98 @@
+"""Tiny randomly initialised models of each family (built from configs, no downloads) and reference helpers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from ziplm_deploy.models import LayerPlan, adapter_for
+from ziplm_deploy.models.surgery import head_columns
+
+FAMILIES = ("bert", "gpt2", "llama")
+
+
+def tiny_model(family: str, seed: int = 0, layers: int = 4):
+    """A small model of ``family`` with random weights; eval mode, fp32, eager-compatible."""
+    import torch
+    from transformers import (BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel,
+                              LlamaConfig, LlamaForCausalLM)
+
+    torch.manual_seed(seed)
+    if family == "bert":
+        return BertModel(BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=layers, num_attention_heads=4,
+                                    intermediate_size=96, max_position_embeddings=64)).eval()
+    if family == "bert-cls":
+        return BertForSequenceClassification(BertConfig(
+            vocab_size=120, hidden_size=48, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=96,
+            max_position_embeddings=64, num_labels=3)).eval()
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=120, n_embd=48, n_layer=layers, n_head=4, n_positions=64,
+                                          bos_token_id=0, eos_token_id=0)).eval()
+    if family == "llama":  # GQA: 6 query heads in 3 KV groups of 2
+        return LlamaForCausalLM(LlamaConfig(vocab_size=120, hidden_size=48, num_hidden_layers=layers,
+                                            num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                                            intermediate_size=80, max_position_embeddings=64,
+                                            bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    raise ValueError(family)
+
+
+# Non-uniform plans (indices into each layer): layer 0 loses all attention, one layer loses its FFN.
+PLANS = {
+    "bert": [LayerPlan(heads=(), ffn=(1, 5, 90)), LayerPlan(heads=(0, 3), ffn=()), LayerPlan(heads=(2,)),
+             LayerPlan(ffn=tuple(range(0, 96, 3)))],
+    "gpt2": [LayerPlan(heads=(), ffn=(1, 5, 190)), LayerPlan(heads=(0, 3), ffn=()), LayerPlan(heads=(2,)),
+             LayerPlan(ffn=tuple(range(0, 192, 3)))],
+    # GQA groups {0,1} {2,3} {4,5}: keep whole groups, or the same count per kept group
+    "llama": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
+              LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
+}
+
+
+def model_output(model, ids):
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    return out["logits"] if "logits" in out else out["last_hidden_state"]
+
+
+def masked_reference(model, plan):
+    """Same weights, removed heads' output-projection columns and removed neurons' down columns zeroed."""
+    ref = copy.deepcopy(model)
+    adapter = adapter_for(ref)
+    arch = adapter.arch(ref)
+    with torch.no_grad():
+        for layer, p in zip(adapter.layers(ref), plan):
+            if p.heads is not None:
+                wo = adapter.attn_out_weight(layer)
+                removed = [h for h in range(wo.shape[1] // arch.head_dim) if h not in p.heads]
+                wo[:, head_columns(removed, arch.head_dim)] = 0
+            if p.ffn is not None:
+                wd = adapter.ffn_out_weight(layer)
+                wd[:, [j for j in range(wd.shape[1]) if j not in p.ffn]] = 0
+    return ref
+
+
+def ort_session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def greedy_ort(prefill, decode, ids, steps, n_attn):
+    """Greedy decoding with an exported prefill graph and decode (with-past) graph in ONNX Runtime."""
+    batch, seq = ids.shape
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(seq), (batch, 1))}
+    outs = prefill.run(None, feeds)
+    tokens = ids
+    for _ in range(steps):
+        nxt = outs[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+        tokens = np.concatenate([tokens, nxt], axis=1)
+        total = tokens.shape[1]
+        feeds = {"input_ids": nxt, "attention_mask": np.ones((batch, total), dtype=np.int64),
+                 "position_ids": np.full((batch, 1), total - 1, dtype=np.int64)}
+        for i in range(n_attn):
+            feeds[f"past_key_values.{i}.key"] = outs[1 + 2 * i]
+            feeds[f"past_key_values.{i}.value"] = outs[2 + 2 * i]
+        outs = decode.run(None, feeds)
+    return tokens

@@ -1,0 +1,61 @@
+"""The profiler on real ORT sessions with tiny models: every entry measured, calibration exact on the
+references, check reports errors; the random shapes are valid and non-uniform."""
+
+from __future__ import annotations
+
+import pytest
+
+from ziplm_deploy.core.arch import arch_from_config
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.core.table import LatencyTable
+from ziplm_deploy.profiling.grid import attention_grid, ffn_grid, random_shape
+from ziplm_deploy.profiling.profiler import ProfileOptions, check, profile, random_shapes
+from ziplm_deploy.runtime.timing import Protocol
+
+FAST = Protocol(warmup=1, rounds=5, recheck=3)
+CONFIGS = {
+    "bert": dict(model_type="bert", num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                 intermediate_size=64, vocab_size=100),
+    "gpt2": dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=4, vocab_size=100),
+    "llama": dict(model_type="llama", num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, vocab_size=100),
+}
+
+
+@pytest.mark.parametrize("family,kv_len", [("bert", 0), ("gpt2", 0), ("gpt2", 16), ("llama", 16)])
+def test_profile_then_check(family, kv_len, tmp_path):
+    arch = arch_from_config(CONFIGS[family])
+    opts = ProfileOptions(seq=8, decode_kv_len=kv_len, ffn_step=16, protocol=FAST)
+    table = profile(arch, opts, progress=False)
+    assert [(e.heads, e.kv_heads) for e in table.attention] == attention_grid(arch)
+    assert [e.ffn for e in table.ffn] == ffn_grid(arch.ffn, 16) == list(range(0, arch.ffn + 1, 16))
+    assert all(e.stats.n == FAST.rounds for e in table.attention + table.ffn)
+    assert table.fingerprint.mode == ("decode" if kv_len else "prefill") and table.fingerprint.kv_len == kv_len
+    st = table.statistic
+    assert table.predict(table.dense_shape()) == pytest.approx(table.references["dense"].get(st))
+    assert table.predict(table.removed_shape()) == pytest.approx(table.references["removed"].get(st))
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json") == table
+
+    report = check(table, random_shapes(arch, 2, seed=3), opts, progress=False, protocol=FAST)
+    assert len(report.results) == 2
+    assert set(report.to_json()["summary"]) == {"median_abs_latency_error", "max_abs_latency_error",
+                                                "median_abs_speedup_error", "max_abs_speedup_error"}
+    with pytest.raises(UserError, match="another deployment: threads"):
+        check(table, [table.dense_shape()], ProfileOptions(seq=8, decode_kv_len=kv_len, threads=2), progress=False)
+
+
+def test_bert_has_no_decode():
+    with pytest.raises(UserError, match="BERT has no decode mode"):
+        profile(arch_from_config(CONFIGS["bert"]), ProfileOptions(decode_kv_len=4), progress=False)
+
+
+def test_random_shapes_are_valid_and_non_uniform():
+    import numpy as np
+
+    arch = arch_from_config(dict(CONFIGS["llama"], num_hidden_layers=12))
+    shapes = random_shapes(arch, 5, seed=0)
+    for shape in shapes:
+        assert shape.validate(arch) == shape
+        assert len({(layer.heads, layer.ffn) for layer in shape.layers}) > 1
+    assert random_shape(arch, np.random.default_rng(0)) == random_shape(arch, np.random.default_rng(0))
