@@ -1,0 +1,98 @@
+"""Edge install: ``profile``, ``predict`` and ORT timing run where ``import torch`` fails.
+
+A shim directory first on PYTHONPATH holds ``torch.py`` and ``transformers.py`` that raise ImportError,
+so any torch import on these paths breaks the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GPT2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 32, "n_head": 4,
+             "vocab_size": 100}
+FAST = ["--rounds", "4", "--warmup", "1", "--ffn-step", "32", "--seq", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory) -> dict[str, str]:
+    shim = tmp_path_factory.mktemp("no_torch")
+    for name in ("torch", "transformers"):
+        (shim / f"{name}.py").write_text(f"raise ImportError('{name} is not installed on this edge device')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(shim), str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ziplm_deploy", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny_gpt2")
+    (d / "config.json").write_text(json.dumps(TINY_GPT2))
+    return d
+
+
+def test_torch_is_really_blocked(no_torch_env):
+    r = subprocess.run([sys.executable, "-c", "import torch"], env=no_torch_env, capture_output=True, text=True)
+    assert r.returncode != 0 and "not installed on this edge device" in r.stderr
+
+
+def test_torch_free_layers_import(no_torch_env):
+    code = ("import sys, ziplm_deploy.core.table, ziplm_deploy.runtime, ziplm_deploy.runtime.ort, "
+            "ziplm_deploy.runtime.tensorrt, ziplm_deploy.runtime.torch_backend, ziplm_deploy.profiling.profiler, "
+            "ziplm_deploy.cli.profile, ziplm_deploy.cli.predict; assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_profile_check_predict_without_torch(no_torch_env, model_dir, tmp_path):
+    table = tmp_path / "table.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--runtime", "ort-cpu", "--out", str(table),
+            "--check", "2", "--check-rounds", "3", "--check-out", str(tmp_path / "check.json"), *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "latency table:" in r.stdout and "speedup error: median" in r.stdout
+    assert json.loads((tmp_path / "check.json").read_text())["format"] == "ziplm-deploy/table-check"
+
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps({"format": "ziplm-deploy/shape", "version": 1,
+                                 "layers": [{"heads": 2, "ffn": 50}, {"heads": 0, "ffn": 0}]}))
+    r = cli(no_torch_env, "predict", "--table", str(table), "--shape", str(shape), "--model", str(model_dir))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("predicted latency: ") and "ms (dense " in r.stdout and "x  [onnxruntime" in r.stdout
+    r = cli(no_torch_env, "predict", "--table", str(table), "--shape", str(shape), "--json")
+    out = json.loads(r.stdout)
+    assert out["speedup"] > 1 and out["predicted_ms"] > 0
+
+    # check an existing table, with a gate
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--table", str(table), "--check", "1",
+            "--check-rounds", "3", "--max-speedup-error", "100", *FAST)
+    assert r.returncode == 0 and "PASSED" in r.stdout, r.stderr
+
+
+def test_user_errors_are_one_line(no_torch_env, model_dir, tmp_path):
+    r = cli(no_torch_env, "profile", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "t.json"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model directory not found" in r.stderr
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--runtime", "trt", "--out", str(tmp_path / "t.json"))
+    assert r.returncode == 2 and "runtime trt needs the tensorrt package and an NVIDIA GPU" in r.stderr
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--runtime", "torch", "--out", str(tmp_path / "t.json"))
+    assert r.returncode == 2 and "runtime torch needs the torch package" in r.stderr
+    r = cli(no_torch_env, "profile", "--model", str(model_dir))
+    assert r.returncode == 2 and "nothing to do" in r.stderr
+
+
+def test_predict_refuses_a_table_of_another_model(no_torch_env, model_dir, tmp_path):
+    table = ROOT / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
+    if not table.exists():
+        pytest.skip("reference table not generated yet")
+    r = cli(no_torch_env, "predict", "--table", str(table), "--model", str(model_dir))
+    assert r.returncode == 2 and "latency table was measured for a llama model" in r.stderr
