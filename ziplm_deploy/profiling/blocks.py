@@ -6,7 +6,7 @@ emits for transformers 5.23 models (opset 18):
 - BERT (post-LN): Q/K/V ``MatMul+Add`` → ``Reshape/Transpose`` → scaled ``MatMul`` → ``Add`` mask →
   ``Softmax`` → ``MatMul`` → output ``MatMul+Add`` → ``LayerNormalization(out + x)``; FFN ``MatMul+Add``,
   erf GELU (``Div, Erf, Add, Mul, Mul``), ``MatMul+Add``, ``LayerNormalization(out + x)``.
-- GPT-2 (pre-LN): ``LayerNormalization`` → fused QKV ``MatMul+Add`` → ``Split`` → attention → ``MatMul+Add``
+- GPT-2 (pre-LN): ``LayerNormalization`` → fused QKV Conv1D (``Reshape`` to 2-D, ``Gemm``, ``Reshape``) → ``Split`` → attention → ``MatMul+Add``
   → ``Add`` residual; FFN with tanh GELU.
 - Llama (RMSNorm as ``Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul``): Q/K/V ``MatMul``, RoPE
   (``Slice, Neg, Concat, Mul, Add``), GQA by ``Unsqueeze/Expand/Reshape`` of K and V, SwiGLU FFN.
@@ -142,6 +142,18 @@ def _linear(b: GraphBuilder, x: str, key: str, din: int, dout: int, bias: bool) 
     return b.op("Add", [y, b.param(f"{key}.bias", (dout,))]) if bias else y
 
 
+def _addmm(b: GraphBuilder, x: str, key: str, din: int, dout: int) -> str:
+    """GPT-2's Conv1D as the exporter writes it: flatten to 2-D, ``Gemm`` with bias, reshape back."""
+    lead = b.op("Slice", [b.op("Shape", [x]), b.ints([0]), b.ints([2]), b.ints([0])])
+    y = b.op("Gemm", [b.op("Reshape", [x, b.ints([-1, din])]), b.param(f"{key}.weight", (din, dout)),
+                      b.param(f"{key}.bias", (dout,))])
+    return b.op("Reshape", [y, b.op("Concat", [lead, b.ints([dout])], axis=0)])
+
+
+def _dense(b: GraphBuilder, arch: ArchSpec, x: str, key: str, din: int, dout: int, bias: bool) -> str:
+    return _addmm(b, x, key, din, dout) if arch.family == "gpt2" else _linear(b, x, key, din, dout, bias)
+
+
 def _layer_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:
     e = arch.hidden
     return b.op("LayerNormalization", [x, b.param(f"{key}.weight", (e,), "ones"), b.param(f"{key}.bias", (e,), "zeros")],
@@ -230,7 +242,7 @@ def attention_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, heads: 
         return b.op("Add", [x, b.fconst(np.zeros(e))]), None
     h = x if arch.family == "bert" else _norm(b, x, f"{p}.norm", arch)
     if arch.family == "gpt2":
-        qkv = _linear(b, h, f"{p}.qkv", e, 3 * heads * d, True)
+        qkv = _addmm(b, h, f"{p}.qkv", e, 3 * heads * d)
         q, k, v = b.op("Split", [qkv, b.ints([heads * d] * 3)], n_out=3, axis=-1)
     else:
         bias = arch.attention_bias
@@ -248,7 +260,8 @@ def attention_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, heads: 
         v = b.op("Concat", [past[1], v], axis=2)
         present = (k, v)
     ctx_heads = _sdpa(b, q, _repeat_kv(b, k, heads, kv, d), _repeat_kv(b, v, heads, kv, d), ctx.mask, d)
-    out = _linear(b, _merge_heads(b, ctx_heads, heads, d), f"{p}.o", heads * d, e, arch.family != "llama" or arch.attention_bias)
+    out = _dense(b, arch, _merge_heads(b, ctx_heads, heads, d), f"{p}.o", heads * d, e,
+                 arch.family != "llama" or arch.attention_bias)
     if arch.family == "bert":
         return _layer_norm(b, b.op("Add", [out, x]), f"{p}.ln", arch), present
     return b.op("Add", [x, out]), present
@@ -268,8 +281,8 @@ def ffn_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, width: int) -
         gate = _activation(b, _linear(b, h, f"{p}.gate", e, width, arch.ffn_bias), arch.activation)
         act = b.op("Mul", [gate, _linear(b, h, f"{p}.up", e, width, arch.ffn_bias)])
     else:
-        act = _activation(b, _linear(b, h, f"{p}.up", e, width, arch.ffn_bias), arch.activation)
-    out = _linear(b, act, f"{p}.down", width, e, arch.ffn_bias)
+        act = _activation(b, _dense(b, arch, h, f"{p}.up", e, width, arch.ffn_bias), arch.activation)
+    out = _dense(b, arch, act, f"{p}.down", width, e, arch.ffn_bias)
     if arch.family == "bert":
         return _layer_norm(b, b.op("Add", [out, x]), f"{p}.ln", arch)
     return b.op("Add", [x, out])
