@@ -79,6 +79,26 @@ def test_profile_check_predict_without_torch(no_torch_env, model_dir, tmp_path):
     assert r.returncode == 0 and "PASSED" in r.stdout, r.stderr
 
 
+def test_time_onnx_files_without_torch(no_torch_env, tmp_path):
+    code = f"""
+import sys
+from ziplm_deploy.core.arch import arch_from_config
+from ziplm_deploy.core.shape import ModelShape
+from ziplm_deploy.profiling.blocks import Sizes, model_graph
+from ziplm_deploy.runtime import get_backend
+from ziplm_deploy.runtime.measure import time_models
+from ziplm_deploy.runtime.timing import Protocol
+arch = arch_from_config({TINY_GPT2!r})
+path = {str(tmp_path / "m.onnx")!r}
+open(path, "wb").write(model_graph(arch, ModelShape.dense(arch), Sizes(1, 8)).SerializeToString())
+stats = time_models(get_backend("ort-cpu"), {{"m": path}}, Sizes(1, 8).dims, 100, Protocol(warmup=1, rounds=3, recheck=2))
+assert stats["m"].n == 3 and stats["m:recheck"].n == 2 and stats["m"].p25 > 0
+assert "torch" not in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
 def test_user_errors_are_one_line(no_torch_env, model_dir, tmp_path):
     r = cli(no_torch_env, "profile", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "t.json"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model directory not found" in r.stderr

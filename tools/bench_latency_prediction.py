@@ -1,0 +1,95 @@
+"""Benchmark: how well does a latency table predict whole pruned models on this machine?
+
+For a BERT-base-sized model (prefill) and a GPT-2-sized model (prefill and decode), profile a table
+(all heads, FFN step 32), then time >= 5 random non-uniform shapes end to end beside the dense model and
+compare with the table's prediction. Batch 1, seq 128 (decode: one token, KV cache 128), 1 thread,
+ONNX Runtime CPU. The models are built from the profiler's block graphs (torch-free).
+
+    python tools/bench_latency_prediction.py [--shapes 6] [--out tools/results/latency_prediction.json]
+
+Goal on the 2-core CI machine: median |speedup error| <= 3%, max <= 6%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ziplm_deploy.core.arch import arch_from_config  # noqa: E402
+from ziplm_deploy.core.jsonio import atomic_write_json  # noqa: E402
+from ziplm_deploy.profiling.profiler import ProfileOptions, check, profile, random_shapes  # noqa: E402
+from ziplm_deploy.runtime.timing import Protocol  # noqa: E402
+
+BERT_BASE = dict(model_type="bert", num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+                 intermediate_size=3072, vocab_size=30522, hidden_act="gelu")
+GPT2_SMALL = dict(model_type="gpt2", n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                  activation_function="gelu_new")
+CASES = {
+    "bert-base-prefill": (BERT_BASE, 0),
+    "gpt2-prefill": (GPT2_SMALL, 0),
+    "gpt2-decode": (GPT2_SMALL, 128),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--shapes", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--check-rounds", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "tools" / "results" / "latency_prediction.json"))
+    args = ap.parse_args()
+
+    results = {}
+    all_speedup_errors = []
+    for name in args.cases:
+        config, kv_len = CASES[name]
+        arch = arch_from_config(config)
+        opts = ProfileOptions(batch=1, seq=128, decode_kv_len=kv_len, threads=args.threads, ffn_step=32,
+                              protocol=Protocol(warmup=5, rounds=args.rounds, seed=args.seed))
+        t0 = time.perf_counter()
+        table = profile(arch, opts, progress=True)
+        t_profile = time.perf_counter() - t0
+        shapes = random_shapes(arch, args.shapes, seed=args.seed)
+        t0 = time.perf_counter()
+        report = check(table, shapes, opts, progress=True,
+                       protocol=Protocol(warmup=3, rounds=args.check_rounds, recheck=10, seed=args.seed))
+        t_check = time.perf_counter() - t0
+        summary = report.summary()
+        all_speedup_errors += [abs(r.speedup_error) for r in report.results]
+        results[name] = {
+            "profile_seconds": round(t_profile, 1), "check_seconds": round(t_check, 1),
+            "table_entries": len(table.attention) + len(table.ffn),
+            "calibration": table.calibration.to_json(),
+            "dense_ms": table.references["dense"].to_json(), "removed_ms": table.references["removed"].to_json(),
+            "fingerprint": table.fingerprint.to_json(),
+            **report.to_json(),
+        }
+        print(f"{name}: profile {t_profile:.0f} s, check {t_check:.0f} s; speedup error median "
+              f"{summary['median_abs_speedup_error']:.1%} max {summary['max_abs_speedup_error']:.1%}; latency error "
+              f"median {summary['median_abs_latency_error']:.1%} max {summary['max_abs_latency_error']:.1%}; "
+              f"drift {report.drift:+.1%}", flush=True)
+    import numpy as np
+
+    overall = {"median_abs_speedup_error": float(np.median(all_speedup_errors)),
+               "max_abs_speedup_error": float(np.max(all_speedup_errors)),
+               "goal": {"median": 0.03, "max": 0.06}}
+    overall["met"] = overall["median_abs_speedup_error"] <= 0.03 and overall["max_abs_speedup_error"] <= 0.06
+    atomic_write_json(args.out, {"format": "ziplm-deploy/bench-latency-prediction", "version": 1,
+                                 "setup": {"batch": 1, "seq": 128, "decode_kv_len": 128, "threads": args.threads,
+                                           "shapes_per_case": args.shapes, "models": "onnx.helper block models"},
+                                 "overall": overall, "cases": results})
+    print(f"overall: median {overall['median_abs_speedup_error']:.1%}, max {overall['max_abs_speedup_error']:.1%} "
+          f"-> {'met' if overall['met'] else 'NOT met'}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
