@@ -36,6 +36,48 @@ CASES = {
 }
 
 
+def real_bert_check(table, shapes, opts, check_rounds: int, seed: int) -> dict:
+    """Time real ``torch.onnx.export`` exports of BERT-base shrunk to ``shapes`` (needs torch/transformers)."""
+    import copy
+    import tempfile
+
+    import numpy as np
+    import torch
+    import transformers
+
+    from ziplm_deploy.export.onnx import export_onnx
+    from ziplm_deploy.models.base import apply_shape
+    from ziplm_deploy.runtime.measure import time_models
+
+    config = transformers.BertConfig(**{k: v for k, v in BERT_BASE.items() if k != "model_type"})
+    torch.manual_seed(seed)
+    dense = transformers.BertModel(config, add_pooling_layer=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"dense": f"{tmp}/dense.onnx"}
+        export_onnx(dense, paths["dense"], validate=False)
+        for i, shape in enumerate(shapes):
+            paths[f"shape:{i}"] = f"{tmp}/shape{i}.onnx"
+            export_onnx(apply_shape(copy.deepcopy(dense), shape), paths[f"shape:{i}"], validate=False)
+        stats = time_models(opts.backend(), paths, opts.sizes.dims, table.arch.vocab,
+                            Protocol(warmup=3, rounds=check_rounds, recheck=10, seed=seed))
+    st = table.statistic
+    rows = []
+    for i, shape in enumerate(shapes):
+        measured = stats[f"shape:{i}"].get(st)
+        m_speedup = stats["dense"].get(st) / measured
+        rows.append({"predicted_ms": round(table.predict(shape), 4), "measured_ms": round(measured, 4),
+                     "latency_error": round(table.predict(shape) / measured - 1, 5),
+                     "predicted_speedup": round(table.speedup(shape), 4), "measured_speedup": round(m_speedup, 4),
+                     "speedup_error": round(table.speedup(shape) / m_speedup - 1, 5)})
+    spd = np.abs([r["speedup_error"] for r in rows])
+    lat = np.abs([r["latency_error"] for r in rows])
+    return {"models": "transformers 5.23 BertModel, apply_shape + torch.onnx.export(dynamo=True)",
+            "dense": stats["dense"].to_json(), "dense_recheck": stats["dense:recheck"].to_json(),
+            "summary": {"median_abs_speedup_error": float(np.median(spd)), "max_abs_speedup_error": float(spd.max()),
+                        "median_abs_latency_error": float(np.median(lat)), "max_abs_latency_error": float(lat.max())},
+            "shapes": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -44,6 +86,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--check-rounds", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--real", action="store_true",
+                    help="also time real exports of BERT-base (needs torch, transformers, onnxscript)")
     ap.add_argument("--out", default=str(ROOT / "tools" / "results" / "latency_prediction.json"))
     args = ap.parse_args()
 
@@ -72,6 +116,13 @@ def main() -> int:
             "fingerprint": table.fingerprint.to_json(),
             **report.to_json(),
         }
+        if args.real and name == "bert-base-prefill":
+            real = real_bert_check(table, shapes, opts, args.check_rounds, args.seed)
+            results[name]["real_exports"] = real
+            rs = real["summary"]
+            print(f"{name} real exports: speedup error median {rs['median_abs_speedup_error']:.1%} max "
+                  f"{rs['max_abs_speedup_error']:.1%}; latency error median {rs['median_abs_latency_error']:.1%}",
+                  flush=True)
         print(f"{name}: profile {t_profile:.0f} s, check {t_check:.0f} s; speedup error median "
               f"{summary['median_abs_speedup_error']:.1%} max {summary['max_abs_speedup_error']:.1%}; latency error "
               f"median {summary['median_abs_latency_error']:.1%} max {summary['max_abs_latency_error']:.1%}; "
