@@ -31,6 +31,13 @@ class LayerPlan:
     dropped: bool = False
 
 
+def out_in_weight(proj: nn.Module | None) -> torch.Tensor | None:
+    """A projection's weight as an (out, in) view: ``nn.Linear`` stores it so, GPT-2's ``Conv1D`` transposed."""
+    if proj is None:
+        return None
+    return proj.weight.T if hasattr(proj, "nf") else proj.weight
+
+
 class FamilyAdapter:
     """Where one model family keeps its parts. Subclasses fill in the module paths."""
 
@@ -43,13 +50,21 @@ class FamilyAdapter:
     def set_layers(self, model: nn.Module, layers: list[nn.Module]) -> None:
         raise NotImplementedError
 
-    def attn_out_weight(self, layer: nn.Module) -> torch.Tensor | None:
-        """The attention output projection as (hidden, heads*head_dim), or None if removed."""
+    def attn_out_proj(self, layer: nn.Module) -> nn.Module | None:
+        """The attention output projection module (its input is what OBS prunes), None if removed."""
         raise NotImplementedError
 
-    def ffn_out_weight(self, layer: nn.Module) -> torch.Tensor | None:
-        """The FFN down projection as (hidden, ffn), or None if removed."""
+    def ffn_out_proj(self, layer: nn.Module) -> nn.Module | None:
+        """The FFN down projection module, None if removed."""
         raise NotImplementedError
+
+    def attn_out_weight(self, layer: nn.Module) -> torch.Tensor | None:
+        """The attention output projection as an (hidden, heads*head_dim) view, or None if removed."""
+        return out_in_weight(self.attn_out_proj(layer))
+
+    def ffn_out_weight(self, layer: nn.Module) -> torch.Tensor | None:
+        """The FFN down projection as an (hidden, ffn) view, or None if removed."""
+        return out_in_weight(self.ffn_out_proj(layer))
 
     def ffn_in_weights(self, layer: nn.Module) -> list[torch.Tensor]:
         """The FFN input projections as (ffn, hidden) matrices (fc1; or gate and up)."""

@@ -24,13 +24,11 @@ class BertAdapter(FamilyAdapter):
     def set_layers(self, model, layers):
         self._encoder(model).layer = nn.ModuleList(layers)
 
-    def attn_out_weight(self, layer):
-        dense = getattr(getattr(layer.attention, "output", None), "dense", None)
-        return None if dense is None else dense.weight
+    def attn_out_proj(self, layer):
+        return getattr(getattr(layer.attention, "output", None), "dense", None)
 
-    def ffn_out_weight(self, layer):
-        dense = getattr(layer.output, "dense", None)
-        return None if dense is None else dense.weight
+    def ffn_out_proj(self, layer):
+        return getattr(layer.output, "dense", None)
 
     def ffn_in_weights(self, layer):
         return [layer.intermediate.dense.weight]

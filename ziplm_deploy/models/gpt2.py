@@ -23,13 +23,11 @@ class GPT2Adapter(FamilyAdapter):
     def set_layers(self, model, layers):
         self._base(model).h = nn.ModuleList(layers)
 
-    def attn_out_weight(self, layer):
-        proj = getattr(layer.attn, "c_proj", None)
-        return None if proj is None else proj.weight.T
+    def attn_out_proj(self, layer):
+        return getattr(layer.attn, "c_proj", None)
 
-    def ffn_out_weight(self, layer):
-        proj = getattr(layer.mlp, "c_proj", None)
-        return None if proj is None else proj.weight.T
+    def ffn_out_proj(self, layer):
+        return getattr(layer.mlp, "c_proj", None)
 
     def ffn_in_weights(self, layer):
         return [layer.mlp.c_fc.weight.T]

@@ -23,13 +23,11 @@ class LlamaAdapter(FamilyAdapter):
     def set_layers(self, model, layers):
         self._base(model).layers = nn.ModuleList(layers)
 
-    def attn_out_weight(self, layer):
-        proj = getattr(layer.self_attn, "o_proj", None)
-        return None if proj is None else proj.weight
+    def attn_out_proj(self, layer):
+        return getattr(layer.self_attn, "o_proj", None)
 
-    def ffn_out_weight(self, layer):
-        proj = getattr(layer.mlp, "down_proj", None)
-        return None if proj is None else proj.weight
+    def ffn_out_proj(self, layer):
+        return getattr(layer.mlp, "down_proj", None)
 
     def ffn_in_weights(self, layer):
         return [layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -37,3 +40,67 @@ def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int
         pick = sorted(random.Random(seed).sample(range(n), count))
         windows = windows[pick]
     return windows
+
+
+BUILTIN_TEXTS = {"wikipedia": "gensim's bundled Wikipedia test dump (106 articles)"}
+
+
+def read_texts(source: str | os.PathLike) -> list[str]:
+    """Texts from a plain-text file (paragraphs split on blank lines), a JSON-lines file (``text``
+    field), a local Hugging Face dataset directory (``text`` column), or ``wikipedia`` (built in)."""
+    if str(source) in BUILTIN_TEXTS:
+        from ..models.assets import wikipedia_text
+
+        return wikipedia_text()
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"calibration data not found: {path}",
+                        f"pass a .txt or .jsonl file, a dataset directory, or one of: {', '.join(BUILTIN_TEXTS)}")
+    if path.is_dir():
+        texts = _dataset_texts(path)
+    elif path.suffix in (".jsonl", ".json"):
+        texts = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{n} is not a JSON object", "one {\"text\": ...} object per line") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise UserError(f"{path}:{n} has no \"text\" string field")
+            texts.append(row["text"])
+    else:
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        texts = [p.strip() for p in raw.split("\n\n") if p.strip()]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise UserError(f"calibration data {path} is empty")
+    return texts
+
+
+def _dataset_texts(path: Path) -> list[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("reading a dataset directory needs the datasets package", "pip install datasets") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError / its own errors for non-datasets
+        raise UserError(f"{path} is not a saved Hugging Face dataset ({type(e).__name__})",
+                        "save it with Dataset.save_to_disk, or pass a .txt/.jsonl file") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if "text" not in ds.column_names:
+        raise UserError(f"dataset {path} has no 'text' column (columns: {', '.join(ds.column_names)})")
+    return [t for t in ds["text"] if isinstance(t, str)]
+
+
+def calibration_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int, count: int,
+                        seed: int = 0) -> torch.Tensor:
+    """``count`` random windows of ``seq_len`` tokens from ``source`` (needs at least ``count``)."""
+    texts = read_texts(source)
+    try:
+        return token_windows(tokenizer, texts, seq_len, count=count, seed=seed, min_count=count)
+    except UserError as e:
+        raise UserError(f"calibration data {source}: {e.message}", e.hint) from None

@@ -1,0 +1,90 @@
+"""Property tests of structured OBS against exact least squares (see shared/research/algorithms.md §1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ziplm_deploy.prune.obs import accumulate_hessian, obs_greedy, output_energy, reconstruct
+
+
+def _problem(seed, out=7, groups=6, group=3, tokens=200):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(groups * group, tokens, generator=g, dtype=torch.float64)
+    x[2] *= 5.0  # uneven input scales make the greedy order non-trivial
+    w = torch.randn(out, groups * group, generator=g, dtype=torch.float64)
+    h = 2 * x @ x.T / tokens
+    return w, h, x
+
+
+def _lstsq_error(w, x, cols):
+    """min over Ŵ (supported on cols) of ||W X − Ŵ X_cols||² / N, and the minimiser."""
+    n = x.shape[1]
+    if not cols:
+        return float((w @ x).pow(2).sum()) / n, None
+    xk = x[cols]
+    sol = torch.linalg.lstsq(xk.T, (w @ x).T).solution.T  # (out, K)
+    return float((w @ x - sol @ xk).pow(2).sum()) / n, sol
+
+
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_loss_equals_least_squares_error_at_every_level(group, seed):
+    w, h, x = _problem(seed, groups=18 // group, group=group)
+    n = 18 // group
+    levels = obs_greedy(w, h, group, range(n + 1), damp=0.0)
+    assert sorted(levels) == list(range(n + 1))
+    previous = set(range(n))
+    for k in range(n, -1, -1):
+        level = levels[k]
+        assert len(level.kept) == k and set(level.kept) <= previous  # nested
+        previous = set(level.kept)
+        cols = [c for gid in level.kept for c in range(gid * group, (gid + 1) * group)]
+        err, sol = _lstsq_error(w, x, cols)
+        assert level.loss == pytest.approx(err, rel=1e-8, abs=1e-9)
+        if cols:
+            assert torch.allclose(reconstruct(w, h, cols, damp=0.0), sol, atol=1e-9)
+    assert levels[0].loss == pytest.approx(output_energy(w, h), rel=1e-9)
+
+
+def test_obs_weights_equal_least_squares_weights():
+    """Re-run the greedy updates by hand for 2 removals and compare W with the lstsq weights."""
+    w, h, x = _problem(3, groups=5, group=2)
+    levels = obs_greedy(w, h, 2, [3], damp=0.0)
+    cols = [c for gid in levels[3].kept for c in (2 * gid, 2 * gid + 1)]
+    _, sol = _lstsq_error(w, x, cols)
+    assert torch.allclose(reconstruct(w, h, cols, damp=0.0), sol, atol=1e-9)
+
+
+def test_damped_reconstruction_is_ridge_least_squares():
+    w, h, x = _problem(4, groups=6, group=1)
+    damp = 0.1
+    lam = damp * torch.diagonal(h).mean()
+    cols = [0, 2, 5]
+    hk = h[cols][:, cols] + lam * torch.eye(3, dtype=h.dtype)
+    ridge = (w @ (h[:, cols] + lam * torch.eye(6, dtype=h.dtype)[:, cols])) @ torch.linalg.inv(hk)
+    assert torch.allclose(reconstruct(w, h, cols, damp=damp), ridge, atol=1e-10)
+
+
+def test_greedy_removes_the_cheapest_group_first():
+    w, h, _ = _problem(5, groups=4, group=1)
+    w[:, 1] *= 1e-4  # nearly useless column
+    levels = obs_greedy(w, h, 1, [3], damp=0.0)
+    assert levels[3].kept == (0, 2, 3)
+
+
+def test_dead_inputs_are_dropped_for_free():
+    w, h, _ = _problem(6, groups=5, group=1)
+    h[3, :] = 0
+    h[:, 3] = 0
+    levels = obs_greedy(w, h, 1, [4], damp=0.01)
+    assert 3 not in levels[4].kept and levels[4].loss == pytest.approx(0.0, abs=1e-12)
+
+
+def test_running_hessian_equals_batch_hessian():
+    x = torch.randn(2, 37, 5, dtype=torch.float64)
+    h, n = torch.zeros(5, 5, dtype=torch.float64), 0
+    for chunk in (x[:1], x[1:, :10], x[1:, 10:]):
+        h, n = accumulate_hessian(h, n, chunk)
+    flat = x.reshape(-1, 5)
+    assert n == 74 and torch.allclose(h, 2 * flat.T @ flat / 74)

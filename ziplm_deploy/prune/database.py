@@ -1,0 +1,163 @@
+"""The ZipLM level database: for every layer's attention and FFN, nested kept sets with their OBS loss.
+
+Built once per (model, calibration data) from the dense model's Hessians; every search target and
+every later run on the same model and data reuses it. Weights are not stored per level: the OBS
+weights of a level equal the least-squares reconstruction from its kept columns (``obs.reconstruct``),
+so the Hessians are stored once beside the level list and the weights are rebuilt at stitching time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.arch import ArchSpec
+from ..core.errors import UserError
+from ..core.jsonio import atomic_write_json, check_header, read_json
+from .hessian import LayerHessians
+from .obs import obs_greedy, output_energy
+
+DB_FORMAT = "ziplm-deploy/obs-database"
+DB_VERSION = 1
+DB_FILE = "database.json"
+HESSIANS_FILE = "hessians.safetensors"
+
+
+@dataclass(frozen=True)
+class Level:
+    units: int  # heads (or KV groups with GQA) / neurons kept
+    kept: tuple[int, ...]  # kept unit indices
+    loss: float  # OBS loss, absolute
+    rel_loss: float  # loss / output energy of the dense module (0 dense, 1 removed)
+
+
+@dataclass(frozen=True)
+class ModuleDb:
+    layer: int
+    kind: str  # "attn" | "ffn"
+    unit: str  # "head" | "kv_group" | "neuron"
+    unit_cols: int  # input columns per unit
+    energy: float
+    levels: tuple[Level, ...]  # descending units
+
+    def level(self, units: int) -> Level:
+        for lv in self.levels:
+            if lv.units == units:
+                return lv
+        raise KeyError(units)
+
+
+@dataclass(frozen=True)
+class Database:
+    arch: dict[str, Any]
+    modules: tuple[ModuleDb, ...]
+    calibration: dict[str, Any]  # source, windows, seq_len, seed, token hash
+    damp: float
+
+    def module(self, layer: int, kind: str) -> ModuleDb | None:
+        for m in self.modules:
+            if m.layer == layer and m.kind == kind:
+                return m
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": DB_FORMAT, "version": DB_VERSION, "arch": self.arch, "calibration": self.calibration,
+                "damp": self.damp, "modules": [asdict(m) for m in self.modules]}
+
+    @staticmethod
+    def from_json(payload: Any, source: str) -> "Database":
+        check_header(payload, DB_FORMAT, (DB_VERSION,), source)
+        modules = tuple(
+            ModuleDb(m["layer"], m["kind"], m["unit"], m["unit_cols"], m["energy"],
+                     tuple(Level(lv["units"], tuple(lv["kept"]), lv["loss"], lv["rel_loss"]) for lv in m["levels"]))
+            for m in payload["modules"])
+        return Database(payload["arch"], modules, payload["calibration"], payload["damp"])
+
+
+def ffn_levels(width: int, step: int) -> list[int]:
+    """Widths kept: ``width, width - step, ...`` down to 0 (0 always included)."""
+    return sorted({*range(width, 0, -step), 0}, reverse=True)
+
+
+def attention_unit(arch: ArchSpec) -> tuple[str, int]:
+    """GQA models remove whole KV groups (a KV head with its query heads); others single heads."""
+    if arch.kv_heads != arch.heads:
+        return "kv_group", arch.group_size * arch.head_dim
+    return "head", arch.head_dim
+
+
+def build_database(weights: list[tuple[torch.Tensor | None, torch.Tensor | None]], hessians: list[LayerHessians],
+                   arch: ArchSpec, ffn_step: int, damp: float, calibration: dict[str, Any],
+                   progress: bool = True) -> Database:
+    """``weights[l] = (W_attn_out, W_ffn_down)`` as (out, in) of the dense model's layer l."""
+    unit, unit_cols = attention_unit(arch)
+    jobs = []
+    for layer, ((w_attn, w_ffn), h) in enumerate(zip(weights, hessians)):
+        if w_attn is not None:
+            n = w_attn.shape[1] // unit_cols
+            jobs.append((layer, "attn", unit, unit_cols, w_attn, h.attn, list(range(n + 1))))
+        if w_ffn is not None:
+            jobs.append((layer, "ffn", "neuron", 1, w_ffn, h.ffn, ffn_levels(w_ffn.shape[1], ffn_step)))
+    total = sum(w.shape[1] // cols for _, _, _, cols, w, _, _ in jobs)
+    modules = []
+    with tqdm(total=total, desc="OBS database", unit="unit", disable=not progress) as bar:
+        for layer, kind, u, cols, w, h, levels in jobs:
+            w32, h32 = w.detach().float(), h.float()
+            energy = output_energy(w32, h32)
+            found = obs_greedy(w32, h32, cols, levels, damp=damp, progress=bar.update)
+            modules.append(ModuleDb(layer, kind, u, cols, energy, tuple(
+                Level(k, lv.kept, lv.loss, lv.loss / energy if energy > 0 else 0.0)
+                for k, lv in sorted(found.items(), reverse=True))))
+    return Database(asdict(arch), tuple(modules), calibration, damp)
+
+
+def token_hash(windows: torch.Tensor) -> str:
+    return hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
+
+
+def save_database(db: Database, hessians: list[LayerHessians], folder: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for i, h in enumerate(hessians):
+        if h.attn is not None:
+            tensors[f"{i}.attn"] = h.attn.contiguous()
+        if h.ffn is not None:
+            tensors[f"{i}.ffn"] = h.ffn.contiguous()
+    tmp = folder / f".{HESSIANS_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata={"tokens": str(hessians[0].tokens)})
+    os.replace(tmp, folder / HESSIANS_FILE)
+    atomic_write_json(folder / DB_FILE, db.to_json())
+
+
+def load_database(folder: str | os.PathLike) -> tuple[Database, list[LayerHessians]]:
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    db = Database.from_json(read_json(folder / DB_FILE, "OBS database"), source=str(folder / DB_FILE))
+    if not (folder / HESSIANS_FILE).is_file():
+        raise UserError(f"{folder} has no {HESSIANS_FILE}", "rebuild the database (delete the folder)")
+    layers = 1 + max(m.layer for m in db.modules)
+    with safe_open(str(folder / HESSIANS_FILE), framework="pt") as f:
+        keys = set(f.keys())
+        tokens = int((f.metadata() or {}).get("tokens", 0))
+        hessians = [LayerHessians(f.get_tensor(f"{i}.attn") if f"{i}.attn" in keys else None,
+                                  f.get_tensor(f"{i}.ffn") if f"{i}.ffn" in keys else None, tokens)
+                    for i in range(layers)]
+    return db, hessians
+
+
+def database_key(model_config: dict[str, Any], calibration: dict[str, Any], ffn_step: int, damp: float) -> str:
+    """Content key of a database: same model config + calibration tokens + options -> reuse."""
+    blob = json.dumps({"config": model_config, "calibration": calibration, "ffn_step": ffn_step, "damp": damp},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,111 @@
+"""Structured OBS (ZipLM): pure functions on a layer's weight W (out, in) and input Hessian H (in, in).
+
+``H = 2 X Xᵀ / N`` for the layer input X (columns = tokens). Removing a group S of input columns
+(a head = ``head_dim`` consecutive columns, a GQA KV group = ``group_size * head_dim``, a neuron = one)
+costs ``score_S / 2`` with ``score_S = Σ_rows W[r,S] ((H⁻¹)_SS)⁻¹ W[r,S]ᵀ``, and the remaining columns
+are updated to compensate: ``W -= W[:,S] ((H⁻¹)_SS)⁻¹ (H⁻¹)_S,:``, ``H⁻¹ -= (H⁻¹)_:,S ((H⁻¹)_SS)⁻¹ (H⁻¹)_S,:``.
+Greedy removal of the cheapest group, repeated, gives nested levels; at every level the OBS weights
+equal the least-squares reconstruction from the kept columns (``reconstruct``), so a level is stored
+as its kept groups and loss only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class ObsLevel:
+    kept: tuple[int, ...]  # kept group indices, ascending
+    loss: float  # cumulative OBS loss: ||(W - Ŵ) X||² / N under the (dampened) Hessian
+
+
+def accumulate_hessian(h: torch.Tensor, count: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Running mean of ``2 x xᵀ`` over tokens; ``x`` is (..., in). Returns the new (H, token count)."""
+    x = x.reshape(-1, x.shape[-1]).to(h.dtype)
+    n = x.shape[0]
+    total = count + n
+    h.mul_(count / total).addmm_(x.T, x, alpha=2.0 / total)
+    return h, total
+
+
+def prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dead inputs (``H_ii == 0``) get ``H_ii = 1`` and zero weight; then ``H += damp · mean(diag H) · I``."""
+    h, w = h.clone(), w.clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    if damp > 0:
+        h.diagonal().add_(damp * torch.diagonal(h).mean())
+    return h, w
+
+
+def output_energy(w: torch.Tensor, h: torch.Tensor) -> float:
+    """``||W X||² / N = ½ tr(W H Wᵀ)``: the loss of removing everything; normalises losses across layers."""
+    return 0.5 * float(torch.einsum("ri,ij,rj->", w, h, w))
+
+
+def group_scores(w: torch.Tensor, hinv: torch.Tensor, group: int) -> torch.Tensor:
+    """OBS score of every group of ``group`` consecutive columns of the (compacted) W / H⁻¹."""
+    n = w.shape[1] // group
+    if group == 1:
+        return (w * w).sum(dim=0) / torch.diagonal(hinv)
+    idx = torch.arange(n * group, device=w.device).view(n, group)
+    blocks = hinv[idx[:, :, None], idx[:, None, :]]  # (n, g, g)
+    wg = w.view(w.shape[0], n, group)  # (out, n, g)
+    solved = torch.linalg.solve(blocks, wg.permute(1, 2, 0))  # (n, g, out)
+    return torch.einsum("rng,ngr->n", wg, solved)
+
+
+def obs_greedy(w: torch.Tensor, h: torch.Tensor, group: int, levels: Sequence[int], damp: float = 0.01,
+               progress: Callable[[int], None] | None = None) -> dict[int, ObsLevel]:
+    """Greedy structured OBS: remove one group at a time, snapshot at each level (groups kept).
+
+    Returns ``{groups_kept: ObsLevel}`` for every requested level. Computes in the dtype of ``w``
+    (use float64 for exactness tests). The working matrices shrink as groups are removed.
+    """
+    n = w.shape[1] // group
+    if w.shape[1] != n * group or h.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"W {tuple(w.shape)} and H {tuple(h.shape)} do not fit groups of {group}")
+    wanted = sorted({int(k) for k in levels if 0 <= k <= n}, reverse=True)
+    h, w = prepare_hessian(h.to(w.dtype), w, damp)
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    alive = list(range(n))  # original group ids, in the order of the compacted columns
+    loss = 0.0
+    out: dict[int, ObsLevel] = {}
+    if wanted and wanted[0] == n:
+        out[n] = ObsLevel(tuple(alive), 0.0)
+    stop = wanted[-1] if wanted else n
+    while len(alive) > stop:
+        scores = group_scores(w, hinv, group)
+        j = int(torch.argmin(scores))
+        cols = torch.arange(j * group, (j + 1) * group, device=w.device)
+        inv_ss = torch.linalg.inv(hinv[cols][:, cols])
+        row = inv_ss @ hinv[cols]  # (g, in)
+        w -= w[:, cols] @ row
+        hinv -= hinv[:, cols] @ row
+        loss += 0.5 * float(scores[j])
+        keep = torch.cat([torch.arange(0, j * group), torch.arange((j + 1) * group, w.shape[1])]).to(w.device)
+        w, hinv = w[:, keep], hinv[keep][:, keep]
+        del alive[j]
+        if progress:
+            progress(1)
+        if len(alive) in wanted:
+            out[len(alive)] = ObsLevel(tuple(sorted(alive)), loss)
+    return out
+
+
+def reconstruct(w: torch.Tensor, h: torch.Tensor, kept_cols: Sequence[int], damp: float = 0.01) -> torch.Tensor:
+    """Least-squares weights for the kept input columns: ``Ŵ_K = W H_{:,K} (H_KK)⁻¹`` (dampened H).
+
+    Equal to the OBS-updated weights of the same kept set; ``(out, len(kept_cols))``.
+    """
+    h, w = prepare_hessian(h.to(w.dtype), w, damp)
+    k = torch.as_tensor(list(kept_cols), dtype=torch.long, device=w.device)
+    if k.numel() == 0:
+        return w[:, :0].clone()
+    rhs = (w @ h[:, k]).T  # (K, out)
+    return torch.linalg.solve(h[k][:, k], rhs).T.contiguous()
