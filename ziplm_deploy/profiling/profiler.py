@@ -45,6 +45,9 @@ class ProfileOptions:
         return Sizes(self.batch, self.seq, "prefill", 0)
 
     def backend(self) -> Backend:
+        if self.runtime == "torch":
+            raise UserError("profiling times ONNX block graphs; runtime torch runs torch programs only",
+                            "profile with --runtime ort-cpu, ort-cuda, ort-trt or trt")
         return get_backend(self.runtime, threads=self.threads, opt_level=self.opt_level, dtype=self.dtype)
 
 

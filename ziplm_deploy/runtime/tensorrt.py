@@ -87,13 +87,16 @@ class TensorRTBackend(Backend):
     name = "trt"
 
     def __init__(self, fp16: bool = False, workspace_mb: int = 2048, timing_cache: str | None = None,
-                 opt_level: str = "3", threads: int = 0, **unused: Any):
+                 opt_level: str = "3", threads: int = 0, dtype: str = "float32", **unused: Any):
+        opt_level = "3" if opt_level == "all" else str(opt_level)  # "all": TensorRT's default builder level
+        if opt_level not in "012345" or len(opt_level) != 1:
+            raise UserError(f"TensorRT builder optimisation level must be 0..5, got {opt_level!r}")
         self.trt = _import_trt()
         self.cuda = CudaRuntime()
-        self.fp16 = fp16
+        self.fp16 = fp16 or dtype == "float16"
         self.workspace_mb = workspace_mb
         self.timing_cache = timing_cache
-        self.opt_level = str(opt_level)
+        self.opt_level = opt_level
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
 
     def describe(self) -> dict[str, Any]:
