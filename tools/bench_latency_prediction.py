@@ -25,19 +25,20 @@ from ziplm_deploy.core.jsonio import atomic_write_json  # noqa: E402
 from ziplm_deploy.profiling.profiler import ProfileOptions, check, profile, random_shapes  # noqa: E402
 from ziplm_deploy.runtime.timing import Protocol  # noqa: E402
 
-BERT_BASE = dict(model_type="bert", num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
+BERT_BASE = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
                  intermediate_size=3072, vocab_size=30522, hidden_act="gelu")
-GPT2_SMALL = dict(model_type="gpt2", n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
                   activation_function="gelu_new")
 CASES = {
-    "bert-base-prefill": (BERT_BASE, 0),
-    "gpt2-prefill": (GPT2_SMALL, 0),
-    "gpt2-decode": (GPT2_SMALL, 128),
+    "bert-base-prefill": ({"model_type": "bert", **BERT_BASE}, 0),
+    "gpt2-prefill": ({"model_type": "gpt2", **GPT2_SMALL}, 0),
+    "gpt2-decode": ({"model_type": "gpt2", **GPT2_SMALL}, 128),
 }
 
 
-def real_bert_check(table, shapes, opts, check_rounds: int, seed: int) -> dict:
-    """Time real ``torch.onnx.export`` exports of BERT-base shrunk to ``shapes`` (needs torch/transformers)."""
+def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> dict:
+    """Time real ``torch.onnx.export`` exports shrunk to ``shapes`` (needs torch/transformers/onnxscript):
+    BERT ``BertModel``; GPT-2 ``GPT2LMHeadModel`` (decode: the exporter's with-past graph)."""
     import copy
     import tempfile
 
@@ -49,15 +50,23 @@ def real_bert_check(table, shapes, opts, check_rounds: int, seed: int) -> dict:
     from ziplm_deploy.models.base import apply_shape
     from ziplm_deploy.runtime.measure import time_models
 
-    config = transformers.BertConfig(**{k: v for k, v in BERT_BASE.items() if k != "model_type"})
+    config, kv_len = CASES[case]
     torch.manual_seed(seed)
-    dense = transformers.BertModel(config, add_pooling_layer=False).eval()
+    kwargs = {k: v for k, v in config.items() if k != "model_type"}
+    if config["model_type"] == "bert":
+        dense = transformers.BertModel(transformers.BertConfig(**kwargs), add_pooling_layer=False).eval()
+    else:
+        dense = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kwargs)).eval()
+    decode = kv_len > 0
+
+    def export(model, path: str) -> str:
+        result = export_onnx(model, path, with_past=decode, validate=False)
+        return str([p for p in result.paths if "with_past" in p.name][0] if decode else result.paths[0])
+
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {"dense": f"{tmp}/dense.onnx"}
-        export_onnx(dense, paths["dense"], validate=False)
+        paths = {"dense": export(dense, f"{tmp}/dense.onnx")}
         for i, shape in enumerate(shapes):
-            paths[f"shape:{i}"] = f"{tmp}/shape{i}.onnx"
-            export_onnx(apply_shape(copy.deepcopy(dense), shape), paths[f"shape:{i}"], validate=False)
+            paths[f"shape:{i}"] = export(apply_shape(copy.deepcopy(dense), shape), f"{tmp}/shape{i}.onnx")
         stats = time_models(opts.backend(), paths, opts.sizes.dims, table.arch.vocab,
                             Protocol(warmup=3, rounds=check_rounds, recheck=10, seed=seed))
     st = table.statistic
@@ -71,7 +80,8 @@ def real_bert_check(table, shapes, opts, check_rounds: int, seed: int) -> dict:
                      "speedup_error": round(table.speedup(shape) / m_speedup - 1, 5)})
     spd = np.abs([r["speedup_error"] for r in rows])
     lat = np.abs([r["latency_error"] for r in rows])
-    return {"models": "transformers 5.23 BertModel, apply_shape + torch.onnx.export(dynamo=True)",
+    return {"models": f"transformers {transformers.__version__} {type(dense).__name__}, apply_shape + "
+                      "torch.onnx.export(dynamo=True)" + (" with past" if decode else ""),
             "dense": stats["dense"].to_json(), "dense_recheck": stats["dense:recheck"].to_json(),
             "summary": {"median_abs_speedup_error": float(np.median(spd)), "max_abs_speedup_error": float(spd.max()),
                         "median_abs_latency_error": float(np.median(lat)), "max_abs_latency_error": float(lat.max())},
@@ -87,7 +97,7 @@ def main() -> int:
     ap.add_argument("--check-rounds", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--real", action="store_true",
-                    help="also time real exports of BERT-base (needs torch, transformers, onnxscript)")
+                    help="also time real dynamo exports of each case (needs torch, transformers, onnxscript)")
     ap.add_argument("--out", default=str(ROOT / "tools" / "results" / "latency_prediction.json"))
     args = ap.parse_args()
 
@@ -116,8 +126,8 @@ def main() -> int:
             "fingerprint": table.fingerprint.to_json(),
             **report.to_json(),
         }
-        if args.real and name == "bert-base-prefill":
-            real = real_bert_check(table, shapes, opts, args.check_rounds, args.seed)
+        if args.real:
+            real = real_check(name, table, shapes, opts, args.check_rounds, args.seed)
             results[name]["real_exports"] = real
             rs = real["summary"]
             print(f"{name} real exports: speedup error median {rs['median_abs_speedup_error']:.1%} max "
