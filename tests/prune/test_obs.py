@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ziplm_deploy.prune.obs import accumulate_hessian, obs_greedy, output_energy, reconstruct
+from ziplm_deploy.prune.obs import accumulate_hessian, geometric, obs_greedy, output_energy, reconstruct
 
 
 def _problem(seed, out=7, groups=6, group=3, tokens=200):
@@ -27,15 +27,17 @@ def _lstsq_error(w, x, cols):
     return float((w @ x - sol @ xk).pow(2).sum()) / n, sol
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-at-a-time", "several-per-step"])
 @pytest.mark.parametrize("group", [1, 3])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_greedy_loss_equals_least_squares_error_at_every_level(group, seed):
+def test_greedy_loss_equals_least_squares_error_at_every_level(group, seed, chunked):
     w, h, x = _problem(seed, groups=18 // group, group=group)
     n = 18 // group
-    levels = obs_greedy(w, h, group, range(n + 1), damp=0.0)
-    assert sorted(levels) == list(range(n + 1))
+    steps = {"per_step": geometric(0.3)} if chunked else {}
+    levels = obs_greedy(w, h, group, range(n + 1) if not chunked else sorted({n, n // 2 + 1, 2, 1, 0}), damp=0.0, **steps)
+    assert sorted(levels) == (list(range(n + 1)) if not chunked else sorted({n, n // 2 + 1, 2, 1, 0}))
     previous = set(range(n))
-    for k in range(n, -1, -1):
+    for k in sorted(levels, reverse=True):
         level = levels[k]
         assert len(level.kept) == k and set(level.kept) <= previous  # nested
         previous = set(level.kept)

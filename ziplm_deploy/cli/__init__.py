@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ziplm_deploy.cli.inspect", "print the per-layer shape, parameters and FLOPs of a model or ONNX file"),
     "profile": ("ziplm_deploy.cli.profile", "measure a latency table in the deployment runtime (torch-free)"),
     "predict": ("ziplm_deploy.cli.predict", "predict a shape's latency and speedup from a latency table"),
+    "prune": ("ziplm_deploy.cli.prune", "prune to a family of models, one per speedup target (ZipLM and baselines)"),
+    "eval": ("ziplm_deploy.cli.eval", "perplexity (causal LM) or accuracy (classifier) of a model on data"),
     "demo": ("ziplm_deploy.cli.demo", "shrink + export + verify the embedded SmolLM2-135M default"),
 }
 

@@ -238,6 +238,29 @@ def magnitude_plan(model: nn.Module, shape: ModelShape) -> list[LayerPlan]:
     return plan
 
 
+def magnitude_scores(adapter: FamilyAdapter, layer: nn.Module, arch: ArchSpec) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-unit magnitude of a layer: attention heads (KV groups with GQA: summed over their heads)
+    by output-projection column norm; FFN neurons by down-column norm times input-row norms."""
+    attn = ffn = None
+    wo = adapter.attn_out_weight(layer)
+    if wo is not None:
+        attn = group_norms(wo, arch.head_dim)
+        if arch.kv_heads != arch.heads:
+            kv = adapter.kv_heads_of(layer, attn.numel())
+            attn = attn.reshape(kv, -1).sum(dim=1)
+    return attn, ffn_magnitude(adapter, layer)
+
+
+def ffn_magnitude(adapter: FamilyAdapter, layer: nn.Module) -> torch.Tensor | None:
+    wd = adapter.ffn_out_weight(layer)
+    if wd is None:
+        return None
+    score = wd.detach().float().norm(dim=0)
+    for w in adapter.ffn_in_weights(layer):
+        score = score * w.detach().float().norm(dim=1)
+    return score
+
+
 def _top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(torch.argsort(scores, descending=True, stable=True)[:k].tolist())
 
@@ -265,10 +288,7 @@ def _top_neurons(adapter: FamilyAdapter, layer: nn.Module, k: int):
         return None
     if k == 0:
         return ()
-    score = wd.detach().float().norm(dim=0)
-    for w in adapter.ffn_in_weights(layer):
-        score = score * w.detach().float().norm(dim=1)
-    return tuple(_top(score, k))
+    return tuple(_top(ffn_magnitude(adapter, layer), k))
 
 
 def apply_shape(model: nn.Module, shape: ModelShape) -> nn.Module:

@@ -22,7 +22,7 @@ from ..core.arch import ArchSpec
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json, check_header, read_json
 from .hessian import LayerHessians
-from .obs import obs_greedy, output_energy
+from .obs import geometric, obs_greedy, output_energy
 
 DB_FORMAT = "ziplm-deploy/obs-database"
 DB_VERSION = 1
@@ -95,8 +95,13 @@ def attention_unit(arch: ArchSpec) -> tuple[str, int]:
 
 def build_database(weights: list[tuple[torch.Tensor | None, torch.Tensor | None]], hessians: list[LayerHessians],
                    arch: ArchSpec, ffn_step: int, damp: float, calibration: dict[str, Any],
-                   progress: bool = True) -> Database:
-    """``weights[l] = (W_attn_out, W_ffn_down)`` as (out, in) of the dense model's layer l."""
+                   progress: bool = True, neuron_fraction: float = 1 / 32) -> Database:
+    """``weights[l] = (W_attn_out, W_ffn_down)`` as (out, in) of the dense model's layer l.
+
+    Heads / KV groups are removed one at a time; FFN neurons ``neuron_fraction`` of the remaining
+    ones per step (exact joint OBS updates; 0 = one at a time). Runs single-threaded: the greedy
+    loop is many small operations, which a contended thread pool slows down by an order of magnitude.
+    """
     unit, unit_cols = attention_unit(arch)
     jobs = []
     for layer, ((w_attn, w_ffn), h) in enumerate(zip(weights, hessians)):
@@ -107,14 +112,21 @@ def build_database(weights: list[tuple[torch.Tensor | None, torch.Tensor | None]
             jobs.append((layer, "ffn", "neuron", 1, w_ffn, h.ffn, ffn_levels(w_ffn.shape[1], ffn_step)))
     total = sum(w.shape[1] // cols for _, _, _, cols, w, _, _ in jobs)
     modules = []
-    with tqdm(total=total, desc="OBS database", unit="unit", disable=not progress) as bar:
-        for layer, kind, u, cols, w, h, levels in jobs:
-            w32, h32 = w.detach().float(), h.float()
-            energy = output_energy(w32, h32)
-            found = obs_greedy(w32, h32, cols, levels, damp=damp, progress=bar.update)
-            modules.append(ModuleDb(layer, kind, u, cols, energy, tuple(
-                Level(k, lv.kept, lv.loss, lv.loss / energy if energy > 0 else 0.0)
-                for k, lv in sorted(found.items(), reverse=True))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tqdm(total=total, desc="OBS database", unit="unit", disable=not progress) as bar:
+            for layer, kind, u, cols, w, h, levels in jobs:
+                w32, h32 = w.detach().float(), h.float()
+                energy = output_energy(w32, h32)
+                step = geometric(neuron_fraction) if kind == "ffn" and neuron_fraction > 0 else None
+                found = obs_greedy(w32, h32, cols, levels, damp=damp, progress=bar.update,
+                                   **({"per_step": step} if step else {}))
+                modules.append(ModuleDb(layer, kind, u, cols, energy, tuple(
+                    Level(k, lv.kept, lv.loss, lv.loss / energy if energy > 0 else 0.0)
+                    for k, lv in sorted(found.items(), reverse=True))))
+    finally:
+        torch.set_num_threads(threads)
     return Database(asdict(arch), tuple(modules), calibration, damp)
 
 

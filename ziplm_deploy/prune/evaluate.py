@@ -23,3 +23,40 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, pro
         total += loss.item()
         count += target.numel()
     return math.exp(total / count)
+
+
+def read_labelled(path) -> tuple[list[str], list[int]]:
+    """``{"text": ..., "label": int}`` per line."""
+    import json
+    from pathlib import Path
+
+    from ..core.errors import UserError
+
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".jsonl":
+        raise UserError(f"classification data must be a .jsonl file with 'text' and 'label': {path}")
+    texts, labels = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), int):
+            raise UserError(f"{path}:{n} needs a 'text' string and an integer 'label'")
+        texts.append(row["text"])
+        labels.append(row["label"])
+    if not texts:
+        raise UserError(f"{path} has no examples")
+    return texts, labels
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, tokenizer, texts: list[str], labels: list[int], batch_size: int = 32,
+             max_length: int = 128) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        pred = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.argmax(-1)
+        correct += int((pred == torch.tensor(labels[start : start + batch_size])).sum())
+    return correct / len(texts)

@@ -60,12 +60,24 @@ def group_scores(w: torch.Tensor, hinv: torch.Tensor, group: int) -> torch.Tenso
     return torch.einsum("rng,ngr->n", wg, solved)
 
 
-def obs_greedy(w: torch.Tensor, h: torch.Tensor, group: int, levels: Sequence[int], damp: float = 0.01,
-               progress: Callable[[int], None] | None = None) -> dict[int, ObsLevel]:
-    """Greedy structured OBS: remove one group at a time, snapshot at each level (groups kept).
+def one_at_a_time(alive: int) -> int:
+    return 1
 
-    Returns ``{groups_kept: ObsLevel}`` for every requested level. Computes in the dtype of ``w``
-    (use float64 for exactness tests). The working matrices shrink as groups are removed.
+
+def geometric(fraction: float = 1 / 32) -> Callable[[int], int]:
+    """Remove ``ceil(fraction · alive)`` groups per step: ~``ln(n)/fraction`` steps instead of n."""
+    return lambda alive: max(1, int(alive * fraction))
+
+
+def obs_greedy(w: torch.Tensor, h: torch.Tensor, group: int, levels: Sequence[int], damp: float = 0.01,
+               progress: Callable[[int], None] | None = None,
+               per_step: Callable[[int], int] = one_at_a_time) -> dict[int, ObsLevel]:
+    """Greedy structured OBS: remove the cheapest group(s), update, repeat; snapshot at each level.
+
+    Returns ``{groups_kept: ObsLevel}`` for every requested level. ``per_step(alive)`` groups are
+    removed jointly per step (the k cheapest by score, with the exact joint OBS update, never past the
+    next level), so loss and weights stay exact for the kept set; only the choice is approximate.
+    Computes in the dtype of ``w`` (float64 for exactness tests); the matrices shrink as groups go.
     """
     n = w.shape[1] // group
     if w.shape[1] != n * group or h.shape != (w.shape[1], w.shape[1]):
@@ -80,19 +92,25 @@ def obs_greedy(w: torch.Tensor, h: torch.Tensor, group: int, levels: Sequence[in
         out[n] = ObsLevel(tuple(alive), 0.0)
     stop = wanted[-1] if wanted else n
     while len(alive) > stop:
+        next_level = max(k for k in wanted if k < len(alive))
+        k = max(1, min(per_step(len(alive)), len(alive) - next_level))
         scores = group_scores(w, hinv, group)
-        j = int(torch.argmin(scores))
-        cols = torch.arange(j * group, (j + 1) * group, device=w.device)
+        drop = torch.topk(scores, k, largest=False).indices if k > 1 else torch.argmin(scores).view(1)
+        drop_groups = sorted(int(j) for j in drop)
+        cols = torch.tensor([j * group + c for j in drop_groups for c in range(group)], device=w.device)
+        w_s = w[:, cols]
         inv_ss = torch.linalg.inv(hinv[cols][:, cols])
-        row = inv_ss @ hinv[cols]  # (g, in)
-        w -= w[:, cols] @ row
+        row = inv_ss @ hinv[cols]  # (k·g, in)
+        loss += 0.5 * float(torch.einsum("ri,ij,rj->", w_s, inv_ss, w_s))
+        w -= w_s @ row
         hinv -= hinv[:, cols] @ row
-        loss += 0.5 * float(scores[j])
-        keep = torch.cat([torch.arange(0, j * group), torch.arange((j + 1) * group, w.shape[1])]).to(w.device)
-        w, hinv = w[:, keep], hinv[keep][:, keep]
-        del alive[j]
+        mask = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
+        mask[cols] = False
+        w, hinv = w[:, mask], hinv[mask][:, mask]
+        for j in reversed(drop_groups):
+            del alive[j]
         if progress:
-            progress(1)
+            progress(k)
         if len(alive) in wanted:
             out[len(alive)] = ObsLevel(tuple(sorted(alive)), loss)
     return out

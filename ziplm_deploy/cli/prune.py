@@ -1,0 +1,43 @@
+"""``ziplm-deploy prune --model DIR --table TABLE.json --calib DATA --targets 1.5 2 3 --out RUNDIR``"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="dense model directory")
+    p.add_argument("--table", required=True, help="latency table measured for this model (ziplm-deploy profile)")
+    p.add_argument("--calib", required=True,
+                   help="calibration text: .txt, .jsonl ('text' field), a saved HF dataset dir, or 'wikipedia'")
+    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0], help="speedup targets (default 1.5 2 3)")
+    p.add_argument("--method", default="ziplm", choices=("ziplm", "magnitude", "uniform", "layerchop"))
+    p.add_argument("--out", required=True, help="run directory: one model directory per target + family JSON")
+    p.add_argument("--seq-len", type=int, default=128, help="calibration window length (default 128)")
+    p.add_argument("--windows", type=int, default=64, help="calibration windows (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ffn-step", type=int, help="FFN level grid step (default FFN width / 32)")
+    p.add_argument("--damp", type=float, default=0.01, help="Hessian dampening, fraction of mean diagonal (0.01)")
+    p.add_argument("--loss", default="relative", choices=("relative", "absolute"),
+                   help="per-module OBS loss, normalised by the module's output energy (default) or raw")
+    p.add_argument("--uniform", action="store_true", help="ziplm: same heads / FFN width in every layer")
+    p.add_argument("--layerchop-rule", default="influence", choices=("influence", "top", "indices"))
+    p.add_argument("--layers", type=int, nargs="*", default=[], help="layerchop --layerchop-rule indices: layers to drop")
+    p.add_argument("--no-eval", action="store_true", help="skip the calibration perplexity of each model")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.table import LatencyTable
+    from ..prune.family import PruneConfig, prune_family
+
+    table = LatencyTable.load(args.table)
+    config = PruneConfig(method=args.method, targets=tuple(args.targets), seq_len=args.seq_len, windows=args.windows,
+                         seed=args.seed, ffn_step=args.ffn_step, damp=args.damp, loss=args.loss, uniform=args.uniform,
+                         layerchop_rule=args.layerchop_rule, layerchop_indices=tuple(args.layers),
+                         evaluate=not args.no_eval)
+    report = prune_family(args.model, table, args.table, args.calib, config, args.out, progress=not args.no_progress)
+    reached = sum(m.reachable for m in report.members)
+    print(f"{args.method}: {reached} of {len(report.members)} targets reached in {report.seconds:.0f}s; "
+          f"report {args.out}/family-{args.method}.json")
+    return 0 if reached == len(report.members) else 1

@@ -1,0 +1,273 @@
+"""One pruning run -> a family of models, one per speedup target, all judged by the same latency table.
+
+Methods: ``ziplm`` (structured OBS database + DP search + OBS reconstruction), ``magnitude`` (the same
+DP over magnitude-ranked levels, no reconstruction), ``uniform`` (the same width in every layer,
+magnitude selection), ``layerchop`` (whole layers removed). Every model's predicted latency comes
+from the same table, so methods compare at equal predicted speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
+from ..core.errors import UserError
+from ..core.jsonio import atomic_write_json
+from ..core.manifest import MANIFEST_FILE, new_manifest
+from ..core.shape import ModelShape
+from ..core.table import LatencyTable
+
+METHODS = ("ziplm", "magnitude", "uniform", "layerchop")
+FAMILY_FORMAT = "ziplm-deploy/family"
+FAMILY_FILE = "family.json"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "ziplm"
+    targets: tuple[float, ...] = (1.5, 2.0, 3.0)
+    seq_len: int = 128
+    windows: int = 64
+    seed: int = 0
+    ffn_step: int | None = None  # FFN level grid step; default: width // 32
+    damp: float = 0.01
+    loss: str = "relative"  # per-module OBS loss normalised by the module's output energy, or "absolute"
+    uniform: bool = False  # ziplm: same level in every layer (runtimes that reject per-layer shapes)
+    buckets: int = 10000
+    layerchop_rule: str = "influence"
+    layerchop_indices: tuple[int, ...] = ()
+    evaluate: bool = True  # calibration perplexity of each produced decoder
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
+        if not self.targets or any(t < 1.0 for t in self.targets):
+            raise UserError(f"speedup targets must be >= 1, got {list(self.targets)}")
+        if self.loss not in ("relative", "absolute"):
+            raise UserError(f"unknown loss {self.loss!r}", "choose relative or absolute")
+        if self.windows < 1 or self.seq_len < 8:
+            raise UserError("need at least 1 calibration window of at least 8 tokens")
+
+
+@dataclass
+class FamilyMember:
+    target: float
+    reachable: bool
+    max_speedup: float
+    path: str | None = None
+    predicted_ms: float = 0.0
+    predicted_speedup: float = 0.0
+    search_loss: float = 0.0
+    calibration_ppl: float | None = None
+    shape: dict[str, Any] | None = None
+
+
+@dataclass
+class FamilyReport:
+    method: str
+    model: str
+    table_sha256: str
+    fingerprint: dict[str, Any]
+    config: dict[str, Any]
+    members: list[FamilyMember] = field(default_factory=list)
+    dense_predicted_ms: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FAMILY_FORMAT, "version": 1, **asdict(self)}
+
+
+def _member_dir(out: Path, method: str, target: float) -> Path:
+    return out / f"{method}-{target:g}x"
+
+
+def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: str | os.PathLike,
+                 calib: str | os.PathLike, config: PruneConfig, out: str | os.PathLike,
+                 log: Callable[[str], None] = print, progress: bool = True) -> FamilyReport:
+    import time
+
+    import torch
+
+    from ..core.manifest import file_sha256
+    from ..models import load_model
+    from ..models.tokenizer import load_tokenizer
+    from .data import calibration_windows
+
+    started = time.perf_counter()
+    out = Path(out)
+    raw = read_model_config(model_dir)
+    if raw.get(SHAPE_CONFIG_KEY):
+        raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
+    arch = arch_from_dir(model_dir)
+    table.check_arch(arch, source=str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
+    windows = calibration_windows(tokenizer, calib, config.seq_len, config.windows, config.seed)
+    log(f"calibration: {len(windows)} windows of {config.seq_len} tokens from {calib}")
+    dense = load_model(model_dir)
+    torch.manual_seed(config.seed)
+
+    report = FamilyReport(config.method, str(model_dir), file_sha256(table_path), table.fingerprint.to_json(),
+                          asdict(config), dense_predicted_ms=table.predict(table.dense_shape()))
+    results = _solve(config, dense, table, windows, model_dir, out, log, progress)
+    for target, ok, max_speedup, shape, predicted, loss, build in results:
+        member = FamilyMember(target, ok, round(max_speedup, 4))
+        if not ok:
+            log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {max_speedup:.2f}x)")
+            report.members.append(member)
+            continue
+        model = build()
+        member.predicted_ms, member.predicted_speedup = round(predicted, 4), round(report.dense_predicted_ms / predicted, 4)
+        member.search_loss, member.shape = loss, shape.to_json()
+        if config.evaluate and arch.is_decoder:
+            from .evaluate import perplexity
+
+            member.calibration_ppl = round(perplexity(model, windows, progress=False), 4)
+        path = _member_dir(out, config.method, target)
+        manifest = new_manifest(config.method, model_dir, shape.to_json(), options=asdict(config), metrics={
+            "target_speedup": target, "predicted_ms": member.predicted_ms, "predicted_speedup": member.predicted_speedup,
+            "dense_predicted_ms": report.dense_predicted_ms, "search_loss": loss,
+            **({"calibration_ppl": member.calibration_ppl} if member.calibration_ppl is not None else {}),
+        })
+        from ..models import save_model
+
+        payload = manifest.to_json()
+        payload["table_sha256"] = report.table_sha256
+        payload["fingerprint"] = report.fingerprint
+        save_model(model, path, tokenizer=tokenizer, overwrite=True,
+                   extra_files={MANIFEST_FILE: json.dumps(payload, indent=2) + "\n"})
+        member.path = str(path)
+        log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
+            + (f", calibration ppl {member.calibration_ppl:.2f}" if member.calibration_ppl is not None else "")
+            + f" -> {path}")
+        report.members.append(member)
+        del model
+    report.seconds = round(time.perf_counter() - started, 1)
+    atomic_write_json(out / f"family-{config.method}.json", report.to_json())
+    return report
+
+
+def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, out: Path, log, progress):
+    """[(target, reachable, max_speedup, shape, predicted_ms, loss, build_model)] per target."""
+    import copy
+
+    from ..models import apply_shape
+    from .search import search
+
+    if config.method == "layerchop":
+        from .layerchop import block_influence, chop_for_target, drop_order
+
+        influence = block_influence(dense, windows) if config.layerchop_rule == "influence" else None
+        order = drop_order(config.layerchop_rule, table.arch.num_layers, influence, config.layerchop_indices)
+        dense_ms = table.predict(table.dense_shape())
+        rows = []
+        for t in config.targets:
+            shape = chop_for_target(table, order, t)
+            max_sp = dense_ms / table.predict(_chop_all_but_one(table, order))
+            if shape is None:
+                rows.append((t, False, max_sp, None, 0.0, 0.0, None))
+                continue
+            rows.append((t, True, max_sp, shape, table.predict(shape), float(sum(s.dropped for s in shape.layers)),
+                         _builder(dense, shape)))
+        return rows
+
+    if config.method == "ziplm":
+        db, hessians = _database(dense, windows, config, model_dir, out, log, progress)
+    else:
+        db, hessians = _magnitude_database(dense, config), None
+    results = search(db, table, config.targets, loss=config.loss,
+                     uniform=config.uniform or config.method == "uniform", buckets=config.buckets)
+    rows = []
+    for r in results:
+        if not r.reachable:
+            rows.append((r.target, False, r.max_speedup, None, 0.0, 0.0, None))
+            continue
+        if config.method == "ziplm":
+            from .stitch import stitch
+
+            def build(units=r.units):
+                return stitch(copy.deepcopy(dense), db, hessians, units)
+        else:
+            build = _builder(dense, r.shape)
+        rows.append((r.target, True, r.max_speedup, r.shape, r.predicted_ms, r.loss, build))
+    return rows
+
+
+def _builder(dense, shape: ModelShape):
+    import copy
+
+    from ..models import apply_shape
+
+    return lambda: apply_shape(copy.deepcopy(dense), shape)
+
+
+def _chop_all_but_one(table: LatencyTable, order) -> ModelShape:
+    from ..core.shape import LayerShape
+
+    layers = list(table.dense_shape().layers)
+    for i in list(order)[: table.arch.num_layers - 1]:
+        layers[i] = LayerShape(dropped=True)
+    return ModelShape(tuple(layers))
+
+
+def _ffn_step(config: PruneConfig, width: int) -> int:
+    return config.ffn_step or max(1, width // 32)
+
+
+def _database(dense, windows, config: PruneConfig, model_dir, out: Path, log, progress):
+    from ..models import adapter_for
+    from .database import build_database, database_key, load_database, save_database, token_hash
+    from .hessian import collect_hessians
+
+    adapter = adapter_for(dense)
+    arch = adapter.arch(dense)
+    calibration = {"windows": len(windows), "seq_len": config.seq_len, "seed": config.seed,
+                   "tokens_sha256": token_hash(windows)}
+    key = database_key(read_model_config(model_dir), calibration, _ffn_step(config, arch.ffn), config.damp)
+    folder = out / "database" / key
+    if (folder / "database.json").is_file():
+        log(f"reusing OBS database {folder}")
+        return load_database(folder)
+    log("collecting Hessians on calibration data")
+    hessians = collect_hessians(dense, windows, progress=progress)
+    weights = [(adapter.attn_out_weight(layer), adapter.ffn_out_weight(layer)) for layer in adapter.layers(dense)]
+    db = build_database(weights, hessians, arch, _ffn_step(config, arch.ffn), config.damp, calibration,
+                        progress=progress)
+    save_database(db, hessians, folder)
+    return db, hessians
+
+
+def _magnitude_database(dense, config: PruneConfig):
+    """Levels ranked by weight magnitude: keeping the top-k units costs the fraction of magnitude removed."""
+    from dataclasses import asdict as _asdict
+
+    import torch
+
+    from ..models import adapter_for
+    from ..models.base import magnitude_scores
+    from .database import Database, Level, ModuleDb, attention_unit, ffn_levels
+
+    adapter = adapter_for(dense)
+    arch = adapter.arch(dense)
+    unit, unit_cols = attention_unit(arch)
+    modules = []
+    for i, layer in enumerate(adapter.layers(dense)):
+        attn, ffn = magnitude_scores(adapter, layer, arch)
+        for kind, scores, levels, u, cols in (
+            ("attn", attn, None, unit, unit_cols),
+            ("ffn", ffn, ffn_levels(ffn.numel(), _ffn_step(config, arch.ffn)) if ffn is not None else None, "neuron", 1),
+        ):
+            if scores is None:
+                continue
+            levels = levels if levels is not None else list(range(scores.numel(), -1, -1))
+            order = torch.argsort(scores, descending=True, stable=True).tolist()
+            total = float(scores.sum()) or 1.0
+            lv = tuple(Level(k, tuple(sorted(order[:k])), 1 - float(scores[order[:k]].sum()) / total,
+                             1 - float(scores[order[:k]].sum()) / total) for k in levels)
+            modules.append(ModuleDb(i, kind, u, cols, total, lv))
+    return Database(_asdict(arch), tuple(modules), {"magnitude": True}, 0.0)
