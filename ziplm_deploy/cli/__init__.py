@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("ziplm_deploy.cli.prune", "prune to a family of models, one per speedup target (ZipLM and baselines)"),
     "eval": ("ziplm_deploy.cli.eval", "perplexity (causal LM) or accuracy (classifier) of a model on data"),
     "demo": ("ziplm_deploy.cli.demo", "shrink + export + verify the embedded SmolLM2-135M default"),
+    "verify": ("ziplm_deploy.cli.verify", "measure baseline vs candidate in the deployment runtime: speedup, parity"),
+    "gate": ("ziplm_deploy.cli.gate", "judge a verify report against a release policy (exit 1 when a budget fails)"),
+    "report": ("ziplm_deploy.cli.report", "HTML/Markdown report of a run with quality/speedup/latency plots"),
+    "build-engine": ("ziplm_deploy.cli.build_engine", "build a TensorRT engine with a device/version metadata sidecar"),
 }
 
 
