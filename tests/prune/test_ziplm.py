@@ -103,3 +103,21 @@ def test_gqa_database_removes_whole_kv_groups():
     attn = db.module(0, "attn")
     assert attn.unit == "kv_group" and [lv.units for lv in attn.levels] == [3, 2, 1, 0]
     assert attn.levels[-1].rel_loss == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_block_by_block_hessians_equal_whole_model_hessians(family):
+    from ziplm_deploy.models import LayerPlan, shrink
+    from ziplm_deploy.prune.hessian import collect_hessians_sequential
+
+    model = tiny_model(family)
+    shrink(model, [LayerPlan(heads=()), LayerPlan(), LayerPlan(ffn=()), LayerPlan()])  # blocks may be missing
+    windows = torch.randint(0, 120, (6, 12), generator=torch.Generator().manual_seed(2))
+    whole = collect_hessians(model, windows, batch_size=4, progress=False)
+    blocks = collect_hessians_sequential(model, windows, batch_size=4, progress=False)
+    for a, b in zip(whole, blocks):
+        assert (a.attn is None) == (b.attn is None) and (a.ffn is None) == (b.ffn is None)
+        for x, y in ((a.attn, b.attn), (a.ffn, b.ffn)):
+            if x is not None:
+                assert torch.allclose(x, y, rtol=1e-5, atol=1e-6 * float(x.abs().max()))
+        assert a.tokens == b.tokens == 72

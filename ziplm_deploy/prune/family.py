@@ -41,6 +41,7 @@ class PruneConfig:
     layerchop_rule: str = "influence"
     layerchop_indices: tuple[int, ...] = ()
     evaluate: bool = True  # calibration perplexity of each produced decoder
+    device: str = "cpu"  # "cuda": Hessians block by block and the OBS database on the accelerator
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -233,10 +234,21 @@ def _database(dense, windows, config: PruneConfig, model_dir, out: Path, log, pr
     if (folder / "database.json").is_file():
         log(f"reusing OBS database {folder}")
         return load_database(folder)
-    log("collecting Hessians on calibration data")
-    hessians = collect_hessians(dense, windows, progress=progress)
-    weights = [(adapter.attn_out_weight(layer), adapter.ffn_out_weight(layer)) for layer in adapter.layers(dense)]
-    db = build_database(weights, hessians, arch, _ffn_step(config, arch.ffn), config.damp, calibration,
+    log(f"collecting Hessians on calibration data ({config.device})")
+    if config.device == "cpu":
+        hessians = collect_hessians(dense, windows, progress=progress)
+    else:
+        from .hessian import collect_hessians_sequential
+
+        hessians = collect_hessians_sequential(dense, windows, device=config.device, progress=progress)
+
+    def on_device(t):
+        return None if t is None else t.detach().to(config.device)
+
+    weights = [(on_device(adapter.attn_out_weight(layer)), on_device(adapter.ffn_out_weight(layer)))
+               for layer in adapter.layers(dense)]
+    dev_hessians = [type(h)(on_device(h.attn), on_device(h.ffn), h.tokens) for h in hessians]
+    db = build_database(weights, dev_hessians, arch, _ffn_step(config, arch.ffn), config.damp, calibration,
                         progress=progress)
     save_database(db, hessians, folder)
     return db, hessians

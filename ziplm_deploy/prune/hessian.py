@@ -60,3 +60,77 @@ def collect_hessians(model: nn.Module, windows: torch.Tensor, batch_size: int = 
         out.append(LayerHessians(attn[0] if attn else None, ffn[0] if ffn else None,
                                  (attn or ffn or [None, 0])[1]))
     return out
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def collect_hessians_sequential(model: nn.Module, windows: torch.Tensor, device: str | torch.device = "cpu",
+                                batch_size: int = 4, progress: bool = True) -> list[LayerHessians]:
+    """Same Hessians as ``collect_hessians``, but one transformer block on ``device`` at a time.
+
+    The inputs of the first block are captured once (with the arguments the model passes to it:
+    masks, position embeddings); then each block in turn is moved to ``device``, run on every batch
+    with hooks on its output projections, and its outputs become the next block's inputs. The rest of
+    the model stays where it is, so a model larger than the accelerator still fits.
+    """
+    adapter = adapter_for(model)
+    extra = {"use_cache": False} if adapter.arch(model).is_decoder else {}
+    layers = adapter.layers(model)
+    model.eval()
+    captured: list[tuple[tuple, dict]] = []
+
+    def catch(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for start in range(0, len(windows), batch_size):
+            try:
+                model(input_ids=windows[start : start + batch_size], **extra)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+
+    def to(obj, dev):
+        if isinstance(obj, torch.Tensor):
+            return obj.to(dev)
+        if isinstance(obj, tuple):
+            return tuple(to(o, dev) for o in obj)
+        if isinstance(obj, dict):
+            return {k: to(v, dev) for k, v in obj.items()}
+        return obj
+
+    hidden = [args[0] if args else kwargs["hidden_states"] for args, kwargs in captured]
+    rest = [(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}) for args, kwargs in captured]
+    out: list[LayerHessians] = []
+    for layer in tqdm(layers, desc="calibration (Hessians, block by block)", disable=not progress, leave=False):
+        home = next(layer.parameters()).device
+        layer.to(device)
+        slots = {kind: [None, 0] for kind, proj in (("attn", adapter.attn_out_proj(layer)),
+                                                      ("ffn", adapter.ffn_out_proj(layer))) if proj is not None}
+        handles = []
+        for kind, proj in (("attn", adapter.attn_out_proj(layer)), ("ffn", adapter.ffn_out_proj(layer))):
+            if proj is not None:
+                def fn(module, args, slot=slots[kind]):
+                    x = args[0].detach().float()
+                    if slot[0] is None:
+                        slot[0] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
+                    slot[0], slot[1] = accumulate_hessian(slot[0], slot[1], x)
+                handles.append(proj.register_forward_pre_hook(fn))
+        try:
+            for b, (h, (args, kwargs)) in enumerate(zip(hidden, rest)):
+                y = layer(to(h, device), *to(args, device), **to(kwargs, device))
+                hidden[b] = (y[0] if isinstance(y, tuple) else y).to(h.device)
+        finally:
+            for hd in handles:
+                hd.remove()
+            layer.to(home)
+        attn, ffn = slots.get("attn"), slots.get("ffn")
+        out.append(LayerHessians(attn[0].cpu() if attn else None, ffn[0].cpu() if ffn else None,
+                                 (attn or ffn or [None, 0])[1]))
+    return out
