@@ -121,3 +121,22 @@ def test_block_by_block_hessians_equal_whole_model_hessians(family):
             if x is not None:
                 assert torch.allclose(x, y, rtol=1e-5, atol=1e-6 * float(x.abs().max()))
         assert a.tokens == b.tokens == 72
+
+
+def test_spdy_never_does_worse_than_the_plain_dp(tables):
+    from ziplm_deploy.prune.family import PruneConfig
+    from ziplm_deploy.prune.spdy import calibration_score, spdy_search
+
+    model = tiny_model("llama")
+    db, hessians = _db(model)
+    windows = torch.randint(0, 120, (8, 16), generator=torch.Generator().manual_seed(3))
+    (plain,) = search(db, tables["llama"], [1.5])
+    best = spdy_search(model, db, hessians, tables["llama"], plain, windows,
+                       PruneConfig(spdy_samples=6, seed=1), log=lambda s: None)
+    import copy
+
+    def score(r):
+        return calibration_score(stitch(copy.deepcopy(model), db, hessians, r.units), windows[:8])
+
+    assert best.reachable and best.predicted_ms <= tables["llama"].predict(tables["llama"].dense_shape()) / 1.5 * (1 + 1e-9)
+    assert score(best) <= score(plain) + 1e-9

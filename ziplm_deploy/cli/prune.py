@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layerchop-rule", default="influence", choices=("influence", "top", "indices"))
     p.add_argument("--layers", type=int, nargs="*", default=[], help="layerchop --layerchop-rule indices: layers to drop")
     p.add_argument("--no-eval", action="store_true", help="skip the calibration perplexity of each model")
+    p.add_argument("--spdy-samples", type=int, default=0,
+                   help="ziplm: refine each target with SPDY's randomised per-layer loss coefficients (e.g. 20)")
     p.add_argument("--device", default="cpu",
                    help="cpu, or cuda[:N]: Hessians block by block and the OBS database on that device")
     p.add_argument("--no-progress", action="store_true")
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     config = PruneConfig(method=args.method, targets=tuple(args.targets), seq_len=args.seq_len, windows=args.windows,
                          seed=args.seed, ffn_step=args.ffn_step, damp=args.damp, loss=args.loss, uniform=args.uniform,
                          layerchop_rule=args.layerchop_rule, layerchop_indices=tuple(args.layers),
-                         evaluate=not args.no_eval, device=args.device)
+                         evaluate=not args.no_eval, device=args.device,
+                         spdy_samples=args.spdy_samples)
     report = prune_family(args.model, table, args.table, args.calib, config, args.out, progress=not args.no_progress)
     reached = sum(m.reachable for m in report.members)
     print(f"{args.method}: {reached} of {len(report.members)} targets reached in {report.seconds:.0f}s; "

@@ -42,6 +42,7 @@ class PruneConfig:
     layerchop_indices: tuple[int, ...] = ()
     evaluate: bool = True  # calibration perplexity of each produced decoder
     device: str = "cpu"  # "cuda": Hessians block by block and the OBS database on the accelerator
+    spdy_samples: int = 0  # ziplm: > 0 runs SPDY's randomised per-layer loss coefficients, scored by calibration loss
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -183,6 +184,11 @@ def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, 
         db, hessians = _magnitude_database(dense, config), None
     results = search(db, table, config.targets, loss=config.loss,
                      uniform=config.uniform or config.method == "uniform", buckets=config.buckets)
+    if config.method == "ziplm" and config.spdy_samples > 0 and not config.uniform:
+        from .spdy import spdy_search
+
+        results = [spdy_search(dense, db, hessians, table, r, windows, config, log) if r.reachable else r
+                   for r in results]
     rows = []
     for r in results:
         if not r.reachable:

@@ -95,8 +95,10 @@ class SearchResult:
                 "loss": self.loss, "shape": self.shape.to_json() if self.shape else None}
 
 
-def module_options(db: Database, table: LatencyTable, loss: str = "relative") -> list[tuple[int, str, list[Option]]]:
-    """The options of every module of the database, timed by the table."""
+def module_options(db: Database, table: LatencyTable, loss: str = "relative",
+                   coefficients: dict[int, float] | None = None) -> list[tuple[int, str, list[Option]]]:
+    """The options of every module of the database, timed by the table; ``coefficients`` (per layer)
+    scale the losses (SPDY's randomised search)."""
     arch = table.arch
     per_unit = arch.group_size if arch.kv_heads != arch.heads else 1
     gqa = arch.kv_heads != arch.heads
@@ -109,7 +111,8 @@ def module_options(db: Database, table: LatencyTable, loss: str = "relative") ->
                 t = table.attention_ms(heads, lv.units if gqa else None)
             else:
                 t = table.ffn_ms(lv.units)
-            opts.append(Option(lv.units, t, lv.rel_loss if loss == "relative" else lv.loss))
+            cost = lv.rel_loss if loss == "relative" else lv.loss
+            opts.append(Option(lv.units, t, cost * (coefficients or {}).get(m.layer, 1.0)))
         out.append((m.layer, m.kind, opts))
     return out
 
@@ -127,20 +130,23 @@ def shape_from_units(db: Database, table: LatencyTable, units: dict[tuple[int, s
 
 
 def search(db: Database, table: LatencyTable, targets: Sequence[float], loss: str = "relative",
-           uniform: bool = False, buckets: int = 10000) -> list[SearchResult]:
+           uniform: bool = False, buckets: int = 10000, coefficients: dict[int, float] | None = None) -> list[SearchResult]:
     """One result per speedup target: the least-loss shape whose predicted latency meets ``T_dense / target``."""
     if any(t < 1.0 for t in targets):
         raise UserError(f"speedup targets must be >= 1, got {list(targets)}")
-    modules = module_options(db, table, loss)
-    if len({m.layer for m in db.modules}) != table.arch.num_layers:
-        raise UserError("the database covers fewer layers than the table's model", "prune a dense model")
+    modules = module_options(db, table, loss, coefficients)
+    layers = {m.layer for m in db.modules}
+    if db.arch.get("num_layers", len(layers)) != table.arch.num_layers or max(layers) >= table.arch.num_layers:
+        raise UserError("the database covers another number of layers than the table's model",
+                        "prune a model that has all its layers")
     alpha, beta = table.calibration.alpha, table.calibration.beta
     dense_ms = table.predict(table.dense_shape())
+    fixed = _absent_ms(db, table)  # blocks an earlier pruning removed: constant time, not searched
     min_raw = sum(min(o.time for o in opts) for _, _, opts in modules)
-    max_speedup = dense_ms / (alpha * min_raw + beta)
+    max_speedup = dense_ms / (alpha * (min_raw + fixed) + beta)
     results = []
     for target in targets:
-        raw_budget = (dense_ms / target - beta) / alpha
+        raw_budget = (dense_ms / target - beta) / alpha - fixed
         if raw_budget < min_raw:
             results.append(SearchResult(target, False, max_speedup))
             continue
@@ -159,6 +165,18 @@ def search(db: Database, table: LatencyTable, targets: Sequence[float], loss: st
         cost = sum(opts[j].cost for (_, _, opts), j in zip(modules, picked))
         results.append(SearchResult(target, True, max_speedup, shape, predicted, dense_ms / predicted, cost, units))
     return results
+
+
+def _absent_ms(db: Database, table: LatencyTable) -> float:
+    """Raw table time of the blocks the database lacks: on an already pruned model (gradual pruning)
+    these were removed earlier and cost their table entry at size 0. Zero for a dense model's database."""
+    total = 0.0
+    for layer in range(table.arch.num_layers):
+        if db.module(layer, "attn") is None:
+            total += table.attention_ms(0)
+        if db.module(layer, "ffn") is None:
+            total += table.ffn_ms(0)
+    return total
 
 
 def _uniform_select(modules: list[list[Option]], kinds: list[str], budget: float) -> list[int] | None:
