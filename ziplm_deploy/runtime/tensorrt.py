@@ -2,6 +2,11 @@
 cache on disk) or load a serialized ``.plan``; run with ``execute_async_v3`` on a CUDA stream and
 synchronise that stream. ``tensorrt`` is imported lazily; device memory goes through libcudart (ctypes),
 so neither torch nor pycuda is needed.
+
+Engines are only valid for the GPU model / compute capability and TensorRT version that built them.
+``build_engine`` writes a metadata sidecar (``FILE.plan.json``, format ``ziplm-deploy/engine``) and
+loading a ``.plan`` checks it first (``check_engine_metadata``): another GPU, compute capability or
+TensorRT version, a missing sidecar or an engine file that is not the one described is refused.
 """
 
 from __future__ import annotations
@@ -82,6 +87,13 @@ class CudaRuntime:
     def destroy_stream(self, stream: int) -> None:
         self.lib.cudaStreamDestroy(ctypes.c_void_p(stream))
 
+    def compute_capability(self, device: int = 0) -> str:
+        """``"major.minor"`` of a device (cudaDevAttrComputeCapabilityMajor/Minor = 75/76)."""
+        major, minor = ctypes.c_int(0), ctypes.c_int(0)
+        self._check(self.lib.cudaDeviceGetAttribute(ctypes.byref(major), 75, device), "cudaDeviceGetAttribute")
+        self._check(self.lib.cudaDeviceGetAttribute(ctypes.byref(minor), 76, device), "cudaDeviceGetAttribute")
+        return f"{major.value}.{minor.value}"
+
 
 class TensorRTBackend(Backend):
     name = "trt"
@@ -112,6 +124,8 @@ class TensorRTBackend(Backend):
             if not path.is_file():
                 raise UserError(f"model file not found: {path}")
             if path.suffix in (".plan", ".engine"):
+                check_engine_metadata(load_engine_metadata(path), self.trt.__version__, _gpu(),
+                                      self.cuda.compute_capability(), engine=path)
                 return TensorRTSession(self, engine=self.deserialize(path.read_bytes()))
             return TensorRTSession(self, onnx_bytes=path.read_bytes())
         return TensorRTSession(self, onnx_bytes=bytes(model))
@@ -221,3 +235,147 @@ class TensorRTSession(Session):
             self.stream = 0
         self.context = None
         self.engine = None
+
+
+# --- engines with a metadata sidecar ---------------------------------------------------------------
+ENGINE_FORMAT = "ziplm-deploy/engine"
+ENGINE_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _gpu() -> str | None:
+    from .fingerprint import gpu_name
+
+    return gpu_name()
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    """``model.plan`` -> ``model.plan.json``."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def load_engine_metadata(engine: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar of ``engine``, header-checked; a missing sidecar is refused (the engine is unverifiable)."""
+    from ..core.jsonio import check_header, read_json
+
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise UserError(f"engine {engine} has no metadata sidecar {path.name}",
+                        "build engines with `ziplm-deploy build-engine`, which records the GPU and TensorRT version")
+    meta = read_json(path, "engine metadata")
+    check_header(meta, ENGINE_FORMAT, (ENGINE_VERSION,), str(path))
+    missing = {"tensorrt_version", "gpu", "compute_capability", "precision", "profiles", "source_onnx_sha256",
+               "engine_sha256"} - set(meta)
+    if missing:
+        raise UserError(f"{path}: missing keys {sorted(missing)}", "rebuild the engine with `ziplm-deploy build-engine`")
+    return meta
+
+
+def check_engine_metadata(meta: dict[str, Any], tensorrt_version: str, gpu: str | None, compute_capability: str,
+                          engine: str | os.PathLike | None = None) -> None:
+    """Refuse an engine built for another GPU model, compute capability or TensorRT version.
+
+    With ``engine``, also refuse an engine file whose hash is not the one the sidecar describes.
+    """
+    problems = []
+    if meta["tensorrt_version"] != tensorrt_version:
+        problems.append(f"TensorRT {meta['tensorrt_version']} built it, this is TensorRT {tensorrt_version}")
+    if meta["gpu"] != gpu:
+        problems.append(f"built on GPU {meta['gpu']!r}, this is {gpu!r}")
+    if str(meta["compute_capability"]) != str(compute_capability):
+        problems.append(f"built for compute capability {meta['compute_capability']}, this GPU has {compute_capability}")
+    if engine is not None:
+        from ..core.manifest import file_sha256
+
+        if file_sha256(engine) != meta["engine_sha256"]:
+            problems.append("the engine file is not the one its sidecar describes (sha256 differs)")
+    if problems:
+        raise UserError(f"refusing engine {engine or ''}: " + "; ".join(problems),
+                        "rebuild it on this machine with `ziplm-deploy build-engine`")
+
+
+def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
+    """``"input_ids:1x128,attention_mask:1x128"`` -> {name: dims} (trtexec's --minShapes syntax)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, dims = part.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise UserError(f"bad shape {part!r}", "write NAME:DxDx..., e.g. input_ids:1x128,attention_mask:1x128")
+        out[name] = shape
+    return out
+
+
+def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, profiles: dict[str, tuple[tuple[int, ...], ...]],
+                 precision: str = "fp32", timing_cache: str | None = None, workspace_mb: int = 4096,
+                 opt_level: str = "3") -> dict[str, Any]:
+    """Build ``out`` (a serialized engine) from ``onnx_path`` with one optimisation profile
+    ``{input: (min, opt, max)}``; write its sidecar; return the metadata. Needs TensorRT and a GPU."""
+    import datetime as _dt
+    import json as _json
+
+    from .. import __version__
+    from ..core.jsonio import atomic_write_bytes, atomic_write_json
+    from ..core.manifest import file_sha256
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+    backend = TensorRTBackend(opt_level=opt_level, workspace_mb=workspace_mb, timing_cache=timing_cache)
+    trt = backend.trt
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise UserError(f"ONNX file not found: {onnx_path}")
+    builder = trt.Builder(backend.logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, backend.logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.builder_optimization_level = int(backend.opt_level)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    cache_path = Path(timing_cache) if timing_cache else None
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    missing = [n for n in names if n not in profiles]
+    if missing:
+        raise UserError(f"no --min/--opt/--max shape for input(s) {missing}", f"the model's inputs: {', '.join(names)}")
+    for name in names:
+        lo, opt, hi = profiles[name]
+        if not (len(lo) == len(opt) == len(hi)) or any(a > b or b > c for a, b, c in zip(lo, opt, hi)):
+            raise UserError(f"profile of {name!r} needs min <= opt <= max with equal ranks, got {lo} / {opt} / {hi}")
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError("TensorRT failed to build the engine", "see the TensorRT log above")
+    atomic_write_bytes(out, bytes(serialized))
+    if cache_path:
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {
+        "format": ENGINE_FORMAT, "version": ENGINE_VERSION,
+        "tensorrt_version": trt.__version__, "gpu": _gpu(), "compute_capability": backend.cuda.compute_capability(),
+        "precision": precision, "builder_opt_level": int(backend.opt_level), "workspace_mb": workspace_mb,
+        "profiles": [{name: {"min": list(p[0]), "opt": list(p[1]), "max": list(p[2])} for name, p in profiles.items()}],
+        "source_onnx": str(onnx_path), "source_onnx_sha256": file_sha256(onnx_path),
+        "engine_sha256": file_sha256(out), "timing_cache": str(cache_path) if cache_path else None,
+        "onnx_metadata": {p.key: p.value for p in proto.metadata_props},
+        "producer": f"ziplm-deploy {__version__}",
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    _json.dumps(meta)  # fail before writing if anything is not JSON
+    atomic_write_json(sidecar_path(out), meta)
+    return meta

@@ -1,0 +1,86 @@
+"""``ziplm-deploy build-engine --onnx FILE --out FILE.plan [--fp16|--bf16] [--min/--opt/--max SHAPES]``
+
+Writes the serialized TensorRT engine and its metadata sidecar ``FILE.plan.json`` (TensorRT version,
+GPU model and compute capability, precision, optimisation profile, source ONNX sha256). Loading the
+engine on another GPU model or TensorRT version is refused. Needs TensorRT and an NVIDIA GPU.
+
+Shapes: trtexec style ``input_ids:1x128,attention_mask:1x128``, or ``BxS`` for every input of that rank.
+Without --min/--max the profile is fixed at --opt (default ``1x128``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", required=True, help="source ONNX file")
+    p.add_argument("--out", required=True, help="engine file (.plan); the sidecar goes to OUT.json")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="allow fp16 kernels")
+    prec.add_argument("--bf16", action="store_true", help="allow bf16 kernels")
+    p.add_argument("--min", help="smallest input shapes of the optimisation profile")
+    p.add_argument("--opt", default="1x128", help="shapes TensorRT tunes for (default 1x128)")
+    p.add_argument("--max", help="largest input shapes of the optimisation profile")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (read if present, then updated)")
+    p.add_argument("--workspace-mb", type=int, default=4096, help="builder workspace (default 4096 MB)")
+    p.add_argument("--opt-level", default="3", help="builder optimisation level 0..5 (default 3)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine")
+
+
+def profiles_from_args(onnx_inputs: dict[str, int], min_s: str | None, opt_s: str,
+                       max_s: str | None) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """{input: (min, opt, max)} from the three shape options; ``onnx_inputs`` maps input name -> rank."""
+    from ..core.errors import UserError
+    from ..runtime.tensorrt import parse_shapes
+
+    def expand(spec: str, flag: str) -> dict[str, tuple[int, ...]]:
+        if ":" in spec:
+            shapes = parse_shapes(spec)
+        else:
+            dims = parse_shapes(f"all:{spec}")["all"]
+            shapes = {n: dims for n, rank in onnx_inputs.items() if rank == len(dims)}
+        unknown = sorted(set(shapes) - set(onnx_inputs))
+        if unknown:
+            raise UserError(f"{flag}: the model has no input(s) {unknown}", f"inputs: {', '.join(onnx_inputs)}")
+        missing = sorted(set(onnx_inputs) - set(shapes))
+        if missing:
+            raise UserError(f"{flag}: no shape for input(s) {missing}", "name them: NAME:DxD,...")
+        return shapes
+
+    opt = expand(opt_s, "--opt")
+    lo = expand(min_s, "--min") if min_s else opt
+    hi = expand(max_s, "--max") if max_s else opt
+    out = {}
+    for name in onnx_inputs:
+        a, b, c = lo[name], opt[name], hi[name]
+        if not (len(a) == len(b) == len(c)) or any(x > y or y > z for x, y, z in zip(a, b, c)):
+            raise UserError(f"profile of {name!r} needs min <= opt <= max with equal ranks, got {a} / {b} / {c}")
+        out[name] = (a, b, c)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..core.errors import UserError
+    from ..runtime.tensorrt import build_engine, sidecar_path
+    from ..verify.measure import onnx_metadata  # noqa: F401  (validates the file is ONNX)
+
+    src, out = Path(args.onnx), Path(args.out)
+    if not src.is_file():
+        raise UserError(f"ONNX file not found: {src}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"engine exists: {out}", "choose another --out or pass --overwrite")
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits}
+    profiles = profiles_from_args(inputs, args.min, args.opt, args.max)
+    precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    meta = build_engine(src, out, profiles, precision=precision, timing_cache=args.timing_cache,
+                        workspace_mb=args.workspace_mb, opt_level=args.opt_level)
+    print(f"engine: {out} ({out.stat().st_size / 2**20:.1f} MB, {precision}, TensorRT {meta['tensorrt_version']}, "
+          f"{meta['gpu']} sm {meta['compute_capability']}); metadata: {sidecar_path(out)}")
+    return 0

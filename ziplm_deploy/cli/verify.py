@@ -1,0 +1,91 @@
+"""``ziplm-deploy verify --baseline DIR|ONNX --candidate DIR|ONNX --report OUT.json``
+
+Measures both models end to end in the deployment runtime (shared protocol), checks the candidate's
+output parity, and compares the measured speedup with the target and the latency table's prediction.
+Exit 0: measured, parity within tolerance and the target (if any) met within --tolerance;
+1: a check failed or a measurement errored (the report is still written, with the error); 2: bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", required=True, help="dense model: directory, .onnx, or .plan engine (--runtime trt)")
+    p.add_argument("--candidate", required=True, help="pruned model: directory, .onnx, or .plan engine")
+    p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt (default ort-cpu)")
+    p.add_argument("--report", required=True, help="write verify.json here")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--opt-level", default="all", help="graph optimisation level (default all)")
+    p.add_argument("--target", type=float, help="speedup target (default: the candidate manifest's)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="the target counts as met at >= target * (1 - tolerance) (default 0.05)")
+    p.add_argument("--table", help="latency table: also report its prediction and the prediction error")
+    p.add_argument("--atol", type=float, default=1e-4, help="parity: absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="parity: tolerance relative to max|reference| (default 1e-3)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-data", help="also measure quality of both directories on this data (needs torch)")
+    p.add_argument("--eval-windows", type=int, default=8, help="LM windows for --eval-data (default 8)")
+    p.add_argument("--eval-seq", type=int, default=128, help="LM window length for --eval-data (default 128)")
+    p.add_argument("--cache", help="folder for exports of model directories (default: onnx-cache beside --report)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..verify.measure import VerifyOptions, verify
+
+    opts = VerifyOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, threads=args.threads,
+                         opt_level=args.opt_level, target=args.target, tolerance=args.tolerance, table=args.table,
+                         atol=args.atol, rtol=args.rtol, warmup=args.warmup, rounds=args.rounds, seed=args.seed,
+                         eval_data=args.eval_data, eval_windows=args.eval_windows, eval_seq=args.eval_seq)
+    out = Path(args.report)
+    cache = Path(args.cache) if args.cache else out.parent / "onnx-cache"
+    report = verify(args.baseline, args.candidate, opts, cache)
+    report.save(out)
+    print(format_summary(report))
+    print(f"report: {out}")
+    if not report.ok:
+        print(f"FAILED: {report.error}")
+        return 1
+    problems = []
+    if report.parity and not report.parity["ok"]:
+        problems.append("output parity out of tolerance")
+    if report.speedup.get("meets_target") is False:
+        problems.append(f"measured speedup {report.speedup['measured']:.2f}x below target {report.speedup['target']:g}x "
+                        f"(tolerance {report.speedup['tolerance']:.0%})")
+    print(f"FAILED: {'; '.join(problems)}" if problems else "PASSED")
+    return 1 if problems else 0
+
+
+def format_summary(report) -> str:
+    lines = []
+    sp = report.speedup or {}
+    for role in ("baseline", "candidate"):
+        lat = (getattr(report, role) or {}).get("latency")
+        if lat:
+            lines.append(f"{role:>9}: p25 {lat['p25']:.3f} ms  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  (n={lat['n']})")
+    if sp.get("measured") is not None:
+        line = f"measured speedup {sp['measured']:.3f}x"
+        if sp.get("target") is not None:
+            line += f"  target {sp['target']:g}x ({sp['target_deviation']:+.1%})"
+        if sp.get("predicted") is not None:
+            line += f"  predicted {sp['predicted']:.3f}x ({sp['prediction_source']}; error {sp['prediction_error']:+.1%})"
+        lines.append(line)
+    if report.timing.get("interference"):
+        lines.append(f"warning: the baseline moved by {report.timing['drift']:+.1%} during timing: the machine was busy")
+    if report.parity:
+        for r in report.parity["outputs"]:
+            mx = "inf" if r["max_abs"] is None else f"{r['max_abs']:.2e}"
+            lines.append(f"parity vs {report.parity['reference']}: {r['name']} max|diff| {mx} "
+                         f"(mean {r['mean_abs'] if r['mean_abs'] is None else format(r['mean_abs'], '.2e')}) "
+                         f"tolerance {r['tolerance']:.2e} {'ok' if r['ok'] else 'FAIL'}")
+    if report.quality:
+        q = report.quality
+        lines.append(f"{q['metric']}: baseline {q['baseline']:.4f}, candidate {q['candidate']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""``verify.json``: what ``verify`` measured and what ``gate`` and ``report`` read.
+
+JSON form (version 1)::
+
+    {"format": "ziplm-deploy/verify-report", "version": 1, "producer": ..., "created": ...,
+     "status": "ok" | "error", "error": null | "what went wrong",
+     "runtime": {"name": "ort-cpu", "threads": 1, "opt_level": "all"},
+     "inputs": {"batch": 1, "seq": 128}, "protocol": {...}, "fingerprint": {...DeviceFingerprint...},
+     "baseline": {MODEL}, "candidate": {MODEL},
+     "timing": {"statistic": "p25", "baseline_recheck": {...}, "drift": 0.01, "interference": false},
+     "speedup": {"measured": 1.9, "target": 2.0, "tolerance": 0.05, "meets_target": true,
+                 "target_deviation": -0.05, "predicted": 2.0, "predicted_ms": 40.1,
+                 "prediction_error": -0.05, "latency_prediction_error": 0.03, "prediction_source": "table"|"manifest",
+                 "table": {"path", "sha256", "fingerprint_differences": [...]}},
+     "parity": {"reference": "pytorch" | "onnxruntime-cpu-unoptimised", "atol", "rtol", "ok",
+                "outputs": [{"name", "max_abs", "mean_abs", "ref_max", "tolerance", "ok"}]},
+     "quality": null | {"metric": "perplexity" | "accuracy", "baseline": 12.1, "candidate": 13.0,
+                        "data": ..., "source": "eval" | "manifest"}}
+
+MODEL: {"source", "kind": "directory"|"onnx"|"engine", "file", "sha256", "bytes", "params", "shape",
+"latency": {"p25","p50","p90","n"} | null, "manifest": {...metrics...} | null}.
+Fields that could not be measured are null: the gate treats null as a failure, never as a pass.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..core.errors import UserError
+from ..core.jsonio import atomic_write_json, check_header, read_json
+
+VERIFY_FORMAT = "ziplm-deploy/verify-report"
+VERIFY_VERSION = 1
+_KEYS = ("producer", "created", "status", "error", "runtime", "inputs", "protocol", "fingerprint", "baseline",
+         "candidate", "timing", "speedup", "parity", "quality")
+
+
+@dataclass
+class VerifyReport:
+    producer: str = ""
+    created: str = ""
+    status: str = "ok"
+    error: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] | None = None
+    baseline: dict[str, Any] = field(default_factory=dict)
+    candidate: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    speedup: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.error is None
+
+    def fail(self, message: str) -> "VerifyReport":
+        self.status, self.error = "error", message
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": VERIFY_FORMAT, "version": VERIFY_VERSION, **asdict(self)}
+
+    @staticmethod
+    def from_json(payload: Any, source: str = "verify report") -> "VerifyReport":
+        check_header(payload, VERIFY_FORMAT, (VERIFY_VERSION,), source)
+        unknown = set(payload) - set(_KEYS) - {"format", "version"}
+        missing = {"status", "baseline", "candidate", "speedup"} - set(payload)
+        if unknown or missing:
+            raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
+                            "regenerate it with `ziplm-deploy verify`")
+        if payload["status"] not in ("ok", "error"):
+            raise UserError(f"{source}: status must be 'ok' or 'error', got {payload['status']!r}")
+        for key in ("baseline", "candidate", "speedup"):
+            if not isinstance(payload[key], dict):
+                raise UserError(f"{source}: '{key}' must be an object")
+        return VerifyReport(**{k: payload[k] for k in _KEYS if k in payload})
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "VerifyReport":
+        return VerifyReport.from_json(read_json(path, "verify report"), source=str(path))
