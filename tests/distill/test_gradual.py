@@ -41,7 +41,10 @@ def linear_table(model) -> LatencyTable:
     for kv in range(1, arch.kv_heads + 1):
         attention.append(AttentionEntry(kv * arch.group_size, kv, _stats(0.02 + 0.01 * kv * arch.group_size)))
     ffn = [FfnEntry(w, _stats(0.005 if w == 0 else 0.02 + 0.001 * w)) for w in range(0, arch.ffn + 1, 8)]
-    return LatencyTable(fp, arch, {"statistic": "p50"}, tuple(attention), tuple(ffn), {}, Calibration(1.0, 0.0, 0.0))
+    table = LatencyTable(fp, arch, {"statistic": "p50"}, tuple(attention), tuple(ffn), {}, Calibration(1.0, 0.0, 0.0))
+    references = {"dense": _stats(table.raw_sum(table.dense_shape())), "removed": _stats(table.raw_sum(table.removed_shape()))}
+    return LatencyTable(fp, arch, {"statistic": "p50"}, tuple(attention), tuple(ffn), references,
+                        Calibration(1.0, 0.0, 0.0))
 
 
 def _windows(n, seed):

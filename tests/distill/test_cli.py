@@ -1,0 +1,102 @@
+"""distill / gradual commands end to end on tiny Llamas that use SmolLM2's tokenizer, and their input errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from families import tiny_model
+from test_gradual import linear_table
+from ziplm_deploy import load_model
+from ziplm_deploy.cli import main
+from ziplm_deploy.models import LayerPlan, adapter_for, save_model, shrink
+from ziplm_deploy.models.assets import smollm2_dir
+from ziplm_deploy.models.tokenizer import load_tokenizer
+
+TEXT = ("The river flows past the old mill and the village square. Farmers bring grain to the market every week, "
+        "and the miller grinds it into flour for the bakers of the town. ")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("distill-cli")
+    tokenizer = load_tokenizer(smollm2_dir())
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                           intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True,
+                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    save_model(teacher, root / "teacher", tokenizer=tokenizer)
+    student = shrink(copy.deepcopy(teacher), [LayerPlan(ffn=tuple(range(32))), LayerPlan(dropped=True), LayerPlan()])
+    save_model(student, root / "student", tokenizer=tokenizer)
+    data = root / "text.txt"
+    data.write_text("\n\n".join(TEXT * (i % 3 + 1) for i in range(12)))
+    return root, data
+
+
+def _fails(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_distill_then_resume_and_errors(dirs, capsys, tmp_path):
+    root, data = dirs
+    out = tmp_path / "run"
+    argv = ["distill", "--student", str(root / "student"), "--teacher", str(root / "teacher"), "--data", str(data),
+            "--out", str(out), "--steps", "4", "--save-every", "2", "--seq-len", "16", "--batch-size", "2",
+            "--eval-windows", "3", "--lr", "1e-3", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "held-out perplexity" in printed and "saved" in printed
+    model = load_model(out / "model")
+    assert adapter_for(model).shape_of(model).kept_layers == [0, 2]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["method"] == "distill" and manifest["metrics"]["steps"] == 4
+    assert manifest["options"]["weights"]["kd"] == 1.0 and manifest["metrics"]["heldout_ppl_after"] > 1
+    _fails(capsys, argv, "already has training checkpoints")
+    assert main(argv + ["--resume"]) == 0  # the run is complete: resuming just re-saves it
+    assert "resumed from" in capsys.readouterr().out
+    _fails(capsys, argv[:3] + argv[5:] + ["--kd-weight", "1"], "need --teacher")
+    _fails(capsys, ["distill", "--student", str(tmp_path / "none"), "--data", str(data), "--out", str(tmp_path / "x")],
+           "model directory not found")
+    _fails(capsys, argv[:6] + [str(tmp_path / "missing.txt"), "--out", str(tmp_path / "y")], "not found")
+    _fails(capsys, argv[:8] + [str(tmp_path / "z"), "--steps", "0"], "--steps 0 must be >= 1")
+
+
+def test_layerchop_pretraining_without_teacher(dirs, capsys, tmp_path):
+    root, data = dirs
+    assert main(["distill", "--student", str(root / "student"), "--data", str(data), "--out", str(tmp_path / "lm"),
+                 "--steps", "3", "--seq-len", "16", "--eval-windows", "2", "--save-every", "0", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "lm" / "model" / "manifest.json").read_text())
+    assert manifest["method"] == "pretrain" and manifest["options"]["weights"]["task"] == 1.0
+
+
+def test_gradual_command(dirs, capsys, tmp_path):
+    root, data = dirs
+    table = linear_table(load_model(root / "teacher"))
+    table_path = tmp_path / "table.json"
+    table.save(table_path)
+    argv = ["gradual", "--model", str(root / "teacher"), "--table", str(table_path), "--calib", str(data),
+            "--targets", "1.3", "1.8", "--out", str(tmp_path / "g"), "--windows", "4", "--seq-len", "16",
+            "--steps", "2", "--save-every", "0", "--eval-windows", "2", "--ffn-step", "8", "--no-progress"]
+    assert main(argv) == 0
+    family = json.loads((tmp_path / "g" / "family-ziplm-gradual.json").read_text())
+    assert [s["reachable"] for s in family["stages"]] == [True, True]
+    for s in family["stages"]:
+        assert s["predicted_speedup"] >= s["target"] - 1e-9 and load_model(s["path"]) is not None
+    capsys.readouterr()
+    _fails(capsys, argv[:8] + ["2", "1.5"] + argv[10:], "ascending")

@@ -1,0 +1,132 @@
+"""``ziplm-deploy distill --student DIR [--teacher DIR] --data FILE --out DIR``: recover a pruned model's
+quality by distillation from the dense teacher (logit KD + hidden states), or, without a teacher, by
+continued LM pretraining (LayerChop). Resumable (``--resume``); ``accelerate launch`` for several GPUs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``gradual``: data, optimisation, loss weights, cadence."""
+    p.add_argument("--eval-data", help="held-out text (default: hold out --eval-windows windows of --data)")
+    p.add_argument("--eval-windows", type=int, default=16, help="held-out windows (default 16)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW (default 5e-5)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch per process (default 4)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--seq-len", type=int, default=128, help="window length in tokens (default 128)")
+    p.add_argument("--temperature", type=float, default=2.0, help="KD temperature (default 2)")
+    p.add_argument("--kd-weight", type=float, default=None, help="logit KD weight (default 1 with a teacher)")
+    p.add_argument("--hidden-weight", type=float, default=None,
+                   help="hidden-state loss weight (default 1 with a teacher)")
+    p.add_argument("--task-weight", type=float, default=None,
+                   help="LM cross-entropy weight (default 0 with a teacher, 1 without)")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="GPU mixed precision")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out perplexity every N steps (and at the end)")
+    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (0: never; default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", required=True, help="model directory to train (typically a pruned one)")
+    p.add_argument("--teacher", help="dense model directory the student was pruned from (omit: plain LM loss)")
+    p.add_argument("--data", required=True, help="training text: .txt, .jsonl ('text'), a saved HF dataset dir, or 'wikipedia'")
+    p.add_argument("--out", required=True, help="output folder: model/, train.json, checkpoints/")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    add_training_arguments(p)
+
+
+def loss_weights(args: argparse.Namespace, has_teacher: bool):
+    from ..core.errors import UserError
+    from ..distill.losses import LossWeights
+
+    kd = args.kd_weight if args.kd_weight is not None else (1.0 if has_teacher else 0.0)
+    hidden = args.hidden_weight if args.hidden_weight is not None else (1.0 if has_teacher else 0.0)
+    task = args.task_weight if args.task_weight is not None else (0.0 if has_teacher else 1.0)
+    if not has_teacher and (kd > 0 or hidden > 0):
+        raise UserError("--kd-weight and --hidden-weight need --teacher", "pass --teacher DIR or set them to 0")
+    return LossWeights(kd=kd, hidden=hidden, task=task, temperature=args.temperature)
+
+
+def train_config(args: argparse.Namespace):
+    from ..distill.trainer import TrainConfig
+
+    warmup = args.warmup if args.warmup is not None else args.steps // 20
+    return TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup=min(warmup, args.steps),
+                       batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
+                       mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.eval_every,
+                       save_every=args.save_every, cpu=args.cpu)
+
+
+def training_windows(tokenizer, args: argparse.Namespace, data: str):
+    """(train, held-out) windows: the held-out ones from --eval-data, else a seeded sample of ``data``."""
+    import torch
+
+    from ..core.errors import UserError
+    from ..prune.data import read_texts, token_windows
+
+    if args.eval_windows < 1:
+        raise UserError("--eval-windows must be >= 1")
+    windows = token_windows(tokenizer, read_texts(data), args.seq_len, min_count=1 if args.eval_data else 2)
+    if args.eval_data:
+        held = token_windows(tokenizer, read_texts(args.eval_data), args.seq_len, count=args.eval_windows,
+                             seed=args.seed)
+        return windows, held
+    n_eval = min(args.eval_windows, max(1, len(windows) // 10))
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(args.seed))
+    return windows[order[n_eval:].sort().values], windows[order[:n_eval].sort().values]
+
+
+def _tokenizer(model_dir: str):
+    from ..core.errors import UserError
+    from ..models.tokenizer import load_tokenizer
+
+    if not Path(model_dir).is_dir():
+        raise UserError(f"model directory not found: {model_dir}")
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
+    return tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..core.errors import UserError
+    from ..distill.trainer import latest_checkpoint, save_student, train
+    from ..models import load_model
+
+    weights = loss_weights(args, bool(args.teacher))
+    config = train_config(args)
+    out = Path(args.out)
+    if not args.resume and latest_checkpoint(out) is not None:
+        raise UserError(f"{out} already has training checkpoints", "pass --resume to continue, or another --out")
+    tokenizer = _tokenizer(args.student)
+    if args.teacher:
+        _tokenizer(args.teacher)
+    windows, held = training_windows(tokenizer, args, args.data)
+    print(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")
+    student = load_model(args.student)
+    teacher = load_model(args.teacher) if args.teacher else None
+    result = train(student, windows, out, config, weights, teacher=teacher, eval_windows=held, resume=args.resume,
+                   progress=not args.no_progress)
+    method = "distill" if weights.needs_teacher else "pretrain"
+    metrics = {"steps": result.steps, "train_seconds": result.seconds, "final_loss": result.history[-1]["loss"]}
+    if result.evals:
+        metrics["heldout_ppl_before"] = result.evals[0]["ppl"]
+        metrics["heldout_ppl_after"] = result.evals[-1]["ppl"]
+    options = {"teacher": args.teacher, "data": args.data, "weights": asdict(weights), "train": asdict(config),
+               "seq_len": args.seq_len}
+    path = save_student(student, out / "model", parent=args.student, method=method, tokenizer=tokenizer,
+                        options=options, metrics=metrics)
+    ppl = (f"; held-out perplexity {metrics['heldout_ppl_before']:.3f} -> {metrics['heldout_ppl_after']:.3f}"
+           if "heldout_ppl_before" in metrics else "")
+    print(f"{method}: {result.steps} steps in {result.seconds:.0f}s on {result.device}{ppl}; saved {path}")
+    return 0
