@@ -64,14 +64,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..core.errors import UserError
-    from ..runtime.tensorrt import build_engine, sidecar_path
-    from ..verify.measure import onnx_metadata  # noqa: F401  (validates the file is ONNX)
+    from ..runtime.tensorrt import _import_trt, build_engine, sidecar_path
+    from ..verify.measure import onnx_metadata
 
     src, out = Path(args.onnx), Path(args.out)
     if not src.is_file():
         raise UserError(f"ONNX file not found: {src}")
     if out.exists() and not args.overwrite:
         raise UserError(f"engine exists: {out}", "choose another --out or pass --overwrite")
+    _import_trt()  # a clear error before any work where TensorRT is missing
+    onnx_metadata(src)  # a clear error for a file that is not ONNX
     import onnx
 
     graph = onnx.load(str(src), load_external_data=False).graph

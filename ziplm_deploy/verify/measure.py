@@ -201,6 +201,10 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
 
     opts.validate()
     kinds = {role: kind_of(p, role) for role, p in (("baseline", baseline), ("candidate", candidate))}
+    for role, kind in kinds.items():
+        if kind == "engine" and opts.runtime != "trt":
+            raise UserError(f"--{role} {baseline if role == 'baseline' else candidate} is a TensorRT engine",
+                            "use --runtime trt for engines")
     protocol = Protocol(warmup=opts.warmup, rounds=opts.rounds, seed=opts.seed)
     report = VerifyReport(
         producer=f"ziplm-deploy {__version__}", created=now_utc(),
@@ -279,10 +283,17 @@ def _predict(report: VerifyReport, models: dict[str, Resolved], opts: VerifyOpti
                             "export it with `ziplm-deploy export`, or drop --table")
         table.check_arch(arch, models["candidate"].source)
         predicted_ms = table.predict(shape)
-        predicted = table.predict(table.dense_shape()) / predicted_ms
+        base_arch, base_shape = _arch_and_shape(models["baseline"])
+        if base_shape is None or len(base_shape.layers) != len(shape.layers):
+            base_shape = table.dense_shape()  # the baseline is the dense model the table describes
+        else:
+            table.check_arch(base_arch, models["baseline"].source)
+        base_ms = table.predict(base_shape)
+        predicted = base_ms / predicted_ms
         mine = DeviceFingerprint.from_json(report.fingerprint, "measurement") if report.fingerprint else None
         diffs = table.fingerprint.differences(mine) if mine else []
         sp.update(predicted=round(predicted, 5), predicted_ms=round(predicted_ms, 5), prediction_source="table",
+                  predicted_baseline_ms=round(base_ms, 5),
                   latency_prediction_error=round(sp["candidate_ms"] / predicted_ms - 1, 5),
                   table={"path": str(opts.table), "sha256": file_sha256(opts.table), "fingerprint_differences": diffs})
     else:
