@@ -1,0 +1,115 @@
+"""report RUNDIR: one table of every model and method, a valid HTML file with embedded SVG plots, Markdown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+
+import pytest
+from test_gate import REPORT
+
+from ziplm_deploy.cli import main
+from ziplm_deploy.verify.runreport import collect, pareto
+
+SHAPE = {"format": "ziplm-deploy/shape", "version": 1,
+         "layers": [{"heads": 2, "ffn": 96}, {"dropped": True}, {"heads": 4, "ffn": 192}, {"heads": 0, "ffn": 32}]}
+
+
+def family(method, members, model):
+    return {"format": "ziplm-deploy/family", "version": 1, "method": method, "model": str(model),
+            "table_sha256": "0" * 64, "fingerprint": {}, "config": {}, "dense_predicted_ms": 80.0, "seconds": 1.0,
+            "members": members}
+
+
+def member(run, method, target, ppl, speedup, reachable=True):
+    path = run / f"{method}-{target:g}x"
+    return {"target": target, "reachable": reachable, "max_speedup": 4.0, "path": str(path) if reachable else None,
+            "predicted_ms": 80.0 / speedup, "predicted_speedup": speedup, "search_loss": 0.1, "calibration_ppl": ppl,
+            "shape": SHAPE if reachable else None}
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dense = tmp_path / "dense"  # the family's model: only its config.json is read (dense heads / FFN width)
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 4, "n_embd": 48, "n_head": 4,
+                                                   "n_inner": 192, "vocab_size": 120}))
+    (run / "family-ziplm.json").write_text(json.dumps(family("ziplm", [
+        member(run, "ziplm", 1.5, 11.0, 1.5), member(run, "ziplm", 2, 12.0, 2.0), member(run, "ziplm", 30, 0, 30, False)],
+        dense)))
+    (run / "family-magnitude.json").write_text(json.dumps(family("magnitude", [
+        member(run, "magnitude", 1.5, 14.0, 1.5), member(run, "magnitude", 2, 19.0, 2.0)], dense)))
+    for i, (method, target, measured) in enumerate([("ziplm", 2, 1.9), ("magnitude", 2, 2.1), ("ziplm", 1.5, 1.4)]):
+        rep = json.loads(json.dumps(REPORT))
+        rep["candidate"]["source"] = str(run / f"{method}-{target:g}x")
+        rep["speedup"].update(measured=measured, candidate_ms=80.0 / measured, predicted=float(target),
+                              predicted_ms=80.0 / target)
+        rep["quality"] = None
+        (run / f"{method}-{target:g}x.verify.json").write_text(json.dumps(rep))
+    (run / "broken-verify.json").write_text("{not json")
+    return run
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+
+def test_report_html_with_embedded_plots(run, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out), "--markdown", str(tmp_path / "report.md")]) == 0
+    assert "report: " in capsys.readouterr().out
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    parser = Images()
+    parser.feed(text)
+    assert {"html", "head", "body", "table"} <= set(parser.tags)
+    assert len(parser.images) == 4
+    titles = []
+    for img in parser.images:
+        assert img["src"].startswith("data:image/svg+xml;base64,") and img["alt"]
+        svg = ET.fromstring(base64.b64decode(img["src"].split(",", 1)[1]))
+        assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+        titles.append(svg.find("{http://www.w3.org/2000/svg}text").text)
+        assert svg.findall(".//{http://www.w3.org/2000/svg}circle")  # every plot has points
+    assert titles[0].startswith("perplexity vs speedup") and titles[1].startswith("predicted vs measured latency")
+    assert titles[2:] == ["kept attention heads per layer", "kept FFN width per layer"]
+    quality = ET.fromstring(base64.b64decode(parser.images[0]["src"].split(",", 1)[1]))
+    assert quality.findall(".//{http://www.w3.org/2000/svg}polyline")  # the Pareto front
+    md = (tmp_path / "report.md").read_text()
+    assert "| ziplm-2x | ziplm | 2x | 2.000x | 1.900x | -5.0% |" in md
+    assert "| magnitude-1.5x | magnitude | 1.5x | 1.500x | – |" in md  # not verified: no measurement
+    assert "skipped broken-verify.json" in md
+
+
+def test_collect_matches_verify_reports_to_members(run):
+    data = collect(run)
+    rows = {r.name: r for r in data.rows}
+    assert set(rows) == {"ziplm-1.5x", "ziplm-2x", "magnitude-1.5x", "magnitude-2x"}
+    assert rows["ziplm-2x"].measured_speedup == 1.9 and rows["ziplm-2x"].quality == 12.0
+    assert rows["magnitude-1.5x"].measured_speedup is None and rows["ziplm-2x"].parity_ok
+    assert data.dense == {"heads": 4, "ffn": 192}  # from the family's dense config
+    assert rows["ziplm-2x"].prediction_error == pytest.approx(-0.05)
+
+
+def test_pareto_front():
+    pts = [(1.5, 11.0), (2.0, 12.0), (1.5, 14.0), (2.0, 19.0), (1.0, 10.0)]
+    assert pareto(pts, lower_is_better=True) == [(1.0, 10.0), (1.5, 11.0), (2.0, 12.0)]
+    assert pareto([(1.0, 0.9), (2.0, 0.8), (2.0, 0.7)], lower_is_better=False) == [(1.0, 0.9), (2.0, 0.8)]
+
+
+def test_report_of_an_empty_or_missing_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no family-*.json and no verify reports" in capsys.readouterr().err
