@@ -1,0 +1,185 @@
+"""FLOP (Wang et al., asappresearch/flop): low-rank factorisation with hard-concrete rank gates.
+
+A Linear ``y = x Wᵀ + b`` (W: out×in) becomes ``y = ((x P) · z) Q + b`` with P: in×r, Q: r×out,
+initialised from the SVD of the pretrained W (``W = U S Vᵀ`` -> ``P = V_r √S_r``, ``Q = √S_r U_rᵀ``),
+so with every rank kept and z = 1 the layer equals the dense one. Gates z are hard-concrete
+(l = −0.1, r = 1.1, β = 1); an L0 target sparsity, warmed up linearly, enters the loss through
+Lagrange multipliers that are *maximised*: ``λ1 (ŝ − t) + λ2 (ŝ − t)²``. At the end the ranks with a
+non-zero deterministic gate are kept, z is folded into Q, and the layer becomes two thin Linears.
+
+Scope here: the layer, the gates, the penalty and the export to two Linears (pure torch); wiring the
+kept ranks into the model's shape spec / ONNX export / profiler is not done yet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..core.errors import UserError
+
+LIMIT_L, LIMIT_R, BETA = -0.1, 1.1, 1.0
+EPS = 1e-6
+
+
+def default_rank(n_in: int, n_out: int) -> int:
+    """The rank with the same parameter count as the dense matrix: ``in·out / (in + out)``."""
+    return max(1, (n_in * n_out) // (n_in + n_out))
+
+
+class HardConcreteGates(nn.Module):
+    """``n`` hard-concrete gates (Louizos et al.) with ``log_α`` initialised around ``log(1−m) − log(m)``."""
+
+    def __init__(self, n: int, init_mean: float = 0.5, init_std: float = 0.01, beta: float = BETA,
+                 limit_l: float = LIMIT_L, limit_r: float = LIMIT_R):
+        super().__init__()
+        if not 0 < init_mean < 1:
+            raise UserError(f"gate init mean {init_mean} must be in (0, 1)")
+        self.beta, self.limit_l, self.limit_r = beta, limit_l, limit_r
+        mean = math.log(1 - init_mean) - math.log(init_mean)
+        self.log_alpha = nn.Parameter(torch.empty(n).normal_(mean, init_std))
+
+    @property
+    def n(self) -> int:
+        return self.log_alpha.numel()
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """``P(z_i > 0) = σ(log_α_i − β·log(−l/r))`` per gate."""
+        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.limit_l / self.limit_r))
+
+    def expected_l0(self) -> torch.Tensor:
+        return self.prob_nonzero().sum()
+
+    def sample(self, generator: torch.Generator | None = None, draws: int | None = None) -> torch.Tensor:
+        """A training-time draw (``draws`` of them: shape (draws, n)): ``s = σ((log u − log(1−u) + log_α)/β)``,
+        stretched to (l, r), clamped to [0, 1]."""
+        shape = (self.n,) if draws is None else (draws, self.n)
+        u = torch.rand(shape, generator=generator, device=self.log_alpha.device).clamp(EPS, 1 - EPS)
+        s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + self.log_alpha) / self.beta)
+        return (s * (self.limit_r - self.limit_l) + self.limit_l).clamp(0.0, 1.0)
+
+    def deterministic(self) -> torch.Tensor:
+        """The eval mask (as in the FLOP code): ``σ(0.8·log_α/β)`` with the ``round(n − E[L0])`` smallest set to 0."""
+        soft = torch.sigmoid(self.log_alpha.detach() / self.beta * 0.8)
+        zeros = round(self.n - float(self.expected_l0().detach()))
+        if zeros > 0:
+            soft = soft.clone()
+            soft[torch.topk(soft, k=zeros, largest=False).indices] = 0.0
+        return soft
+
+    def forward(self) -> torch.Tensor:
+        return self.sample() if self.training else self.deterministic()
+
+
+class FactorizedLinear(nn.Module):
+    """``y = ((x P) · z) Q + b``, from a dense (out, in) weight by truncated SVD."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int | None = None,
+                 gates: bool = True, init_mean: float = 0.5):
+        super().__init__()
+        n_out, n_in = weight.shape
+        rank = default_rank(n_in, n_out) if rank is None else rank
+        if not 1 <= rank <= min(n_in, n_out):
+            raise UserError(f"rank {rank} must be between 1 and {min(n_in, n_out)}")
+        u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+        root = s[:rank].sqrt()
+        self.P = nn.Parameter((vh[:rank].T * root).to(weight.dtype))  # in × r
+        self.Q = nn.Parameter((root[:, None] * u[:, :rank].T).to(weight.dtype))  # r × out
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.gates = HardConcreteGates(rank, init_mean=init_mean) if gates else None
+        self.in_features, self.out_features, self.rank = n_in, n_out, rank
+
+    @staticmethod
+    def from_module(module: nn.Module, rank: int | None = None, gates: bool = True) -> "FactorizedLinear":
+        """From an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored transposed)."""
+        from ..models.base import out_in_weight
+
+        return FactorizedLinear(out_in_weight(module), getattr(module, "bias", None), rank, gates)
+
+    def mask(self) -> torch.Tensor | None:
+        return None if self.gates is None else self.gates()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x @ self.P
+        z = self.mask()
+        if z is not None:
+            h = h * z.to(h.dtype)
+        y = h @ self.Q
+        return y + self.bias if self.bias is not None else y
+
+    def expected_params(self) -> torch.Tensor:
+        """Expected parameter count of the factorised weight: ``(in + out) · E[L0]``."""
+        rank = self.gates.expected_l0() if self.gates is not None else torch.tensor(float(self.rank))
+        return (self.in_features + self.out_features) * rank
+
+    @torch.no_grad()
+    def kept_ranks(self) -> list[int]:
+        z = self.gates.deterministic() if self.gates is not None else torch.ones(self.rank)
+        return torch.nonzero(z > 0).flatten().tolist()
+
+    @torch.no_grad()
+    def to_linears(self) -> nn.Sequential:
+        """Two thin Linears ``in → r'`` then ``r' → out`` (z folded into the second), r' = kept ranks."""
+        keep = self.kept_ranks()
+        if not keep:
+            raise UserError("every rank of a factorised layer is closed", "lower the target sparsity")
+        z = self.gates.deterministic() if self.gates is not None else torch.ones(self.rank)
+        first = nn.Linear(self.in_features, len(keep), bias=False)
+        second = nn.Linear(len(keep), self.out_features, bias=self.bias is not None)
+        first.weight.copy_(self.P[:, keep].T)
+        second.weight.copy_((z[keep, None].to(self.Q.dtype) * self.Q[keep]).T)
+        if self.bias is not None:
+            second.bias.copy_(self.bias)
+        return nn.Sequential(first, second)
+
+
+def factorize(model: nn.Module, names: list[str], rank: int | None = None, gates: bool = True) -> list[str]:
+    """Replace the named Linear / Conv1D submodules of ``model`` by ``FactorizedLinear``; returns the names."""
+    done = []
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        module = getattr(parent, child, None)
+        if module is None or not hasattr(module, "weight") or module.weight.ndim != 2:
+            raise UserError(f"{name} is not a Linear layer of the model")
+        setattr(parent, child, FactorizedLinear.from_module(module, rank, gates))
+        done.append(name)
+    return done
+
+
+def factorized_layers(model: nn.Module) -> list[FactorizedLinear]:
+    return [m for m in model.modules() if isinstance(m, FactorizedLinear)]
+
+
+def expected_sparsity(layers: list[FactorizedLinear]) -> torch.Tensor:
+    """``ŝ = 1 − Σ expected params / Σ dense params`` over the factorised layers."""
+    if not layers:
+        raise UserError("the model has no factorised layers")
+    dense = sum(m.in_features * m.out_features for m in layers)
+    return 1 - torch.stack([m.expected_params() for m in layers]).sum() / dense
+
+
+def target_at(step: int, target: float, warmup: int) -> float:
+    """The target sparsity warmed up linearly from 0 over ``warmup`` steps."""
+    return target if warmup <= 0 else target * min(1.0, step / warmup)
+
+
+class Lagrangian(nn.Module):
+    """``λ1 (ŝ − t) + λ2 (ŝ − t)²``. Minimised by the model, *maximised* in λ: ``ascend()`` flips the
+    multipliers' gradients so one optimiser step on them is a gradient-ascent step."""
+
+    def __init__(self):
+        super().__init__()
+        self.lambda_1 = nn.Parameter(torch.zeros(()))
+        self.lambda_2 = nn.Parameter(torch.zeros(()))
+
+    def forward(self, sparsity: torch.Tensor, target: float) -> torch.Tensor:
+        gap = sparsity - target
+        return self.lambda_1 * gap + self.lambda_2 * gap * gap
+
+    def ascend(self) -> None:
+        for p in (self.lambda_1, self.lambda_2):
+            if p.grad is not None:
+                p.grad.neg_()
