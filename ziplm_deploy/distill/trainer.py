@@ -180,9 +180,9 @@ def train(student: nn.Module, windows: torch.Tensor, out: str | os.PathLike, con
         raise UserError("training data must be a non-empty (n, seq_len) tensor of token ids")
     out = Path(out)
     kept = _kept_layers(student, teacher)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
-    if config.mixed_precision != "no" and accelerator.device.type == "cpu" and config.mixed_precision == "fp16":
+    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise UserError("fp16 mixed precision needs a GPU", "use --mixed-precision no (or bf16) on CPU")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
     set_seed(config.seed)
     main = accelerator.is_main_process
 
