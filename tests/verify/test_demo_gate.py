@@ -29,10 +29,12 @@ def demo_run(tmp_path_factory):
     from ziplm_deploy.core.table import LatencyTable
     from ziplm_deploy.models import apply_shape, save_model
     from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.models.tokenizer import load_tokenizer
 
     run = tmp_path_factory.mktemp("demo_run")
     source = smollm2_dir()
     dense = load_model(source)
+    tokenizer = load_tokenizer(source)
     gone = [LayerShape(dropped=True)] * 26
     base_shape = ModelShape(tuple(gone + [LayerShape(9, 1536, 3)] * 4))
     cand_shape = ModelShape(tuple(gone + [LayerShape(dropped=True)] * 2 + [LayerShape(3, 512, 1)] * 2))
@@ -42,11 +44,12 @@ def demo_run(tmp_path_factory):
         model = apply_shape(copy.deepcopy(dense), shape)
         manifest = new_manifest("shrink-magnitude", source, shape.to_json(), metrics={
             "target_speedup": 1.4, "predicted_speedup": round(predicted, 4), "predicted_ms": table.predict(shape)})
-        save_model(model, run / name,
+        save_model(model, run / name, tokenizer=tokenizer,
                    extra_files={MANIFEST_FILE: json.dumps(manifest.to_json())})
     code = main(["verify", "--baseline", str(run / "baseline"), "--candidate", str(run / "candidate"),
                  "--table", str(TABLE), "--report", str(run / "candidate.verify.json"), "--seq", "128",
-                 "--rounds", "10", "--warmup", "2", "--rtol", "1e-3"])
+                 "--rounds", "10", "--warmup", "2", "--rtol", "1e-3",
+                 "--eval-data", "wikipedia", "--eval-windows", "2", "--eval-seq", "64"])
     return run, code
 
 
@@ -57,6 +60,8 @@ def test_demo_policy_passes(demo_run, tmp_path, capsys):
     assert report["status"] == "ok", report["error"]
     assert report["speedup"]["prediction_source"] == "table" and report["speedup"]["predicted"] > 1.3
     assert report["parity"]["reference"] == "pytorch" and report["parity"]["ok"]
+    quality = report["quality"]
+    assert quality["metric"] == "perplexity" and quality["baseline"] > 1 and quality["candidate"] > 1
     capsys.readouterr()
     assert main(["gate", "--policy", str(ROOT / "policies" / "demo-pass.yaml"), "--report",
                  str(run / "candidate.verify.json"), "--junit", str(tmp_path / "pass.xml")]) == 0

@@ -95,7 +95,8 @@ def test_report_html_with_embedded_plots(run, tmp_path, capsys):
 def test_collect_matches_verify_reports_to_members(run):
     data = collect(run)
     rows = {r.name: r for r in data.rows}
-    assert set(rows) == {"ziplm-1.5x", "ziplm-2x", "magnitude-1.5x", "magnitude-2x"}
+    assert set(rows) == {"baseline", "ziplm-1.5x", "ziplm-2x", "magnitude-1.5x", "magnitude-2x"}
+    assert rows["baseline"].measured_speedup == 1.0 and rows["baseline"].measured_ms == 80.0  # the plots' reference
     assert rows["ziplm-2x"].measured_speedup == 1.9 and rows["ziplm-2x"].quality == 12.0
     assert rows["magnitude-1.5x"].measured_speedup is None and rows["ziplm-2x"].parity_ok
     assert data.dense == {"heads": 4, "ffn": 192}  # from the family's dense config

@@ -15,6 +15,7 @@ never silently dropped: the gate fails closed on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from ..core.manifest import MANIFEST_FILE, file_sha256, now_utc
 from .report import VerifyReport
 
 ENGINE_SUFFIXES = (".plan", ".engine")
+FALLBACK_VOCAB = 16  # token ids for graphs without ziplm metadata: small enough for any vocabulary
 
 
 @dataclass(frozen=True)
@@ -104,27 +106,35 @@ def kind_of(path: str | os.PathLike, role: str) -> str:
     raise UserError(f"--{role} {p}: unknown kind of file", "expected a model directory, FILE.onnx or FILE.plan")
 
 
-def onnx_metadata(path: Path) -> dict[str, str]:
+@functools.lru_cache(maxsize=16)
+def _onnx_info(path: str, mtime_ns: int) -> tuple[dict[str, str], int, int]:
+    """(metadata, parameter count, opset) of an ONNX file, read once (weights stay on disk when external)."""
     import onnx
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as e:  # onnx raises DecodeError & co for a broken file
         raise UserError(f"{path} is not a readable ONNX file: {str(e).splitlines()[0] if str(e) else e!r}") from None
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def onnx_params(path: Path) -> int:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    total = 0
+    params = 0
     for init in proto.graph.initializer:
         n = 1
         for d in init.dims:
             n *= int(d)
-        total += n
-    return total
+        params += n
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {p.key: p.value for p in proto.metadata_props}, params, opset
+
+
+def onnx_info(path: Path) -> tuple[dict[str, str], int, int]:
+    return _onnx_info(str(path), path.stat().st_mtime_ns)
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    return dict(onnx_info(Path(path))[0])
+
+
+def onnx_params(path: Path) -> int:
+    return onnx_info(Path(path))[1]
 
 
 def dir_digest(model_dir: Path) -> str:
@@ -185,12 +195,7 @@ def _arch_and_shape(r: Resolved) -> tuple[Any, Any]:
 
 
 def _opset(path: Path | None) -> int:
-    if path is None:
-        return 0
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return onnx_info(path)[2] if path is not None else 0
 
 
 def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
@@ -238,7 +243,7 @@ def _measure(report: VerifyReport, backend: Any, models: dict[str, Resolved], op
     from ..runtime.measure import drift, time_models
 
     arch, _ = _arch_and_shape(models["candidate"])
-    vocab = arch.vocab if arch else 1000
+    vocab = arch.vocab if arch else FALLBACK_VOCAB
     dims = {"batch": opts.batch, "seq": opts.seq, "past": 0, "total": opts.seq}
     log(f"timing baseline and candidate in {opts.runtime} (batch {opts.batch}, seq {opts.seq}, "
         f"{opts.threads} thread(s), {protocol.rounds} interleaved rounds)")
@@ -315,7 +320,7 @@ def _parity(backend: Any, cand: Resolved, opts: VerifyOptions, log: Callable[[st
     arch, _ = _arch_and_shape(cand)
     dims = {"batch": opts.batch, "seq": opts.seq, "past": 0, "total": opts.seq}
     with backend.load(cand.file) as session:
-        feeds = synthetic_feeds(session.inputs, dims, arch.vocab if arch else 1000, seed=opts.seed + 1)
+        feeds = synthetic_feeds(session.inputs, dims, arch.vocab if arch else FALLBACK_VOCAB, seed=opts.seed + 1)
         got = session.run(feeds)
     if cand.kind == "directory":
         log("parity: candidate in the runtime vs PyTorch")

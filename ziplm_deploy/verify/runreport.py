@@ -143,6 +143,13 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
         row.quality, row.quality_metric, row.quality_source = rep.quality["candidate"], rep.quality["metric"], "eval"
     if row.shape is None:
         row.shape = cand.get("shape")
+    if rep.ok and not any(r.method == "baseline" for r in data.rows):  # the reference point of the plots
+        q = rep.quality or {}
+        base = ModelRow("baseline", "baseline", (rep.baseline or {}).get("source"), 1.0, 1.0,
+                        sp.get("predicted_baseline_ms"), 1.0, sp.get("baseline_ms"), sp.get("baseline_ms"),
+                        q.get("baseline"), q.get("metric"), "eval" if q else None, shape=(rep.baseline or {}).get("shape"),
+                        verify=row.verify)
+        data.rows.insert(0, base)
     base_shape = (rep.baseline or {}).get("shape")
     if not data.dense and base_shape:
         layers = [lay for lay in base_shape.get("layers", []) if not lay.get("dropped")]
