@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             "params_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 2),
             "oneshot_ppl": res.evals[0]["ppl"], "trained_ppl": res.evals[-1]["ppl"], "evals": res.evals,
             "steps": res.steps, "tokens": res.tokens, "train_seconds": res.seconds,
-            "tokens_per_s": round(res.tokens / res.seconds, 1) if res.seconds else None,
+            "tokens_per_s": _median_rate(res.history),  # training steps only (the evaluations excluded)
             "loss_first": res.history[0]["loss"], "loss_last": res.history[-1]["loss"],
             "loss_curve": [{k: h[k] for k in h if k != "lr"} for h in res.history],
         }
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
                     "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "prune_seconds": prune_seconds, "rows": rows,
+        "load_average": " ".join(f"{x:.1f}" for x in __import__("os").getloadavg()),
     }
     results = ROOT / "tools" / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -135,6 +136,11 @@ def main(argv=None) -> int:
     (results / f"distill_{args.tag}.md").write_text(markdown(result))
     print(f"wrote {results}/distill_{args.tag}.json and .md")
     return 0
+
+
+def _median_rate(history: list[dict]) -> float:
+    rates = sorted(h["tokens_per_s"] for h in history)
+    return rates[len(rates) // 2] if rates else 0.0
 
 
 def markdown(r: dict) -> str:
@@ -154,7 +160,9 @@ def markdown(r: dict) -> str:
         lines.append(f"| {row['method']} | {row['training']} | {row['predicted_speedup']:.2f}x | {row['params_m']} | "
                      f"{row['oneshot_ppl']:.2f} | {row['trained_ppl']:.2f} | {row['loss_first']:.3f} -> "
                      f"{row['loss_last']:.3f} | {row['train_seconds']:.0f}s | {row['tokens_per_s']} |")
-    lines += ["", "Loss curves (every step): see the JSON (`rows[].loss_curve`).", ""]
+    lines += ["", "Train time includes the two held-out evaluations (before and after); tokens/s is the median "
+              "over training steps. Loss curves (every step): see the JSON (`rows[].loss_curve`).",
+              f"Load average during the run: {r.get('load_average', 'not recorded')}.", ""]
     return "\n".join(lines)
 
 
