@@ -82,6 +82,12 @@ def test_report_html_with_embedded_plots(run, tmp_path, capsys):
         assert svg.tag == "{http://www.w3.org/2000/svg}svg"
         titles.append(svg.find("{http://www.w3.org/2000/svg}text").text)
         assert svg.findall(".//{http://www.w3.org/2000/svg}circle")  # every plot has points
+        frame = svg.findall("{http://www.w3.org/2000/svg}rect")[1]
+        x0, y0, w, h = (float(frame.get(k)) for k in ("x", "y", "width", "height"))
+        for c in svg.iter("{http://www.w3.org/2000/svg}circle"):
+            cx, cy = float(c.get("cx")), float(c.get("cy"))
+            if cx <= x0 + w + 1:  # legend markers sit right of the frame
+                assert x0 - 0.5 <= cx <= x0 + w + 0.5 and y0 - 0.5 <= cy <= y0 + h + 0.5, (titles, cx, cy)
     assert titles[0].startswith("perplexity vs speedup") and titles[1].startswith("predicted vs measured latency")
     assert titles[2:] == ["kept attention heads per layer", "kept FFN width per layer"]
     quality = ET.fromstring(base64.b64decode(parser.images[0]["src"].split(",", 1)[1]))

@@ -218,7 +218,7 @@ def layer_plots(data: RunData) -> tuple[str, str]:
                 v = 0 if lay.get("dropped") else lay.get(key, 0)
                 pts.append((j, v / dense if dense else v))
             series.append(Series(r.name, pts, PALETTE[i % len(PALETTE)], connect=True))
-        out.append(chart(series, title, "layer", "fraction of dense" if dense else key))
+        out.append(chart(series, title, "layer", "fraction of dense" if dense else key, y_from_zero=True))
     return out[0], out[1]
 
 

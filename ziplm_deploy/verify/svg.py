@@ -31,19 +31,16 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
-    start = math.floor(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + step * 0.5:
-        ticks.append(round(t, 12))
-        t += step
-    return ticks
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
 
 
 def _label(v: float) -> str:
     return f"{v:.4g}"
 
 
-def chart(series: list[Series], title: str, xlabel: str, ylabel: str, diagonal: bool = False) -> str:
+def chart(series: list[Series], title: str, xlabel: str, ylabel: str, diagonal: bool = False,
+          y_from_zero: bool = False) -> str:
     """An SVG document (string). ``diagonal`` draws y = x (predicted vs measured)."""
     pts = [p for s in series for p in s.points]
     if not pts:
@@ -52,7 +49,7 @@ def chart(series: list[Series], title: str, xlabel: str, ylabel: str, diagonal: 
     if diagonal:
         lo, hi = min(xs + ys), max(xs + ys)
         xs = ys = [lo, hi]
-    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys + [0.0]) if y_from_zero else min(ys), max(ys))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
