@@ -144,13 +144,22 @@ def gradual_ziplm(dense: nn.Module, table: LatencyTable, calib: torch.Tensor, tr
                    "stage": len(stages)}
         save_student(current, path, parent=parent, method="ziplm-gradual", tokenizer=tokenizer, options=options,
                      metrics=metrics)
-        atomic_write_json(path / "stage.json", asdict(stage))
+        if _is_main():
+            atomic_write_json(path / "stage.json", asdict(stage))
         log(f"target {target:g}x: saved {path}"
             + (f" (held-out ppl {stage.oneshot_ppl:.3f} -> {stage.distilled_ppl:.3f})"
                if stage.oneshot_ppl is not None and stage.distilled_ppl is not None else ""))
         stages.append(stage)
+    if not _is_main():
+        return stages
     atomic_write_json(out / "family-ziplm-gradual.json", {
         "format": GRADUAL_FORMAT, "version": 1, "model": str(parent), "dense_predicted_ms": round(dense_ms, 4),
         "config": asdict(config), "train": asdict(train_config), "weights": asdict(weights),
         "stages": [{k: v for k, v in asdict(s).items() if k != "history"} for s in stages]})
     return stages
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

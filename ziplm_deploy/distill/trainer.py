@@ -337,12 +337,19 @@ def _save_checkpoint(accelerator, out: Path, step: int, config: TrainConfig, his
 def save_student(model: nn.Module, out: str | os.PathLike, parent: str | os.PathLike, method: str,
                  tokenizer: Any = None, options: dict[str, Any] | None = None,
                  metrics: dict[str, float] | None = None, extra_manifest: dict[str, Any] | None = None) -> Path:
-    """Save the trained model with its manifest, so ``ziplm_deploy.load_model`` reloads it."""
+    """Save the trained model with its manifest, so ``ziplm_deploy.load_model`` reloads it. Under
+    ``accelerate launch`` only the main process writes; the others wait for it."""
+    from accelerate import PartialState
+
     from ..core.manifest import MANIFEST_FILE, new_manifest
     from ..models import adapter_for, save_model
 
-    shape = adapter_for(model).shape_of(model)
-    manifest = new_manifest(method, parent, shape.to_json(), options=options or {}, metrics=metrics or {})
-    payload = {**manifest.to_json(), **(extra_manifest or {})}
-    return save_model(model, out, tokenizer=tokenizer, overwrite=True,
-                      extra_files={MANIFEST_FILE: json.dumps(payload, indent=2, default=str) + "\n"})
+    state = PartialState()
+    if state.is_main_process:
+        shape = adapter_for(model).shape_of(model)
+        manifest = new_manifest(method, parent, shape.to_json(), options=options or {}, metrics=metrics or {})
+        payload = {**manifest.to_json(), **(extra_manifest or {})}
+        save_model(model, out, tokenizer=tokenizer, overwrite=True,
+                   extra_files={MANIFEST_FILE: json.dumps(payload, indent=2, default=str) + "\n"})
+    state.wait_for_everyone()
+    return Path(out)
