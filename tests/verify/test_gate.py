@@ -139,7 +139,8 @@ def test_parity_with_an_infinite_error_fails():
 # --- strict policies --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("policy,message", [
     ({"version": 1, "budget": {}}, "unknown key(s) budget (did you mean budgets?)"),
-    ({"version": 1, "budgets": {"min_speedp": 2}}, "unknown key(s) budgets.min_speedp (did you mean budgets.min_speedup?)"),
+    ({"version": 1, "budgets": {"min_speedp": 2}},
+     "unknown key(s) budgets.min_speedp (did you mean budgets.min_speedup?)"),
     ({"version": 1, "device": {"gpu_name": "x"}}, "unknown key(s) device.gpu_name"),
     ({"budgets": {"min_speedup": 2}}, "version must be 1"),
     ({"version": 1, "budgets": {"min_speedup": "fast"}}, "budgets.min_speedup must be a non-negative number"),

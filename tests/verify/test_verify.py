@@ -62,7 +62,8 @@ def test_verify_directories_report_has_every_field(verified, tiny_pair):
     assert par["reference"] == "pytorch" and par["ok"]
     (logits,) = par["outputs"]
     assert logits["name"] == "logits" and 0 <= logits["max_abs"] <= logits["tolerance"]
-    assert logits["mean_abs"] <= logits["max_abs"] and logits["tolerance"] == pytest.approx(1e-4 + 1e-3 * logits["ref_max"])
+    assert logits["mean_abs"] <= logits["max_abs"]
+    assert logits["tolerance"] == pytest.approx(1e-4 + 1e-3 * logits["ref_max"])
     assert payload["quality"] is None
 
 
@@ -133,7 +134,9 @@ def test_verify_bad_input(tiny_pair, tmp_path, capsys):
     fails(base + ["--baseline", str(tiny_pair["dense"]), "--candidate", str(tiny_pair["pruned"]), "--seq", "0"],
           "--seq must be >= 1")
     fails(base + ["--baseline", str(tiny_pair["dense"]), "--candidate", str(tiny_pair["pruned"]), "--runtime", "cuda"],
-          "unknown runtime 'cuda'")
+          "unknown runtime 'cuda' for verify")
+    fails(base + ["--baseline", str(tiny_pair["dense"]), "--candidate", str(tiny_pair["pruned"]), "--runtime", "torch"],
+          "choose one of: ort-cpu, ort-cuda, ort-trt, trt")
     (tmp_path / "empty").mkdir()
     fails(base + ["--baseline", str(tmp_path / "empty"), "--candidate", str(tiny_pair["pruned"])],
           "is a folder without config.json")

@@ -29,6 +29,7 @@ from ..core.manifest import MANIFEST_FILE, file_sha256, now_utc
 from .report import VerifyReport
 
 ENGINE_SUFFIXES = (".plan", ".engine")
+VERIFY_RUNTIMES = ("ort-cpu", "ort-cuda", "ort-trt", "trt")  # deployment runtimes of ONNX files / engines
 FALLBACK_VOCAB = 16  # token ids for graphs without ziplm metadata: small enough for any vocabulary
 
 
@@ -52,6 +53,8 @@ class VerifyOptions:
     eval_seq: int = 128
 
     def validate(self) -> "VerifyOptions":
+        if self.runtime not in VERIFY_RUNTIMES:
+            raise UserError(f"unknown runtime {self.runtime!r} for verify", f"choose one of: {', '.join(VERIFY_RUNTIMES)}")
         for name in ("batch", "seq", "rounds", "eval_windows", "eval_seq"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -159,11 +159,12 @@ def judge(policy: Policy, report: VerifyReport, report_name: str = "verify.json"
         if measured is None:
             checks.append(Check(name, False, None, allowed, f"{what}: not measured (the gate fails closed)"))
         else:
-            checks.append(Check(name, bool(ok), measured, allowed, f"{what}: measured {_fmt(measured)}, allowed {allowed}"))
+            message = f"{what}: measured {_fmt(measured)}, allowed {allowed}"
+            checks.append(Check(name, bool(ok), measured, allowed, message))
 
     ok = report.ok
-    checks.append(Check("measurement", ok, report.status, "status ok",
-                        "measurement completed" if ok else f"measurement errored: {report.error or 'status ' + report.status}"))
+    errored = f"measurement errored: {report.error or 'status ' + report.status}"
+    checks.append(Check("measurement", ok, report.status, "status ok", "measurement completed" if ok else errored))
     _device(policy, report, checks)
     b, sp = policy.budgets, report.speedup or {}
     cand_lat = (report.candidate or {}).get("latency") or {}

@@ -130,7 +130,8 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
     sp = rep.speedup or {}
     row.verify = str(f.relative_to(data.run))
     if rep.ok:
-        row.measured_speedup, row.measured_ms, row.baseline_ms = sp.get("measured"), sp.get("candidate_ms"), sp.get("baseline_ms")
+        row.measured_speedup, row.measured_ms = sp.get("measured"), sp.get("candidate_ms")
+        row.baseline_ms = sp.get("baseline_ms")
     else:
         data.warnings.append(f"{row.verify}: measurement errored: {rep.error}")
     if sp.get("predicted") is not None:
