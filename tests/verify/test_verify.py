@@ -58,6 +58,7 @@ def test_verify_directories_report_has_every_field(verified, tiny_pair):
     timing = payload["timing"]
     assert timing["statistic"] == "p25" and timing["baseline_recheck"]["n"] == 10
     assert isinstance(timing["interference"], bool) and timing["drift"] is not None
+    assert timing["attempts"] in (1, 2) and timing["interference"] == (abs(timing["drift"]) > timing["max_drift"])
     par = payload["parity"]
     assert par["reference"] == "pytorch" and par["ok"]
     (logits,) = par["outputs"]

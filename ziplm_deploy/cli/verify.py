@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds (default 50)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retries", type=int, default=1,
+                   help="measure again (up to N times) when the re-timed baseline moved: a busy machine (default 1)")
     p.add_argument("--eval-data", help="also measure quality of both directories on this data (needs torch)")
     p.add_argument("--eval-windows", type=int, default=8, help="LM windows for --eval-data (default 8)")
     p.add_argument("--eval-seq", type=int, default=128, help="LM window length for --eval-data (default 128)")
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     opts = VerifyOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, threads=args.threads,
                          opt_level=args.opt_level, target=args.target, tolerance=args.tolerance, table=args.table,
                          atol=args.atol, rtol=args.rtol, warmup=args.warmup, rounds=args.rounds, seed=args.seed,
+                         retries=args.retries,
                          eval_data=args.eval_data, eval_windows=args.eval_windows, eval_seq=args.eval_seq)
     out = Path(args.report)
     cache = Path(args.cache) if args.cache else out.parent / "onnx-cache"

@@ -48,6 +48,7 @@ class VerifyOptions:
     warmup: int = 5
     rounds: int = 50
     seed: int = 0
+    retries: int = 1  # extra measurements when interference is detected
     eval_data: str | None = None
     eval_windows: int = 8
     eval_seq: int = 128
@@ -58,8 +59,8 @@ class VerifyOptions:
         for name in ("batch", "seq", "rounds", "eval_windows", "eval_seq"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.threads < 0 or self.warmup < 0:
-            raise UserError("--threads and --warmup must be >= 0")
+        if self.threads < 0 or self.warmup < 0 or self.retries < 0:
+            raise UserError("--threads, --warmup and --retries must be >= 0")
         if self.target is not None and self.target <= 0:
             raise UserError(f"--target must be > 0, got {self.target}")
         if not 0 <= self.tolerance < 1:
@@ -250,14 +251,19 @@ def _measure(report: VerifyReport, backend: Any, models: dict[str, Resolved], op
     dims = {"batch": opts.batch, "seq": opts.seq, "past": 0, "total": opts.seq}
     log(f"timing baseline and candidate in {opts.runtime} (batch {opts.batch}, seq {opts.seq}, "
         f"{opts.threads} thread(s), {protocol.rounds} interleaved rounds)")
-    stats = time_models(backend, {"baseline": models["baseline"].file, "candidate": models["candidate"].file},
-                        dims, vocab, protocol)
+    files = {"baseline": models["baseline"].file, "candidate": models["candidate"].file}
     st = protocol.statistic
+    for attempt in range(1, opts.retries + 2):  # re-measure when the re-timed baseline moved (interference)
+        stats = time_models(backend, files, dims, vocab, protocol)
+        moved = drift(stats["baseline"], stats["baseline:recheck"], st)
+        if abs(moved) <= protocol.max_drift or attempt > opts.retries:
+            break
+        log(f"the baseline moved by {moved:+.1%} during timing (machine busy): measuring again")
     report.baseline["latency"] = stats["baseline"].to_json()
     report.candidate["latency"] = stats["candidate"].to_json()
-    moved = drift(stats["baseline"], stats["baseline:recheck"], st)
     report.timing = {"statistic": st, "baseline_recheck": stats["baseline:recheck"].to_json(), "drift": round(moved, 5),
-                     "max_drift": protocol.max_drift, "interference": abs(moved) > protocol.max_drift}
+                     "max_drift": protocol.max_drift, "interference": abs(moved) > protocol.max_drift,
+                     "attempts": attempt}
     dtype = "float16" if getattr(backend, "fp16", False) else "float32"
     report.fingerprint = fingerprint(backend, dtype=dtype, batch=opts.batch, seq=opts.seq, mode="prefill", kv_len=0,
                                      opset=_opset(models["candidate"].onnx)).to_json()
