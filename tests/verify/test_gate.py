@@ -218,3 +218,14 @@ def test_cli_bad_input_exits_2(files, capsys):
 def test_demo_policies_parse():
     for name in ("demo-pass", "demo-impossible"):
         assert Policy.load(ROOT / "policies" / f"{name}.yaml").name == name
+
+
+def test_verify_report_round_trip_and_header(tmp_path):
+    rep = VerifyReport.from_json(copy.deepcopy(REPORT))
+    assert rep.to_json() == REPORT
+    rep.save(tmp_path / "v.json")
+    assert VerifyReport.load(tmp_path / "v.json") == rep
+    with pytest.raises(UserError, match="version 2 is not supported"):
+        VerifyReport.from_json({**REPORT, "version": 2})
+    with pytest.raises(UserError, match="status must be 'ok' or 'error'"):
+        VerifyReport.from_json({**REPORT, "status": "fine"})
