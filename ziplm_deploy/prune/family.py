@@ -87,6 +87,27 @@ def _member_dir(out: Path, method: str, target: float) -> Path:
     return out / f"{method}-{target:g}x"
 
 
+def _finished_member(path: Path, config: PruneConfig, table_sha: str, shape: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of a model this exact run configuration already saved at ``path``, else None."""
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        m = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = m.get("options") == json.loads(json.dumps(asdict(config))) and m.get("table_sha256") == table_sha
+    return m.get("metrics", {}) if same and m.get("shape") == shape else None
+
+
+def _fault_point(name: str) -> None:
+    """Test hook: ``ZIPLM_FAULT=<name>`` kills the process here (SIGKILL), to test resuming."""
+    if os.environ.get("ZIPLM_FAULT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: str | os.PathLike,
                  calib: str | os.PathLike, config: PruneConfig, out: str | os.PathLike,
                  log: Callable[[str], None] = print, progress: bool = True) -> FamilyReport:
@@ -123,14 +144,20 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
             log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {max_speedup:.2f}x)")
             report.members.append(member)
             continue
-        model = build()
         member.predicted_ms, member.predicted_speedup = round(predicted, 4), round(report.dense_predicted_ms / predicted, 4)
         member.search_loss, member.shape = loss, shape.to_json()
+        path = _member_dir(out, config.method, target)
+        done = _finished_member(path, config, report.table_sha256, member.shape)
+        if done is not None:  # an earlier, interrupted run already produced this model
+            member.path, member.calibration_ppl = str(path), done.get("calibration_ppl")
+            log(f"  target {target:g}x: reusing {path}")
+            report.members.append(member)
+            continue
+        model = build()
         if config.evaluate and arch.is_decoder:
             from .evaluate import perplexity
 
             member.calibration_ppl = round(perplexity(model, windows, progress=False), 4)
-        path = _member_dir(out, config.method, target)
         manifest = new_manifest(config.method, model_dir, shape.to_json(), options=asdict(config), metrics={
             "target_speedup": target, "predicted_ms": member.predicted_ms, "predicted_speedup": member.predicted_speedup,
             "dense_predicted_ms": report.dense_predicted_ms, "search_loss": loss,
@@ -149,6 +176,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
             + f" -> {path}")
         report.members.append(member)
         del model
+        _fault_point("member-saved")
     report.seconds = round(time.perf_counter() - started, 1)
     atomic_write_json(out / f"family-{config.method}.json", report.to_json())
     return report

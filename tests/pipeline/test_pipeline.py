@@ -1,0 +1,138 @@
+"""`ziplm-deploy run`: strict schema, the whole chain on a tiny model, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ziplm_deploy.cli import main
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.pipeline.spec import PipelineSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A tiny random Llama with the real SmolLM2 tokenizer (so calibration reads real text), and a
+    latency table measured for it in ONNX Runtime."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ziplm_deploy.core.arch import arch_from_dir
+    from ziplm_deploy.models import save_model
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.models.tokenizer import load_tokenizer
+    from ziplm_deploy.profiling.profiler import ProfileOptions, profile
+    from ziplm_deploy.runtime.timing import Protocol
+
+    root = tmp_path_factory.mktemp("tiny_lm")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                                         num_key_value_heads=3, head_dim=8, intermediate_size=96,
+                                         max_position_embeddings=128, tie_word_embeddings=True)).eval()
+    save_model(model, root / "model", tokenizer=load_tokenizer(smollm2_dir()))
+    table = profile(arch_from_dir(root / "model"), ProfileOptions(seq=16, ffn_step=16,
+                                                                  protocol=Protocol(warmup=1, rounds=5)), progress=False)
+    table.save(root / "table.json")
+    from ziplm_deploy.models.assets import wikipedia_text
+
+    (root / "calib.txt").write_text("\n\n".join(wikipedia_text(max_articles=3)))  # real text, small
+    return root
+
+
+def _write(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _spec(root: Path, **overrides) -> dict:
+    # The passing gate checks parity and the device, not timing: a tiny model's milliseconds on a shared
+    # 2-core machine are too noisy for a test to depend on them (timing budgets belong to benchmarks).
+    policy = root / "parity-policy.yaml"
+    if not policy.exists():
+        policy.write_text(yaml.safe_dump({"version": 1, "name": "parity", "device": {"runtime": "onnxruntime"},
+                                          "budgets": {"max_parity_abs_error": 1e-2}, "require_parity_ok": True}))
+    spec = {"model": str(root / "model"), "profile": {"table": str(root / "table.json")},
+            "prune": {"targets": [1.05, 1.1], "windows": 4, "seq_len": 16, "calib": str(root / "calib.txt")},
+            "export": {},
+            "verify": {"seq": 16, "rounds": 5}, "gate": {"policy": str(policy)}}
+    spec.update(overrides)
+    return spec
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"model": "m", "prune": {"targts": [2]}}, "unknown key 'prune.targts'"),
+    ({"model": "m", "prune": {"windows": "many"}}, "'prune.windows' must be an integer"),
+    ({"model": "m", "verify": {"rounds": 2.5}}, "'verify.rounds' must be an integer"),
+    ({"prune": {}}, "missing required key 'model'"),
+    ({"model": "m", "gate": {}}, "missing required key 'gate.policy'"),
+    ({"model": "m", "prune": {"targets": [1.5, "fast"]}}, "'prune.targets[1]' must be a number"),
+])
+def test_schema_errors_name_the_bad_key(tmp_path, bad, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        PipelineSpec.load(_write(tmp_path / "p.yaml", bad))
+
+
+def test_run_skips_unchanged_stages_and_gates(tiny_lm, tmp_path, capsys):
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm))
+    assert main(["run", str(pipeline), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "gate PASSED" in out and "stages run: profile, prune, export, verify" in out
+    run = tmp_path / "run"
+    for name in ("ziplm-1.05x", "ziplm-1.1x"):
+        rep = json.loads((run / "prune" / "verify" / f"{name}.verify.json").read_text())
+        assert rep["speedup"]["measured"] > 0 and rep["parity"]["ok"]
+        assert ET_parses(run / "gate" / f"{name}.xml")
+    assert "data:image/svg+xml;base64," in (run / "report.html").read_text()
+    # second run: nothing to redo
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
+    assert "skipped: profile, prune, export, verify" in capsys.readouterr().out
+    # a changed option reruns prune and what follows it, not profile
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm, prune={"targets": [1.08], "windows": 4, "seq_len": 16,
+                                                                "calib": str(tiny_lm / "calib.txt")}))
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
+    assert "stages run: prune, export, verify; skipped: profile" in capsys.readouterr().out
+    # an impossible policy fails the run with exit code 1
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm, prune={"targets": [1.08], "windows": 4, "seq_len": 16,
+                                                                "calib": str(tiny_lm / "calib.txt")},
+                                                 gate={"policy": str(ROOT / "policies" / "demo-impossible.yaml")}))
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 1
+    assert "gate FAILED for ziplm-1.08x" in capsys.readouterr().out
+
+
+def ET_parses(path: Path) -> bool:
+    import xml.etree.ElementTree as ET
+
+    return ET.parse(path).getroot().tag in ("testsuite", "testsuites")
+
+
+def test_killed_run_resumes_to_the_same_artifacts(tiny_lm, tmp_path):
+    spec = _spec(tiny_lm, export=None, verify=None, gate=None, report=False)
+    pipeline = _write(tmp_path / "p.yaml", spec)
+    cmd = [sys.executable, "-m", "ziplm_deploy", "run", str(pipeline), "--no-progress"]
+    env = dict(os.environ, ZIPLM_FAULT="member-saved")
+    killed = subprocess.run(cmd + ["--out", str(tmp_path / "resumed")], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL right after the first model was saved
+    assert (tmp_path / "resumed" / "prune" / "ziplm-1.05x" / "manifest.json").is_file()
+    assert not (tmp_path / "resumed" / "prune" / "ziplm-1.1x").exists()
+    resumed = subprocess.run(cmd + ["--out", str(tmp_path / "resumed")], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "reusing OBS database" in resumed.stdout and "reusing" in resumed.stdout
+    clean = subprocess.run(cmd + ["--out", str(tmp_path / "clean")], capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    for name in ("ziplm-1.05x", "ziplm-1.1x"):
+        a = (tmp_path / "resumed" / "prune" / name / "pruned-model.safetensors").read_bytes()
+        b = (tmp_path / "clean" / "prune" / name / "pruned-model.safetensors").read_bytes()
+        assert a == b
+    fa = json.loads((tmp_path / "resumed" / "prune" / "family-ziplm.json").read_text())
+    fb = json.loads((tmp_path / "clean" / "prune" / "family-ziplm.json").read_text())
+    strip = lambda f: [{k: v for k, v in m.items() if k != "path"} for m in f["members"]]  # noqa: E731
+    assert strip(fa) == strip(fb)

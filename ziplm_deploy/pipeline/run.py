@@ -1,0 +1,223 @@
+"""Run a pipeline: profile -> prune -> export -> verify -> gate -> report, resumable.
+
+Each stage writes its artifacts atomically into the run directory and records, in ``state.json``,
+a key: the hash of its options and of its inputs' contents. A re-run skips every stage whose key is
+unchanged and whose outputs are still there; an interrupted run resumes at the stage it stopped in,
+and inside ``prune`` it keeps the finished models and the OBS database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.errors import UserError
+from ..core.jsonio import atomic_write_json, read_json
+from .spec import PipelineSpec
+
+STATE_FILE = "state.json"
+STATE_FORMAT = "ziplm-deploy/run-state"
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+    gate_failures: list[str] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _content_hash(path: str | os.PathLike) -> str:
+    """Hash of a file, or of a directory's files (names, sizes and contents of the small ones, sizes and
+    modification times of weights)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        stat = f.stat()
+        h.update(str(f.relative_to(path.parent if path.is_file() else path)).encode())
+        if stat.st_size <= 16 << 20:
+            h.update(f.read_bytes())
+        else:
+            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+class _State:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STATE_FILE
+        self.stages: dict[str, Any] = {}
+        if self.path.is_file():
+            payload = read_json(self.path, "run state")
+            if payload.get("format") == STATE_FORMAT:
+                self.stages = payload.get("stages", {})
+
+    def done(self, stage: str, key: str) -> Any:
+        entry = self.stages.get(stage)
+        if entry and entry.get("key") == key and all(Path(p).exists() for p in entry.get("outputs", [])):
+            return entry.get("result")
+        return None
+
+    def record(self, stage: str, key: str, outputs: list[str], result: Any) -> None:
+        self.stages[stage] = {"key": key, "outputs": outputs, "result": result, "finished": time.time()}
+        atomic_write_json(self.path, {"format": STATE_FORMAT, "version": 1, "stages": self.stages})
+
+
+def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[str], None] = print,
+                 progress: bool = True) -> RunResult:
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = _State(run_dir)
+    result = RunResult(str(run_dir))
+    model_key = _content_hash(spec.model)
+
+    def stage(name: str, key: str, fn: Callable[[], tuple[list[str], Any]]) -> Any:
+        cached = state.done(name, key)
+        if cached is not None:
+            log(f"[{name}] unchanged: skipped")
+            result.stages_skipped.append(name)
+            return cached
+        log(f"[{name}]")
+        outputs, value = fn()
+        state.record(name, key, outputs, value)
+        result.stages_run.append(name)
+        return value
+
+    # profile ---------------------------------------------------------------------------------
+    table_path = run_dir / "table.json"
+
+    def do_profile():
+        from ..core.arch import arch_from_dir
+        from ..core.table import LatencyTable
+        from ..profiling.profiler import ProfileOptions, profile
+        from ..runtime.timing import Protocol
+
+        if spec.profile.table:
+            table = LatencyTable.load(spec.profile.table)
+        else:
+            p = spec.profile
+            table = profile(arch_from_dir(spec.model), ProfileOptions(
+                runtime=p.runtime, batch=p.batch, seq=p.seq, threads=p.threads, opt_level=p.opt_level,
+                ffn_step=p.ffn_step, protocol=Protocol(rounds=p.rounds)), progress=progress)
+        table.save(table_path)
+        return [str(table_path)], {"table": str(table_path)}
+
+    profile_key = _sha([asdict(spec.profile), model_key,
+                        _content_hash(spec.profile.table) if spec.profile.table else None])
+    stage("profile", profile_key, do_profile)
+
+    # prune -----------------------------------------------------------------------------------
+    def do_prune():
+        from ..core.table import LatencyTable
+        from ..prune.family import PruneConfig, prune_family
+
+        p = spec.prune
+        config = PruneConfig(method=p.method, targets=p.targets, seq_len=p.seq_len, windows=p.windows, seed=p.seed,
+                             ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
+                             spdy_samples=p.spdy_samples, device=p.device)
+        report = prune_family(spec.model, LatencyTable.load(table_path), table_path, p.calib, config,
+                              run_dir / "prune", log=lambda s: log("  " + s), progress=progress)
+        members = [asdict(m) for m in report.members]
+        return [m["path"] for m in members if m["path"]], members
+
+    prune_key = _sha([asdict(spec.prune), model_key, _content_hash(table_path),
+                      _content_hash(spec.prune.calib) if Path(spec.prune.calib).exists() else spec.prune.calib])
+    members = stage("prune", prune_key, do_prune)
+    result.members = members
+    reached = [m for m in members if m["reachable"]]
+    for m in members:
+        if not m["reachable"]:
+            log(f"  target {m['target']:g}x unreachable (max predicted {m['max_speedup']:.2f}x)")
+
+    # export ----------------------------------------------------------------------------------
+    cache = run_dir / "onnx"  # verify's export cache: verify reuses these files
+    verify_dir = run_dir / "prune" / "verify"
+    models = [("dense", spec.model)] + [(Path(m["path"]).name, m["path"]) for m in reached]
+    if spec.export is not None:
+        def do_export():
+            from ..verify.measure import export_dir
+
+            written = {}
+            for name, path in models:
+                written[name] = str(export_dir(Path(path), cache, lambda s: log("  " + s), spec.export.atol,
+                                               spec.export.rtol))
+                if spec.export.with_past and name != "dense":
+                    from ..export import export_onnx
+                    from ..models import load_model
+
+                    decode = cache / f"{name}-decode.onnx"
+                    if not decode.with_name(f"{name}-decode_with_past.onnx").exists():
+                        export_onnx(load_model(path), decode, with_past=True, atol=spec.export.atol,
+                                    rtol=spec.export.rtol)
+            return list(written.values()), written
+
+        stage("export", _sha([asdict(spec.export), prune_key, model_key]), do_export)
+
+    # verify ----------------------------------------------------------------------------------
+    verify_reports: dict[str, str] = {}
+    if spec.verify is not None and reached:
+        def do_verify():
+            from ..verify.measure import VerifyOptions, verify
+
+            v = spec.verify
+            reports = {}
+            for m in reached:
+                name = Path(m["path"]).name
+                opts = VerifyOptions(runtime=v.runtime, batch=v.batch, seq=v.seq, threads=v.threads, target=m["target"],
+                                     tolerance=v.tolerance, table=str(table_path), rounds=v.rounds,
+                                     atol=spec.export.atol if spec.export else 1e-4,
+                                     rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
+                rep = verify(spec.model, m["path"], opts, cache, log=lambda s: log("  " + s))
+                out = verify_dir / f"{name}.verify.json"
+                rep.save(out)
+                reports[name] = str(out)
+                sp = rep.speedup or {}
+                log(f"  {name}: measured {sp.get('measured')}x, predicted {sp.get('predicted')}x" if rep.ok
+                    else f"  {name}: measurement failed: {rep.error}")
+            return list(reports.values()), reports
+
+        verify_reports = stage("verify", _sha([asdict(spec.verify), prune_key, model_key,
+                                               asdict(spec.export) if spec.export else None]), do_verify)
+
+    # gate (always re-judged: cheap, and its verdict is the run's exit code) --------------------
+    if spec.gate is not None:
+        from ..verify.output import junit_xml, markdown
+        from ..verify.policy import Policy, judge
+        from ..verify.report import VerifyReport
+
+        policy = Policy.load(spec.gate.policy)
+        if not verify_reports:
+            raise UserError("the gate needs verify reports", "add a verify section to the pipeline file")
+        for name, path in verify_reports.items():
+            verdict = judge(policy, VerifyReport.load(path), report_name=path)
+            gate_dir = run_dir / "gate"
+            gate_dir.mkdir(exist_ok=True)
+            (gate_dir / f"{name}.xml").write_bytes(junit_xml(verdict))
+            (gate_dir / f"{name}.md").write_text(markdown(verdict))
+            status = "PASSED" if verdict.passed else "FAILED"
+            log(f"[gate] {name}: {status}")
+            if not verdict.passed:
+                result.gate_failures.append(name)
+
+    # report ----------------------------------------------------------------------------------
+    if spec.report:
+        from ..verify.runreport import collect, render_html, render_markdown
+
+        data = collect(run_dir / "prune")
+        (run_dir / "report.html").write_text(render_html(data))
+        (run_dir / "report.md").write_text(render_markdown(data))
+        log(f"[report] {run_dir / 'report.html'}")
+    result.seconds = round(time.perf_counter() - started, 1)
+    return result

@@ -1,0 +1,160 @@
+"""The pipeline file: a strict schema (unknown keys and wrong types are rejected with their path).
+
+    model: path/to/dense-model            # Hugging Face directory
+    profile: {table: profiles/x.json}     # or measure: {runtime: ort-cpu, seq: 128, threads: 1, ...}
+    prune: {method: ziplm, targets: [1.5, 2, 3], calib: wikipedia, windows: 32}
+    export: {with_past: false}
+    verify: {runtime: ort-cpu, threads: 1, rounds: 20}
+    gate: {policy: policies/demo-pass.yaml}
+    report: true
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UserError
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    table: str | None = None  # use this table instead of measuring one
+    runtime: str = "ort-cpu"
+    batch: int = 1
+    seq: int = 128
+    threads: int = 1
+    opt_level: str = "all"
+    ffn_step: int = 32
+    rounds: int = 50
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str = "ziplm"
+    targets: tuple[float, ...] = (1.5, 2.0, 3.0)
+    calib: str = "wikipedia"
+    windows: int = 32
+    seq_len: int = 128
+    seed: int = 0
+    ffn_step: int | None = None
+    damp: float = 0.01
+    loss: str = "relative"
+    uniform: bool = False
+    spdy_samples: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    with_past: bool = False
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    runtime: str = "ort-cpu"
+    threads: int = 1
+    batch: int = 1
+    seq: int = 128
+    rounds: int = 20
+    tolerance: float = 0.05
+    eval_data: str | None = None
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    policy: str
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    model: str
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    profile: ProfileSpec = field(default_factory=ProfileSpec)
+    export: ExportSpec | None = field(default_factory=ExportSpec)
+    verify: VerifySpec | None = field(default_factory=VerifySpec)
+    gate: GateSpec | None = None
+    report: bool = True
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "PipelineSpec":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"pipeline file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        spec = parse(PipelineSpec, data, str(path))
+        base = path.parent  # relative paths in the file are relative to the file
+        return _resolve_paths(spec, base)
+
+
+def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
+    from dataclasses import replace
+
+    def rel(p: str | None) -> str | None:
+        if p is None or p in ("wikipedia",) or Path(p).is_absolute():
+            return p
+        return str((base / p).resolve())
+
+    return replace(
+        spec, model=rel(spec.model),
+        profile=replace(spec.profile, table=rel(spec.profile.table)),
+        prune=replace(spec.prune, calib=rel(spec.prune.calib)),
+        verify=replace(spec.verify, eval_data=rel(spec.verify.eval_data)) if spec.verify else None,
+        gate=replace(spec.gate, policy=rel(spec.gate.policy)) if spec.gate else None,
+    )
+
+
+def parse(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with their path."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: '{prefix.rstrip('.') or 'the file'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"{source}: unknown key '{prefix}{unknown[0]}'", f"allowed here: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise UserError(f"{source}: missing required key '{prefix}{name}'")
+            continue
+        values[name] = _value(hints[name], data[name], f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _value(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _value(args[0], value, key, source)
+    if is_dataclass(tp):
+        if value is False or value is None:
+            return None
+        return parse(tp, value, source, prefix=f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{source}: '{key}' must be a non-empty list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_value(inner, v, f"{key}[{i}]", source) for i, v in enumerate(value))
+    checks = {float: ((int, float), "a number"), int: ((int,), "an integer"), bool: ((bool,), "true or false"),
+              str: ((str,), "a string")}
+    if tp not in checks:
+        raise UserError(f"{source}: '{key}': unsupported type {tp}")
+    allowed, words = checks[tp]
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, allowed):
+        raise UserError(f"{source}: '{key}' must be {words}, got {value!r}")
+    return float(value) if tp is float else value
