@@ -96,6 +96,13 @@ def _tokenizer(model_dir: str):
     return tokenizer
 
 
+def _main_print():
+    """``print`` on the main process only (``accelerate launch`` / ``torchrun`` start one per device)."""
+    from ..distill.trainer import is_main_process
+
+    return print if is_main_process() else (lambda *a, **k: None)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -112,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher:
         _tokenizer(args.teacher)
     windows, held = training_windows(tokenizer, args, args.data)
-    print(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")
+    say = _main_print()
+    say(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")
     student = load_model(args.student)
     teacher = load_model(args.teacher) if args.teacher else None
     result = train(student, windows, out, config, weights, teacher=teacher, eval_windows=held, resume=args.resume,
@@ -128,5 +136,5 @@ def run(args: argparse.Namespace) -> int:
                         options=options, metrics=metrics)
     ppl = (f"; held-out perplexity {metrics['heldout_ppl_before']:.3f} -> {metrics['heldout_ppl_after']:.3f}"
            if "heldout_ppl_before" in metrics else "")
-    print(f"{method}: {result.steps} steps in {result.seconds:.0f}s on {result.device}{ppl}; saved {path}")
+    say(f"{method}: {result.steps} steps in {result.seconds:.0f}s on {result.device}{ppl}; saved {path}")
     return 0

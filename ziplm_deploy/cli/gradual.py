@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..distill.gradual import GradualConfig, gradual_ziplm
     from ..models import load_model
     from ..prune.data import calibration_windows
-    from .distill import _tokenizer, loss_weights, train_config, training_windows
+    from .distill import _main_print, _tokenizer, loss_weights, train_config, training_windows
 
     config = GradualConfig(targets=tuple(args.targets), ffn_step=args.ffn_step, damp=args.damp, loss=args.loss)
     table = LatencyTable.load(args.table)
@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     tconfig = train_config(args)
     calib = calibration_windows(tokenizer, args.calib, args.seq_len, args.windows, args.seed)
     windows, held = training_windows(tokenizer, args, args.data or args.calib)
-    print(f"data: {len(calib)} calibration, {len(windows)} training, {len(held)} held-out windows of "
+    say = _main_print()
+    say(f"data: {len(calib)} calibration, {len(windows)} training, {len(held)} held-out windows of "
           f"{args.seq_len} tokens")
     dense = load_model(args.model)
     stages = gradual_ziplm(dense, table, calib, windows, args.out, config, tconfig, weights, eval_windows=held,
                            parent=args.model, tokenizer=tokenizer, progress=not args.no_progress)
     reached = sum(s.reachable for s in stages)
-    print(f"gradual ZipLM: {reached} of {len(config.targets)} targets reached; report "
+    say(f"gradual ZipLM: {reached} of {len(config.targets)} targets reached; report "
           f"{args.out}/family-ziplm-gradual.json")
     return 0 if reached == len(config.targets) else 1

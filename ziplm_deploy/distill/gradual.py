@@ -160,6 +160,6 @@ def gradual_ziplm(dense: nn.Module, table: LatencyTable, calib: torch.Tensor, tr
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from .trainer import is_main_process
 
-    return PartialState().is_main_process
+    return is_main_process()

@@ -272,6 +272,11 @@ def train(student: nn.Module, windows: torch.Tensor, out: str | os.PathLike, con
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if world > 1:  # log the loss of the global batch, not of this process's share
+                keys = sorted(parts_sum)
+                mean = accelerator.reduce(torch.tensor([total] + [parts_sum[k] for k in keys],
+                                                       device=accelerator.device), "mean").tolist()
+                total, parts_sum = mean[0], dict(zip(keys, mean[1:]))
             dt = time.perf_counter() - t0
             if not math.isfinite(total):
                 raise UserError(f"the loss became {total} at step {step}", "lower --lr or use --mixed-precision no")
@@ -339,17 +344,23 @@ def save_student(model: nn.Module, out: str | os.PathLike, parent: str | os.Path
                  metrics: dict[str, float] | None = None, extra_manifest: dict[str, Any] | None = None) -> Path:
     """Save the trained model with its manifest, so ``ziplm_deploy.load_model`` reloads it. Under
     ``accelerate launch`` only the main process writes; the others wait for it."""
-    from accelerate import PartialState
-
     from ..core.manifest import MANIFEST_FILE, new_manifest
     from ..models import adapter_for, save_model
 
-    state = PartialState()
-    if state.is_main_process:
+    if is_main_process():
         shape = adapter_for(model).shape_of(model)
         manifest = new_manifest(method, parent, shape.to_json(), options=options or {}, metrics=metrics or {})
         payload = {**manifest.to_json(), **(extra_manifest or {})}
         save_model(model, out, tokenizer=tokenizer, overwrite=True,
                    extra_files={MANIFEST_FILE: json.dumps(payload, indent=2, default=str) + "\n"})
-    state.wait_for_everyone()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
     return Path(out)
+
+
+def is_main_process() -> bool:
+    """Global rank 0 (``torchrun`` / ``accelerate launch`` set RANK), without initialising accelerate's
+    state (which must first be created by the trainer's ``Accelerator``, with its CPU/GPU choice)."""
+    return os.environ.get("RANK", "0") == "0"
