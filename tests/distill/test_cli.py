@@ -100,3 +100,35 @@ def test_gradual_command(dirs, capsys, tmp_path):
         assert s["predicted_speedup"] >= s["target"] - 1e-9 and load_model(s["path"]) is not None
     capsys.readouterr()
     _fails(capsys, argv[:8] + ["2", "1.5"] + argv[10:], "ascending")
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process(dirs, tmp_path):
+    """torchrun with 2 CPU processes (gloo DDP): each takes half of the same global batches, rank 0 alone
+    writes; the step losses equal a 1-process run with twice the batch (up to the per-batch normaliser
+    of the hidden-state loss), and a resumed 2-process run ends where the uninterrupted one did."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root, data = dirs
+    common = ["--student", str(root / "student"), "--teacher", str(root / "teacher"), "--data", str(data),
+              "--steps", "4", "--seq-len", "16", "--grad-accum", "2", "--save-every", "2", "--eval-windows", "2",
+              "--no-progress", "--cpu", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ziplm_deploy", "distill"]
+    ddp = subprocess.run(launch + common + ["--batch-size", "2", "--out", str(tmp_path / "ddp")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("saved") == 1  # rank 0 only
+    assert main(["distill", *common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    two = json.loads((tmp_path / "ddp" / "train.json").read_text())
+    one = json.loads((tmp_path / "one" / "train.json").read_text())
+    assert [h["kd"] for h in two["history"]] == pytest.approx([h["kd"] for h in one["history"]], rel=1e-2)
+    shutil.rmtree(tmp_path / "ddp" / "checkpoints" / "step-00000004")
+    again = subprocess.run(launch + common + ["--batch-size", "2", "--out", str(tmp_path / "ddp"), "--resume"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+    resumed = json.loads((tmp_path / "ddp" / "train.json").read_text())
+    assert resumed["evals"][-1]["ppl"] == pytest.approx(two["evals"][-1]["ppl"], rel=1e-6)
