@@ -125,6 +125,9 @@ def test_teacher_required_and_mismatch(tmp_path):
         with pytest.raises(UserError, match="fp16 mixed precision needs a GPU"):
             train(student, _windows(4), tmp_path, TrainConfig(steps=1, mixed_precision="fp16"),
                   LossWeights(kd=0, hidden=0, task=1), progress=False)
+    with pytest.raises(UserError, match="the student has family=llama, the teacher family=gpt2"):
+        train(student, _windows(4), tmp_path, TrainConfig(steps=1), LossWeights(), teacher=tiny_model("gpt2"),
+              progress=False)
     with pytest.raises(UserError, match="teacher has"):
         train(student, _windows(4), tmp_path, TrainConfig(steps=1), LossWeights(), teacher=tiny_model("llama", layers=2),
               progress=False)

@@ -153,6 +153,11 @@ def _kept_layers(student: nn.Module, teacher: nn.Module | None) -> list[int]:
 
     shape = adapter_for(student).shape_of(student)
     if teacher is not None:
+        mine, theirs = adapter_for(student).arch(student), adapter_for(teacher).arch(teacher)
+        for key in ("family", "hidden", "vocab"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise UserError(f"the student has {key}={getattr(mine, key)}, the teacher {key}={getattr(theirs, key)}",
+                                "distill from the dense model the student was pruned from")
         teacher_layers = len(adapter_for(teacher).layers(teacher))
         if teacher_layers != len(shape.layers):
             raise UserError(f"the student descends from a {len(shape.layers)}-layer model, the teacher has "
