@@ -123,3 +123,26 @@ def test_lagrangian_drives_expected_sparsity_to_the_target():
     assert start == pytest.approx(1 - (16 + 24) * 12 * torch.sigmoid(torch.tensor(-math.log(0.1 / 1.1))).item()
                                   / (16 * 24), abs=0.02)
     assert abs(end - target) < 0.02, (start, end, dense_rank_sparsity)
+
+
+def test_flop_training_reaches_the_target_and_finalizes_to_thin_linears():
+    torch.set_num_threads(1)
+    model = tiny_model("llama")
+    names = [f"model.layers.{i}.mlp.{p}" for i in range(4) for p in ("gate_proj", "up_proj", "down_proj")]
+    factorize(model, names)
+    from ziplm_deploy.distill.flop import finalize, train_flop
+
+    windows = torch.randint(1, 120, (16, 16), generator=torch.Generator().manual_seed(0))
+    history = train_flop(model, windows, target=0.6, steps=120, warmup=40, lr=1e-3)
+    assert history[0]["expected_sparsity"] < 0.3 and abs(history[-1]["expected_sparsity"] - 0.6) < 0.05
+    ids = windows[:2]
+    with torch.no_grad():
+        gated = model(input_ids=ids).logits
+    ranks = finalize(model)
+    assert set(ranks) == set(names) and not factorized_layers(model)
+    full = default_rank(48, 80)
+    assert sum(ranks.values()) < 0.8 * full * len(names)  # ranks were closed
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - gated).abs().max().item() < 1e-4
+    with pytest.raises(UserError, match="no factorised layers"):
+        train_flop(model, windows, target=0.5, steps=1)

@@ -183,3 +183,64 @@ class Lagrangian(nn.Module):
         for p in (self.lambda_1, self.lambda_2):
             if p.grad is not None:
                 p.grad.neg_()
+
+
+def finalize(model: nn.Module) -> dict[str, int]:
+    """Replace every ``FactorizedLinear`` by its two thin Linears (closed ranks removed); returns the kept
+    rank per module name. (Recording the ranks in the shape spec for save/load/export is not done yet.)"""
+    ranks = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, FactorizedLinear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            thin = module.to_linears()
+            setattr(parent, child, thin)
+            ranks[name] = thin[0].out_features
+    return ranks
+
+
+def train_flop(model: nn.Module, windows: torch.Tensor, target: float, steps: int, warmup: int | None = None,
+               lr: float = 1e-4, gate_lr: float = 0.1, lambda_lr: float = 0.01, batch_size: int = 4,
+               seed: int = 0, log=None) -> list[dict[str, float]]:
+    """Plain single-device FLOP training of a model with factorised layers: LM loss + Lagrangian penalty
+    towards ``target`` expected sparsity (warmed up over ``warmup`` steps, default half of ``steps``).
+    Weights and gates are minimised (AdamW / Adam), λ1, λ2 maximised (Adam on flipped gradients)."""
+    from .losses import lm_loss
+    from .trainer import micro_batch_indices
+
+    if not 0 < target < 1:
+        raise UserError(f"target sparsity {target} must be in (0, 1)")
+    layers = factorized_layers(model)
+    if not layers:
+        raise UserError("the model has no factorised layers", "call factorize(model, names) first")
+    warmup = steps // 2 if warmup is None else warmup
+    gates = [m.gates.log_alpha for m in layers if m.gates is not None]
+    gate_ids = {id(p) for p in gates}
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+    opt = torch.optim.AdamW(weights, lr=lr)
+    opt_gates = torch.optim.Adam(gates, lr=gate_lr)
+    lagrangian = Lagrangian()
+    opt_lambda = torch.optim.Adam(lagrangian.parameters(), lr=lambda_lr)
+    torch.manual_seed(seed)
+    model.train()
+    history = []
+    for step in range(steps):
+        ids = windows[micro_batch_indices(len(windows), batch_size, 1, 0, step, seed)]
+        task = lm_loss(model(input_ids=ids, use_cache=False).logits, ids)
+        sparsity = expected_sparsity(layers)
+        t = target_at(step, target, warmup)
+        penalty = lagrangian(sparsity, t)
+        for o in (opt, opt_gates, opt_lambda):
+            o.zero_grad(set_to_none=True)
+        (task + penalty).backward()
+        lagrangian.ascend()
+        for o in (opt, opt_gates, opt_lambda):
+            o.step()
+        row = {"step": step + 1, "task": float(task.detach()), "expected_sparsity": float(sparsity.detach()),
+               "target": t, "lambda_1": float(lagrangian.lambda_1.detach()),
+               "lambda_2": float(lagrangian.lambda_2.detach())}
+        history.append(row)
+        if log is not None:
+            log(row)
+    model.eval()
+    return history
