@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("ziplm_deploy.cli.distill", "recover a pruned model by distillation from its teacher (or LM pretraining)"),
     "gradual": ("ziplm_deploy.cli.gradual", "gradual ZipLM: prune -> distill -> re-prune, one model per speedup target"),
     "run": ("ziplm_deploy.cli.run", "run a pipeline file: profile, prune, export, verify, gate, report (resumable)"),
-    "demo": ("ziplm_deploy.cli.demo", "shrink + export + verify the embedded SmolLM2-135M default"),
+    "demo": ("ziplm_deploy.cli.demo", "the whole pipeline on the embedded SmolLM2-135M default (profile, prune, export, verify, gate, report)"),
     "verify": ("ziplm_deploy.cli.verify", "measure baseline vs candidate in the deployment runtime: speedup, parity"),
     "gate": ("ziplm_deploy.cli.gate", "judge a verify report against a release policy (exit 1 when a budget fails)"),
     "report": ("ziplm_deploy.cli.report", "HTML/Markdown report of a run with quality/speedup/latency plots"),

@@ -22,5 +22,4 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(Path(args.out), targets=tuple(args.targets), threads=args.threads, seq=args.seq,
                       rounds=args.rounds, windows=args.windows)
     print(format_report(report))
-    print(f"models, ONNX files and demo.json in {args.out}")
-    return 0
+    return 1 if report.gate_failed else 0

