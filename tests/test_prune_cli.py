@@ -9,7 +9,6 @@ import pytest
 
 from ziplm_deploy import load_model
 from ziplm_deploy.cli import main
-from ziplm_deploy.core.shape import ModelShape
 from ziplm_deploy.core.table import LatencyTable
 from ziplm_deploy.models import adapter_for
 from ziplm_deploy.models.assets import smollm2_dir

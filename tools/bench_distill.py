@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,9 @@ TABLE = ROOT / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from ziplm_deploy.runtime.fingerprint import cpu_name
+
+    return cpu_name()
 
 
 def main(argv=None) -> int:

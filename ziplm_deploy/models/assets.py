@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..core.errors import InternalError, UserError
@@ -55,18 +53,9 @@ def smollm2_dir() -> Path:
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise InternalError(f"GGUF conversion lost weights: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=out.parent))
-    try:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    from .io import save_model
+
+    return save_model(model, out, tokenizer=tokenizer, overwrite=True)
 
 
 def minilm_dir() -> Path:

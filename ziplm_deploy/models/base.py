@@ -7,7 +7,7 @@ An adapter knows where one family keeps its layers, heads and FFN neurons. Every
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -241,7 +241,7 @@ def magnitude_plan(model: nn.Module, shape: ModelShape) -> list[LayerPlan]:
 def magnitude_scores(adapter: FamilyAdapter, layer: nn.Module, arch: ArchSpec) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per-unit magnitude of a layer: attention heads (KV groups with GQA: summed over their heads)
     by output-projection column norm; FFN neurons by down-column norm times input-row norms."""
-    attn = ffn = None
+    attn = None
     wo = adapter.attn_out_weight(layer)
     if wo is not None:
         attn = group_norms(wo, arch.head_dim)

@@ -186,7 +186,6 @@ def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, 
     """[(target, reachable, max_speedup, shape, predicted_ms, loss, build_model)] per target."""
     import copy
 
-    from ..models import apply_shape
     from .search import search
 
     if config.method == "layerchop":

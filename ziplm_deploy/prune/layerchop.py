@@ -53,7 +53,6 @@ def drop_order(rule: str, num_layers: int, influence: Sequence[float] | None = N
 
 def chop_for_target(table: LatencyTable, order: Sequence[int], target: float) -> ModelShape | None:
     """Drop layers in ``order`` until the predicted speedup reaches ``target``; None if it never does."""
-    arch = table.arch
     dense = table.dense_shape()
     budget = table.predict(dense) / target
     layers = list(dense.layers)
