@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from families import tiny_model
 from test_gradual import linear_table
 from ziplm_deploy import load_model
 from ziplm_deploy.cli import main
@@ -18,14 +17,6 @@ from ziplm_deploy.models.tokenizer import load_tokenizer
 
 TEXT = ("The river flows past the old mill and the village square. Farmers bring grain to the market every week, "
         "and the miller grinds it into flour for the bakers of the town. ")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

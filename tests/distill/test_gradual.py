@@ -19,14 +19,6 @@ from ziplm_deploy.distill.trainer import TrainConfig
 from ziplm_deploy.models import LayerPlan, adapter_for, load_model, shrink
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _stats(ms: float) -> Stats:
     return Stats(ms, ms, ms, 5)
 

@@ -17,14 +17,6 @@ from ziplm_deploy.distill.trainer import (TrainConfig, latest_checkpoint, lr_lam
 from ziplm_deploy.models import LayerPlan, adapter_for, load_model, shrink
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _windows(n=16, seq=16, seed=0):
     return torch.randint(1, 120, (n, seq), generator=torch.Generator().manual_seed(seed))
 
