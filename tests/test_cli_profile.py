@@ -7,7 +7,6 @@ so any torch import on these paths breaks the command.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT2 = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 32, "n_head": 4,
              "vocab_size": 100}
 FAST = ["--rounds", "4", "--warmup", "1", "--ffn-step", "32", "--seq", "8", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def no_torch_env(tmp_path_factory) -> dict[str, str]:
-    shim = tmp_path_factory.mktemp("no_torch")
-    for name in ("torch", "transformers"):
-        (shim / f"{name}.py").write_text(f"raise ImportError('{name} is not installed on this edge device')\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(shim), str(ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

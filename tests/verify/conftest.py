@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -55,16 +54,6 @@ def synthetic_table(model_dir: Path, fingerprint: dict | None = None):
     dense_sum = arch.num_layers * (0.005 + 0.01 * arch.heads + 0.004 + 0.0001 * arch.ffn)
     refs = {"dense": st(dense_sum + 0.05), "removed": st(arch.num_layers * 0.009 + 0.05)}
     return LatencyTable.build(fp, arch, {"statistic": "p25"}, att, ffn, refs)
-
-
-@pytest.fixture(scope="session")
-def no_torch_env(tmp_path_factory) -> dict[str, str]:
-    shim = tmp_path_factory.mktemp("no_torch_verify")
-    for name in ("torch", "transformers"):
-        (shim / f"{name}.py").write_text(f"raise ImportError('{name} is not installed on this edge device')\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(shim), str(ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 def cli(env: dict[str, str], *args: str):

@@ -30,25 +30,12 @@ from torch import nn
 
 from .. import __version__
 from ..core.errors import UserError
+from ..core.parity import OutputDiff, output_diff
 from ..models import adapter_for
 
 OPSET = 18
 SAMPLE_BATCH, SAMPLE_SEQ, SAMPLE_PAST = 2, 8, 5  # export sample (batch >= 2 keeps the batch axis dynamic)
 CHECK_BATCH, CHECK_SEQ, CHECK_PAST = 3, 13, 11  # validation inputs: deliberately different
-
-
-@dataclass(frozen=True)
-class OutputDiff:
-    graph: str
-    name: str
-    max_abs: float
-    mean_abs: float
-    ref_max: float  # max |reference| of this output: the scale rtol applies to
-    tolerance: float  # atol + rtol * ref_max
-
-    @property
-    def ok(self) -> bool:
-        return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.tolerance
 
 
 class ExportValidationError(UserError):
@@ -176,17 +163,7 @@ def _ort_session(path: Path):
 def compare_outputs(graph: str, names: list[str], got: list[np.ndarray], want: list[np.ndarray], atol: float,
                     rtol: float) -> list[OutputDiff]:
     """Per-output error statistics; an output passes when max|diff| <= atol + rtol * max|reference|."""
-    diffs = []
-    for name, a, b in zip(names, got, want):
-        b = np.asarray(b, dtype=np.float64)
-        scale = float(np.abs(b).max()) if b.size else 0.0
-        if a.shape != b.shape:
-            diffs.append(OutputDiff(graph, name, float("inf"), float("inf"), scale, atol + rtol * scale))
-            continue
-        err = np.abs(a.astype(np.float64) - b)
-        diffs.append(OutputDiff(graph, name, float(err.max()) if err.size else 0.0,
-                                float(err.mean()) if err.size else 0.0, scale, atol + rtol * scale))
-    return diffs
+    return [output_diff(graph, name, a, b, atol, rtol) for name, a, b in zip(names, got, want)]
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = False, atol: float = 1e-4,

@@ -1,7 +1,6 @@
 """Output parity: per-output max / mean abs error against ``atol + rtol * max|reference|``.
 
-The same rule as the exporter's self-validation (``export.onnx.compare_outputs``), kept torch-free here
-so parity of ONNX files and engines runs on an edge install.
+The rule itself is ``core.parity.output_diff``, shared with the exporter's self-validation.
 """
 
 from __future__ import annotations
@@ -10,24 +9,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.parity import output_diff
+
 
 def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], atol: float,
             rtol: float) -> list[dict[str, Any]]:
     """One entry per output present in both; a shape mismatch or a non-finite value fails the output."""
     rows = []
     for name in [n for n in want if n in got]:
-        a, b = np.asarray(got[name], dtype=np.float64), np.asarray(want[name], dtype=np.float64)
-        scale = float(np.abs(b).max()) if b.size else 0.0
-        tolerance = atol + rtol * scale
-        if a.shape != b.shape:
-            max_abs = mean_abs = float("inf")
-        else:
-            err = np.abs(a - b)
-            max_abs = float(err.max()) if err.size else 0.0
-            mean_abs = float(err.mean()) if err.size else 0.0
-        ok = bool(np.isfinite(max_abs)) and max_abs <= tolerance
-        rows.append({"name": name, "max_abs": _num(max_abs), "mean_abs": _num(mean_abs), "ref_max": scale,
-                     "tolerance": tolerance, "ok": ok})
+        d = output_diff("", name, got[name], want[name], atol, rtol)
+        rows.append({"name": name, "max_abs": _num(d.max_abs), "mean_abs": _num(d.mean_abs), "ref_max": d.ref_max,
+                     "tolerance": d.tolerance, "ok": d.ok})
     return rows
 
 
