@@ -92,7 +92,7 @@ def test_export_to_two_thin_linears_matches_the_gated_layer():
     kept = layer.kept_ranks()
     assert 0 < len(kept) < 16
     thin = layer.to_linears()
-    assert thin[0].weight.shape == (len(kept), 32) and thin[1].weight.shape == (20, len(kept))
+    assert thin.first.weight.shape == (len(kept), 32) and thin.second.weight.shape == (20, len(kept))
     x = torch.randn(3, 32)
     with torch.no_grad():
         assert (thin(x) - layer(x)).abs().max().item() < 1e-5

@@ -75,3 +75,36 @@ def test_validation_infers_kv_heads_and_rejects_kv_on_non_gqa():
 def test_unknown_architecture_is_named():
     with pytest.raises(UserError, match="unsupported architecture model_type='t5'"):
         arch_from_config({"model_type": "t5"})
+
+
+def test_flop_ranks_round_trip_and_validation():
+    payload = {"format": "ziplm-deploy/shape", "version": 1,
+               "layers": [{"heads": 6, "ffn": 80, "ranks": {"up": 20, "gate": 7, "down": 48}}, {"dropped": True},
+                          {"heads": 6, "ffn": 80}]}
+    shape = ModelShape.from_json(payload).validate(arch_from_config(LLAMA))
+    assert shape.layers[0].rank_of == {"gate": 7, "up": 20, "down": 48} and shape.has_ranks
+    assert ModelShape.from_json(shape.to_json()) == shape
+    bad = {**payload, "layers": [{"heads": 6, "ffn": 80, "ranks": {"side": 3}}]}
+    with pytest.raises(UserError, match="unknown FFN Linear 'side'"):
+        ModelShape.from_json(bad)
+    bad = {**payload, "layers": [{"heads": 6, "ffn": 80, "ranks": {"up": 0}}]}
+    with pytest.raises(UserError, match="positive integer"):
+        ModelShape.from_json(bad)
+    llama, bert = arch_from_config(LLAMA), arch_from_config(BERT)
+    with pytest.raises(UserError, match="rank 49 of 'up' exceeds its smaller dimension 48"):
+        ModelShape((LayerShape(6, 80, ranks=(("up", 49),)),) + (LayerShape(6, 80),) * 2).validate(llama)
+    with pytest.raises(UserError, match="its FFN is removed"):
+        ModelShape((LayerShape(6, 0, ranks=(("up", 4),)),) + (LayerShape(6, 80),) * 2).validate(llama)
+    with pytest.raises(UserError, match="bert FFN has no 'gate' Linear"):
+        ModelShape((LayerShape(4, 96, ranks=(("gate", 4),)), LayerShape(4, 96))).validate(bert)
+
+
+def test_flop_ranks_cut_parameters_and_flops():
+    from ziplm_deploy.core.cost import block_params, model_flops
+
+    arch = arch_from_config(BERT)
+    dense = ModelShape.dense(arch)
+    low = ModelShape((LayerShape(4, 96, ranks=(("down", 8), ("up", 16))), LayerShape(4, 96)))
+    saved = (48 * 96 - 16 * (48 + 96)) + (96 * 48 - 8 * (96 + 48))
+    assert block_params(arch, dense) - block_params(arch, low) == saved
+    assert model_flops(arch, dense, 10) - model_flops(arch, low, 10) == 2 * 10 * saved

@@ -132,3 +132,53 @@ def test_merge_takes_union_and_refits():
     assert merged.predict(merged.dense_shape()) == pytest.approx(t.references["dense"].p25)
     with pytest.raises(UserError, match="different deployments: threads"):
         t.merge(replace(finer, fingerprint=replace(FP, threads=2)))
+
+
+def _with_ranks(table: LatencyTable) -> LatencyTable:
+    """``table`` plus low-rank entries: a factorised Linear costs 0.2 + 0.01 * rank, a dense one 1.0."""
+    from ziplm_deploy.core.table import RankEntry
+
+    low = [RankEntry(kind, r, s(0.2 + 0.01 * r)) for kind in ("in", "out") for r in (16, 32, 64)]
+    refs = {**table.references, "linear:in": s(1.0), "linear:out": s(1.0)}
+    return LatencyTable.build(table.fingerprint, table.arch, table.protocol, list(table.attention),
+                              list(table.ffn), refs, low)
+
+
+def test_flop_ranks_add_the_factorised_minus_dense_linear_time():
+    t = _with_ranks(make_table())
+    dense = t.dense_shape()
+    layers = list(dense.layers)
+    layers[1] = replace(layers[1], ranks=(("down", 32), ("up", 24)))
+    shape = ModelShape(tuple(layers))
+    # down at 32: 0.52 - 1.0; up at 24 (between grid points 16 and 32): 0.44 - 1.0
+    delta = (0.52 - 1.0) + (0.44 - 1.0)
+    assert t.raw_sum(shape) == pytest.approx(t.raw_sum(dense) + delta)
+    assert t.predict(shape) == pytest.approx(t.calibration.alpha * (t.raw_sum(dense) + delta) + t.calibration.beta)
+    assert t.speedup(shape) > 1
+    assert t.lowrank_ms("in", 8) == pytest.approx(0.28)  # below the grid: the line through 16 and 32
+    assert t.lowrank_ms("out", 100) == pytest.approx(1.2)  # above: the line through 32 and 64
+    again = LatencyTable.from_json(json.loads(json.dumps(t.to_json())))
+    assert again == t and again.predict(shape) == pytest.approx(t.predict(shape))
+    # a table without low-rank entries merges them in, with their own dense-Linear references
+    merged = make_table().merge(t)
+    assert merged.lowrank == t.lowrank and merged.predict(shape) == pytest.approx(t.predict(shape))
+
+
+def test_flop_ranks_refusals():
+    plain = make_table()
+    layers = list(plain.dense_shape().layers)
+    layers[0] = replace(layers[0], ranks=(("up", 8),))
+    with pytest.raises(UserError, match="no low-rank entries"):
+        plain.predict(ModelShape(tuple(layers)))
+    t = _with_ranks(plain)
+    layers[0] = replace(layers[0], ffn=50)
+    with pytest.raises(UserError, match="dense FFN width"):
+        t.predict(ModelShape(tuple(layers)))
+    payload = t.to_json()
+    payload["lowrank"][0]["linear"] = "sideways"
+    with pytest.raises(UserError, match="bad low-rank entry"):
+        LatencyTable.from_json(payload)
+    payload = t.to_json()
+    del payload["references"]["linear:in"]
+    with pytest.raises(UserError, match="bad low-rank entry"):
+        LatencyTable.from_json(payload)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("ziplm_deploy.cli.prune", "prune to a family of models, one per speedup target (ZipLM and baselines)"),
     "eval": ("ziplm_deploy.cli.eval", "perplexity (causal LM) or accuracy (classifier) of a model on data"),
     "distill": ("ziplm_deploy.cli.distill", "recover a pruned model by distillation from its teacher (or LM pretraining)"),
+    "flop": ("ziplm_deploy.cli.flop", "FLOP: low-rank factorise the FFN Linears with L0 rank gates to a target sparsity"),
     "gradual": ("ziplm_deploy.cli.gradual", "gradual ZipLM: prune -> distill -> re-prune, one model per speedup target"),
     "run": ("ziplm_deploy.cli.run", "run a pipeline file: profile, prune, export, verify, gate, report (resumable)"),
     "demo": ("ziplm_deploy.cli.demo", "the whole pipeline on the embedded SmolLM2-135M default (profile, prune, export, verify, gate, report)"),

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt-level", default="all", help="graph optimisation level: disabled|basic|extended|all")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     p.add_argument("--ffn-step", type=int, default=32, help="FFN width grid step (default 32)")
+    p.add_argument("--rank-step", type=int, default=0, metavar="R",
+                   help="also time FLOP-factorised FFN Linears on a rank grid of step R (default 0: off)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up calls per entry (default 5)")
     p.add_argument("--rounds", type=int, default=50, help="shuffled round-robin rounds (default 50)")
     p.add_argument("--check", type=int, default=0, metavar="N", help="also time N random non-uniform shapes end to end")
@@ -47,19 +49,20 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch", "seq", "threads", "ffn_step", "rounds", "check_rounds"):
         if getattr(args, name) < (0 if name == "threads" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.check < 0 or args.decode_kv_len < 0 or args.warmup < 0:
-        raise UserError("--check, --decode-kv-len and --warmup must be >= 0")
+    if args.check < 0 or args.decode_kv_len < 0 or args.warmup < 0 or args.rank_step < 0:
+        raise UserError("--check, --decode-kv-len, --warmup and --rank-step must be >= 0")
     arch = arch_from_dir(args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
                           threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
-                          protocol=protocol)
+                          rank_step=args.rank_step, protocol=protocol)
     progress = not args.no_progress
     if args.out:
         table = profile(arch, opts, progress=progress)
         table.save(args.out)
         cal, refs, st = table.calibration, table.references, table.statistic
-        print(f"latency table: {args.out} ({len(table.attention)} attention + {len(table.ffn)} FFN entries, "
+        low = f" + {len(table.lowrank)} low-rank" if table.lowrank else ""
+        print(f"latency table: {args.out} ({len(table.attention)} attention + {len(table.ffn)} FFN{low} entries, "
               f"{table.fingerprint.runtime} {table.fingerprint.runtime_version} {table.fingerprint.provider}, "
               f"{table.fingerprint.mode})")
         print(f"dense {refs['dense'].get(st):.3f} ms, all-removed {refs['removed'].get(st):.3f} ms ({st}); "
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         table.check_arch(arch, args.model)
     if not args.check:
         return 0
-    shapes = random_shapes(arch, args.check, seed=args.seed)
+    shapes = random_shapes(arch, args.check, seed=args.seed, p_rank=0.5 if table.lowrank else 0.0)
     report = check(table, shapes, opts, progress=progress,
                    protocol=Protocol(warmup=3, rounds=args.check_rounds, seed=args.seed))
     if args.check_out:

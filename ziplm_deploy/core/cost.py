@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .arch import ArchSpec
-from .shape import LayerShape, ModelShape
+from .shape import LayerShape, ModelShape, ffn_linear_dims, ffn_roles
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,15 @@ def layer_cost(arch: ArchSpec, layer: LayerShape, seq: int) -> LayerCost:
     ffn = 0
     if layer.ffn:
         n_in = 2 if arch.gated_ffn else 1
-        ffn = (n_in + 1) * h * layer.ffn
+        ranks = layer.rank_of
+        matrices = 0
+        for role in ffn_roles(arch):  # a factorised Linear costs r * (in + out) instead of in * out
+            n_rows, n_cols = ffn_linear_dims(arch, role, layer.ffn)
+            matrices += ranks[role] * (n_rows + n_cols) if role in ranks else n_rows * n_cols
+        ffn = matrices
         if arch.ffn_bias:
             ffn += n_in * layer.ffn + h
-        flops += 2 * seq * (n_in + 1) * h * layer.ffn
+        flops += 2 * seq * matrices
     return LayerCost(attn, ffn, flops)
 
 

@@ -6,7 +6,9 @@ JSON form (other tools write these files)::
      "layers": [{"heads": 12, "ffn": 3072}, {"heads": 0, "ffn": 512}, {"dropped": true}, ...]}
 
 ``kv_heads`` is optional per layer (GQA models); ``heads: 0`` removes attention, ``ffn: 0`` removes the
-FFN, ``dropped: true`` removes the whole layer.
+FFN, ``dropped: true`` removes the whole layer. ``ranks`` (optional, FLOP) gives the kept rank of FFN
+Linears that were factorised into two thin Linears, by role: ``{"up": 96, "down": 120}`` (``gate`` too
+for gated FFNs); ``up``/``gate`` map hidden -> ffn, ``down`` maps ffn -> hidden.
 """
 
 from __future__ import annotations
@@ -23,16 +25,39 @@ SHAPE_FORMAT = "ziplm-deploy/shape"
 SHAPE_VERSION = 1
 
 
+FFN_ROLES = ("gate", "up", "down")
+LINEAR_KINDS = ("in", "out")  # FFN Linears by direction: hidden -> ffn (gate, up), ffn -> hidden (down)
+
+
+def linear_kind(role: str) -> str:
+    return "out" if role == "down" else "in"
+
+
+def ffn_roles(arch: ArchSpec) -> tuple[str, ...]:
+    """The FFN Linears of a family, by role: (gate, up, down) for gated FFNs, else (up, down)."""
+    return FFN_ROLES if arch.gated_ffn else FFN_ROLES[1:]
+
+
+def ffn_linear_dims(arch: ArchSpec, role: str, width: int) -> tuple[int, int]:
+    """(in, out) features of the FFN Linear ``role`` at FFN width ``width``."""
+    return (width, arch.hidden) if role == "down" else (arch.hidden, width)
+
+
 @dataclass(frozen=True)
 class LayerShape:
     heads: int = 0
     ffn: int = 0
     kv_heads: int | None = None  # None: same as heads (no GQA)
     dropped: bool = False
+    ranks: tuple[tuple[str, int], ...] = ()  # FLOP-factorised FFN Linears: (role, kept rank), sorted
 
     @property
     def kv(self) -> int:
         return self.heads if self.kv_heads is None else self.kv_heads
+
+    @property
+    def rank_of(self) -> dict[str, int]:
+        return dict(self.ranks)
 
     def to_json(self) -> dict[str, Any]:
         if self.dropped:
@@ -40,15 +65,17 @@ class LayerShape:
         out: dict[str, Any] = {"heads": self.heads, "ffn": self.ffn}
         if self.kv_heads is not None:
             out["kv_heads"] = self.kv_heads
+        if self.ranks:
+            out["ranks"] = dict(self.ranks)
         return out
 
     @staticmethod
     def from_json(d: Any, where: str) -> "LayerShape":
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected an object like {{\"heads\": 12, \"ffn\": 3072}}, got {d!r}")
-        unknown = set(d) - {"heads", "ffn", "kv_heads", "dropped"}
+        unknown = set(d) - {"heads", "ffn", "kv_heads", "dropped", "ranks"}
         if unknown:
-            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}", "allowed: heads, kv_heads, ffn, dropped")
+            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}", "allowed: heads, kv_heads, ffn, ranks, dropped")
         dropped = d.get("dropped", False)
         if not isinstance(dropped, bool):
             raise UserError(f"{where}: 'dropped' must be true or false, got {dropped!r}")
@@ -64,7 +91,19 @@ class LayerShape:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise UserError(f"{where}: '{key}' must be a non-negative integer, got {v!r}")
             vals[key] = v
-        return LayerShape(heads=vals["heads"], ffn=vals["ffn"], kv_heads=vals.get("kv_heads"))
+        return LayerShape(heads=vals["heads"], ffn=vals["ffn"], kv_heads=vals.get("kv_heads"),
+                          ranks=_ranks_from_json(d.get("ranks", {}), where))
+
+
+def _ranks_from_json(d: Any, where: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: 'ranks' must be an object like {{\"up\": 96, \"down\": 120}}, got {d!r}")
+    for role, r in d.items():
+        if role not in FFN_ROLES:
+            raise UserError(f"{where}: unknown FFN Linear {role!r} in 'ranks'", f"allowed: {', '.join(FFN_ROLES)}")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise UserError(f"{where}: rank of {role!r} must be a positive integer, got {r!r}")
+    return tuple(sorted(d.items()))
 
 
 @dataclass(frozen=True)
@@ -139,10 +178,11 @@ class ModelShape:
                 raise UserError(f"{where} asks for {layer.heads} heads; the model has {arch.heads}")
             if layer.ffn > arch.ffn:
                 raise UserError(f"{where} asks for ffn {layer.ffn}; the model has {arch.ffn}")
+            _check_ranks(layer, arch, where)
             if arch.kv_heads == arch.heads:
                 if layer.kv_heads is not None and layer.kv_heads != layer.heads:
                     raise UserError(f"{where}: kv_heads={layer.kv_heads} but this model has no GQA", "drop kv_heads")
-                out.append(LayerShape(layer.heads, layer.ffn))
+                out.append(LayerShape(layer.heads, layer.ffn, ranks=layer.ranks))
                 continue
             kv = layer.kv_heads
             if kv is None:  # infer: keep as many KV groups as the query heads need at full group size
@@ -161,5 +201,24 @@ class ModelShape:
                     f"{where}: {layer.heads // kv} query heads per KV group; the model has {arch.group_size}",
                     "keep more kv_heads",
                 )
-            out.append(LayerShape(layer.heads, layer.ffn, kv))
+            out.append(LayerShape(layer.heads, layer.ffn, kv, ranks=layer.ranks))
         return ModelShape(tuple(out))
+
+    @property
+    def has_ranks(self) -> bool:
+        return any(layer.ranks for layer in self.layers)
+
+
+def _check_ranks(layer: LayerShape, arch: ArchSpec, where: str) -> None:
+    if not layer.ranks:
+        return
+    if layer.ffn == 0:
+        raise UserError(f"{where}: has FFN ranks but its FFN is removed", "drop 'ranks' or keep the FFN")
+    roles = ffn_roles(arch)
+    for role, r in layer.ranks:
+        if role not in roles:
+            raise UserError(f"{where}: a {arch.family} FFN has no {role!r} Linear", f"ranks apply to {', '.join(roles)}")
+        top = min(ffn_linear_dims(arch, role, layer.ffn))
+        if r > top:
+            raise UserError(f"{where}: rank {r} of {role!r} exceeds its smaller dimension {top}",
+                            f"use a rank between 1 and {top}")

@@ -9,7 +9,8 @@ JSON form (``ziplm-deploy profile`` writes it; the pruner's search reads it)::
      "attention": [{"heads": 0, "kv_heads": 0, "p25": 0.12, "p50": ..., "p90": ..., "n": 50}, ...],
      "ffn": [{"ffn": 0, ...}, {"ffn": 32, ...}, ...],
      "references": {"dense": {...stats...}, "removed": {...}, "dense_recheck": {...}},
-     "calibration": {"alpha": 0.97, "beta": 3.1, "drift": 0.004}}
+     "calibration": {"alpha": 0.97, "beta": 3.1, "drift": 0.004},
+     "lowrank": [{"linear": "in", "rank": 32, ...}, ...]}          (optional: FLOP)
 
 Every head count (and, for GQA, every valid heads/kv_heads pair) has an entry; FFN widths are on a
 grid that includes 0 and the dense width, with linear interpolation between grid points. Widths
@@ -18,6 +19,11 @@ removing a block costs far less than the fitted intercept, so the 0 entry is nev
 
 Prediction: ``T = alpha * sum(entries) + beta``, with alpha, beta fitted on the dense and the
 all-blocks-removed reference models measured in the same process and time window as the entries.
+
+FLOP-factorised FFN Linears (a layer shape's ``ranks``) add, per Linear, the measured time of the
+factorised pair at that rank minus the time of the dense Linear (``references["linear:in"/"linear:out"]``):
+``lowrank`` entries are on a rank grid per direction ("in": hidden -> ffn, "out": ffn -> hidden),
+interpolated linearly, and measured at the dense FFN width.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from .arch import ArchSpec
 from .errors import UserError
 from .fingerprint import DeviceFingerprint
 from .jsonio import atomic_write_json, check_header, read_json
-from .shape import LayerShape, ModelShape
+from .shape import LINEAR_KINDS, LayerShape, ModelShape, linear_kind
 
 TABLE_FORMAT = "ziplm-deploy/latency-table"
 TABLE_VERSION = 1
@@ -81,6 +87,16 @@ class FfnEntry:
 
 
 @dataclass(frozen=True)
+class RankEntry:
+    linear: str  # "in" | "out"
+    rank: int
+    stats: Stats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"linear": self.linear, "rank": self.rank, **self.stats.to_json()}
+
+
+@dataclass(frozen=True)
 class Calibration:
     alpha: float
     beta: float
@@ -108,19 +124,21 @@ class LatencyTable:
     protocol: dict[str, Any]
     attention: tuple[AttentionEntry, ...]
     ffn: tuple[FfnEntry, ...]
-    references: dict[str, Stats]  # "dense", "removed", optionally "dense_recheck"
+    references: dict[str, Stats]  # "dense", "removed", optionally "dense_recheck", "linear:in", "linear:out"
     calibration: Calibration
+    lowrank: tuple[RankEntry, ...] = ()
 
     # --- construction -------------------------------------------------------------------------
     @staticmethod
     def build(fingerprint: DeviceFingerprint, arch: ArchSpec, protocol: dict[str, Any],
-              attention: list[AttentionEntry], ffn: list[FfnEntry], references: dict[str, Stats]) -> "LatencyTable":
+              attention: list[AttentionEntry], ffn: list[FfnEntry], references: dict[str, Stats],
+              lowrank: list[RankEntry] | tuple[RankEntry, ...] = ()) -> "LatencyTable":
         """A table whose calibration is fitted from its own entries and reference models."""
         table = LatencyTable(
             fingerprint, arch, dict(protocol),
             tuple(sorted(attention, key=lambda e: (e.heads, e.kv_heads))),
             tuple(sorted(ffn, key=lambda e: e.ffn)),
-            dict(references), Calibration(1.0, 0.0, 0.0),
+            dict(references), Calibration(1.0, 0.0, 0.0), _sorted_ranks(lowrank),
         )
         return table.recalibrated()
 
@@ -184,6 +202,32 @@ class LatencyTable:
             (g0, v0), (g1, v1) = (grid[i - 1], vals[i - 1]), (grid[i], vals[i])
         return max(v0 + (v1 - v0) * (width - g0) / (g1 - g0), 0.0)
 
+    def lowrank_ms(self, kind: str, rank: int) -> float:
+        """Time of a dense-width FFN Linear of ``kind`` factorised to ``rank`` (interpolated on the grid)."""
+        points = [(e.rank, e.stats.get(self.statistic)) for e in self.lowrank if e.linear == kind]
+        if not points:
+            raise UserError("latency table has no low-rank entries, needed for FLOP-factorised FFN Linears",
+                            "profile with `ziplm-deploy profile --rank-step 32`")
+        for r, v in points:
+            if r == rank:
+                return v
+        if len(points) == 1:
+            return points[0][1]
+        i = min(max(bisect_left([r for r, _ in points], rank), 1), len(points) - 1)
+        (r0, v0), (r1, v1) = points[i - 1], points[i]
+        return max(v0 + (v1 - v0) * (rank - r0) / (r1 - r0), 0.0)
+
+    def _rank_delta(self, layer: LayerShape) -> float:
+        """What factorising the layer's FFN Linears changes: factorised pair minus dense Linear, summed."""
+        if layer.ffn != self.arch.ffn:
+            raise UserError(f"the latency table predicts FLOP ranks at the dense FFN width {self.arch.ffn} only; "
+                            f"this layer has ffn {layer.ffn}", "factorise a model whose FFN is not pruned")
+        delta = 0.0
+        for role, rank in layer.ranks:
+            kind = linear_kind(role)
+            delta += self.lowrank_ms(kind, rank) - self.references[f"linear:{kind}"].get(self.statistic)
+        return delta
+
     def raw_sum(self, shape: ModelShape) -> float:
         """Sum of the block entries of ``shape`` (ms, uncalibrated); dropped layers cost nothing."""
         total = 0.0
@@ -191,6 +235,8 @@ class LatencyTable:
             if layer.dropped:
                 continue
             total += self.attention_ms(layer.heads, layer.kv) + self.ffn_ms(layer.ffn)
+            if layer.ranks:
+                total += self._rank_delta(layer)
         return total
 
     def check_arch(self, arch: ArchSpec, source: str = "model") -> None:
@@ -236,8 +282,14 @@ class LatencyTable:
         for e in other.ffn:
             if e.ffn not in ffn or e.stats.n > ffn[e.ffn].stats.n:
                 ffn[e.ffn] = e
+        # low-rank entries are differences against their own run's dense-Linear references: take them
+        # as a whole, from this table if it has them, else from the other
+        lowrank, refs = self.lowrank, dict(self.references)
+        if not lowrank and other.lowrank:
+            lowrank = other.lowrank
+            refs.update({k: v for k, v in other.references.items() if k.startswith("linear:")})
         return LatencyTable.build(self.fingerprint, self.arch, self.protocol, list(att.values()),
-                                  list(ffn.values()), self.references)
+                                  list(ffn.values()), refs, lowrank)
 
     # --- JSON ---------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -251,13 +303,14 @@ class LatencyTable:
             "ffn": [e.to_json() for e in self.ffn],
             "references": {k: v.to_json() for k, v in self.references.items()},
             "calibration": self.calibration.to_json(),
+            "lowrank": [e.to_json() for e in self.lowrank],
         }
 
     @staticmethod
     def from_json(payload: Any, source: str = "latency table") -> "LatencyTable":
         check_header(payload, TABLE_FORMAT, (TABLE_VERSION,), source)
         keys = {"format", "version", "fingerprint", "arch", "protocol", "attention", "ffn", "references", "calibration"}
-        missing, unknown = keys - set(payload), set(payload) - keys
+        missing, unknown = keys - set(payload), set(payload) - keys - {"lowrank"}
         if missing or unknown:
             raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
                             "regenerate the table with `ziplm-deploy profile`")
@@ -281,6 +334,12 @@ class LatencyTable:
         if not isinstance(refs_d, dict) or not {"dense", "removed"} <= set(refs_d):
             raise UserError(f"{source}: 'references' needs 'dense' and 'removed'")
         refs = {k: Stats.from_json(v, f"{source}: references.{k}") for k, v in refs_d.items()}
+        lowrank = [RankEntry(str(d["linear"]), int(d["rank"]), Stats.from_json(d, f"{source}: lowrank[{i}]"))
+                   for i, d in enumerate(_entries(payload, "lowrank", ("linear", "rank"), source, optional=True))]
+        for e in lowrank:
+            if e.linear not in LINEAR_KINDS or e.rank < 1 or f"linear:{e.linear}" not in refs:
+                raise UserError(f"{source}: bad low-rank entry {e.linear}/{e.rank}",
+                                "entries need linear in/out, rank >= 1 and the matching 'linear:' reference")
         cal = payload["calibration"]
         try:
             calibration = Calibration(float(cal["alpha"]), float(cal["beta"]), float(cal["drift"]))
@@ -289,7 +348,7 @@ class LatencyTable:
         return LatencyTable(
             DeviceFingerprint.from_json(payload["fingerprint"], source), arch, protocol,
             tuple(sorted(att, key=lambda e: (e.heads, e.kv_heads))), tuple(sorted(ffn, key=lambda e: e.ffn)),
-            refs, calibration,
+            refs, calibration, _sorted_ranks(lowrank),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -300,8 +359,15 @@ class LatencyTable:
         return LatencyTable.from_json(read_json(path, "latency table"), source=str(path))
 
 
-def _entries(payload: dict[str, Any], key: str, required: tuple[str, ...], source: str) -> list[dict[str, Any]]:
-    items = payload[key]
+def _sorted_ranks(entries) -> tuple[RankEntry, ...]:
+    return tuple(sorted(entries, key=lambda e: (e.linear, e.rank)))
+
+
+def _entries(payload: dict[str, Any], key: str, required: tuple[str, ...], source: str,
+             optional: bool = False) -> list[dict[str, Any]]:
+    items = payload.get(key, []) if optional else payload[key]
+    if optional and items == []:
+        return []
     if not isinstance(items, list) or not items:
         raise UserError(f"{source}: '{key}' must be a non-empty list")
     allowed = set(required) | {"p25", "p50", "p90", "n"}

@@ -7,18 +7,23 @@ so with every rank kept and z = 1 the layer equals the dense one. Gates z are ha
 Lagrange multipliers that are *maximised*: ``λ1 (ŝ − t) + λ2 (ŝ − t)²``. At the end the ranks with a
 non-zero deterministic gate are kept, z is folded into Q, and the layer becomes two thin Linears.
 
-Scope here: the layer, the gates, the penalty and the export to two Linears (pure torch); wiring the
-kept ranks into the model's shape spec / ONNX export / profiler is not done yet.
+FLOP factorises the FFN Linears (gate / up / down) here; attention is pruned structurally by ZipLM. The
+kept rank of every factorised Linear is recorded in the model's shape (``ranks``), so save/load, ONNX
+export, the latency table (low-rank entries) and verify handle FLOP models like any pruned model.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..core.errors import UserError
+from ..models.surgery import LowRankLinear
 
 LIMIT_L, LIMIT_R, BETA = -0.1, 1.1, 1.0
 EPS = 1e-6
@@ -120,23 +125,38 @@ class FactorizedLinear(nn.Module):
         return torch.nonzero(z > 0).flatten().tolist()
 
     @torch.no_grad()
-    def to_linears(self) -> nn.Sequential:
+    def to_linears(self) -> LowRankLinear:
         """Two thin Linears ``in → r'`` then ``r' → out`` (z folded into the second), r' = kept ranks."""
         keep = self.kept_ranks()
         if not keep:
             raise UserError("every rank of a factorised layer is closed", "lower the target sparsity")
         z = self.gates.deterministic() if self.gates is not None else torch.ones(self.rank)
-        first = nn.Linear(self.in_features, len(keep), bias=False)
-        second = nn.Linear(len(keep), self.out_features, bias=self.bias is not None)
-        first.weight.copy_(self.P[:, keep].T)
-        second.weight.copy_((z[keep, None].to(self.Q.dtype) * self.Q[keep]).T)
-        if self.bias is not None:
-            second.bias.copy_(self.bias)
-        return nn.Sequential(first, second)
+        second = (z[keep, None].to(self.Q.dtype) * self.Q[keep]).T
+        bias = None if self.bias is None else self.bias.detach()
+        return LowRankLinear.from_factors(self.P[:, keep].T.detach(), second.detach(), bias)
 
 
-def factorize(model: nn.Module, names: list[str], rank: int | None = None, gates: bool = True) -> list[str]:
-    """Replace the named Linear / Conv1D submodules of ``model`` by ``FactorizedLinear``; returns the names."""
+def ffn_linear_names(model: nn.Module) -> list[str]:
+    """Module names of the FFN Linears (gate / up / down) of every layer that still has its FFN."""
+    from ..models import adapter_for
+
+    adapter = adapter_for(model)
+    by_id = {id(m): name for name, m in model.named_modules()}
+    names = []
+    for layer in adapter.layers(model):
+        for role in sorted(adapter.ffn_linear_paths):
+            module = adapter.ffn_linear(layer, role)
+            if module is not None:
+                names.append(by_id[id(module)])
+    return names
+
+
+def factorize(model: nn.Module, names: list[str] | None = None, rank: int | None = None,
+              gates: bool = True) -> list[str]:
+    """Replace FFN Linears of ``model`` (the named ones; default all, see ``ffn_linear_names``) by
+    ``FactorizedLinear``; returns the names."""
+    allowed = ffn_linear_names(model)
+    names = allowed if names is None else names
     done = []
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -144,6 +164,9 @@ def factorize(model: nn.Module, names: list[str], rank: int | None = None, gates
         module = getattr(parent, child, None)
         if module is None or not hasattr(module, "weight") or module.weight.ndim != 2:
             raise UserError(f"{name} is not a Linear layer of the model")
+        if name not in allowed:
+            raise UserError(f"{name} is not an FFN Linear: FLOP here factorises FFN gate/up/down projections",
+                            "pass FFN Linear names, or none for all of them")
         setattr(parent, child, FactorizedLinear.from_module(module, rank, gates))
         done.append(name)
     return done
@@ -186,8 +209,11 @@ class Lagrangian(nn.Module):
 
 
 def finalize(model: nn.Module) -> dict[str, int]:
-    """Replace every ``FactorizedLinear`` by its two thin Linears (closed ranks removed); returns the kept
-    rank per module name. (Recording the ranks in the shape spec for save/load/export is not done yet.)"""
+    """Replace every ``FactorizedLinear`` by a ``LowRankLinear`` (closed ranks removed) and record the
+    kept ranks in the model's shape (``config.ziplm_shape``); returns the kept rank per module name."""
+    from ..core.arch import SHAPE_CONFIG_KEY
+    from ..models import adapter_for
+
     ranks = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, FactorizedLinear):
@@ -195,7 +221,8 @@ def finalize(model: nn.Module) -> dict[str, int]:
             parent = model.get_submodule(parent_name) if parent_name else model
             thin = module.to_linears()
             setattr(parent, child, thin)
-            ranks[name] = thin[0].out_features
+            ranks[name] = thin.rank
+    setattr(model.config, SHAPE_CONFIG_KEY, adapter_for(model).shape_of(model).to_json())
     return ranks
 
 
@@ -244,3 +271,56 @@ def train_flop(model: nn.Module, windows: torch.Tensor, target: float, steps: in
             log(row)
     model.eval()
     return history
+
+
+@dataclass(frozen=True)
+class FlopConfig:
+    """What ``flop_prune`` does: factorise every FFN Linear at ``rank`` (default: the parameter-neutral
+    rank ``in·out/(in+out)``), then train towards ``target`` expected sparsity of their parameters."""
+
+    target: float
+    steps: int = 200
+    warmup: int | None = None  # default: half of steps
+    rank: int | None = None
+    lr: float = 1e-4
+    gate_lr: float = 0.1
+    lambda_lr: float = 0.01
+    batch_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target < 1:
+            raise UserError(f"target sparsity {self.target} must be in (0, 1)", "e.g. --target-sparsity 0.5")
+        if self.steps < 1 or self.batch_size < 1:
+            raise UserError("FLOP needs --steps >= 1 and --batch-size >= 1")
+
+
+@dataclass
+class FlopResult:
+    ranks: dict[str, int]  # kept rank per factorised module name
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def sparsity(self, model: nn.Module) -> float:
+        """Parameter sparsity of the finalised factorised Linears vs their dense matrices."""
+        thin = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+        dense = sum(m.in_features * m.out_features for m in thin)
+        return 1 - sum(m.rank * (m.in_features + m.out_features) for m in thin) / dense
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ranks": self.ranks, "seconds": round(self.seconds, 1), "history": self.history}
+
+
+def flop_prune(model: nn.Module, windows: torch.Tensor, config: FlopConfig,
+               log: Callable[[dict[str, float]], None] | None = None) -> FlopResult:
+    """FLOP end to end on ``model`` (in place): factorise its FFN Linears, train with the L0 penalty,
+    and finalise to ``LowRankLinear`` pairs with the kept ranks recorded in the model's shape."""
+    if any(isinstance(m, (LowRankLinear, FactorizedLinear)) for m in model.modules()):
+        raise UserError("the model is already factorised", "run flop on a model that was not through flop")
+    start = time.perf_counter()
+    factorize(model, rank=config.rank)
+    history = train_flop(model, windows, config.target, config.steps, config.warmup, lr=config.lr,
+                         gate_lr=config.gate_lr, lambda_lr=config.lambda_lr, batch_size=config.batch_size,
+                         seed=config.seed, log=log)
+    ranks = finalize(model)
+    return FlopResult(ranks, history, time.perf_counter() - start)

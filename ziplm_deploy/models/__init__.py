@@ -6,7 +6,7 @@ from typing import Any
 
 from ..core.arch import ArchSpec, arch_from_config
 from ..core.errors import UserError
-from .base import FamilyAdapter, LayerPlan, apply_shape, magnitude_plan, shrink
+from .base import FamilyAdapter, LayerPlan, apply_ranks, apply_shape, magnitude_plan, shrink
 from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
@@ -29,6 +29,6 @@ def adapter_for(model_or_arch: Any) -> FamilyAdapter:
 from .io import load_model, save_model  # noqa: E402  (needs adapter_for)
 
 __all__ = [
-    "FamilyAdapter", "LayerPlan", "adapter_for", "apply_shape", "load_model", "magnitude_plan",
+    "FamilyAdapter", "LayerPlan", "adapter_for", "apply_ranks", "apply_shape", "load_model", "magnitude_plan",
     "save_model", "shrink",
 ]

@@ -15,7 +15,7 @@ from torch import nn
 from ..core.arch import SHAPE_CONFIG_KEY, ArchSpec, arch_from_config
 from ..core.errors import InternalError, UserError
 from ..core.shape import LayerShape, ModelShape
-from .surgery import group_norms
+from .surgery import LowRankLinear, group_norms
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,12 @@ class LayerPlan:
 
 
 def out_in_weight(proj: nn.Module | None) -> torch.Tensor | None:
-    """A projection's weight as an (out, in) view: ``nn.Linear`` stores it so, GPT-2's ``Conv1D`` transposed."""
+    """A projection's weight as an (out, in) view: ``nn.Linear`` stores it so, GPT-2's ``Conv1D`` transposed;
+    a FLOP-factorised ``LowRankLinear`` gives its product (a copy)."""
     if proj is None:
         return None
+    if isinstance(proj, LowRankLinear):
+        return proj.dense_weight()
     return proj.weight.T if hasattr(proj, "nf") else proj.weight
 
 
@@ -42,6 +45,7 @@ class FamilyAdapter:
     """Where one model family keeps its parts. Subclasses fill in the module paths."""
 
     family: str = ""
+    ffn_linear_paths: dict[str, str] = {}  # FFN Linears by role (gate / up / down), relative to a layer
 
     # --- where things live --------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -73,6 +77,28 @@ class FamilyAdapter:
     def kv_heads_of(self, layer: nn.Module, heads: int) -> int:
         return heads
 
+    def ffn_linear(self, layer: nn.Module, role: str) -> nn.Module | None:
+        """The FFN Linear ``role`` (gate / up / down) of a layer, None if the FFN was removed."""
+        try:
+            return layer.get_submodule(self.ffn_linear_paths[role])
+        except AttributeError:
+            return None
+
+    def set_ffn_linear(self, layer: nn.Module, role: str, module: nn.Module) -> None:
+        parent, _, child = self.ffn_linear_paths[role].rpartition(".")
+        setattr(layer.get_submodule(parent) if parent else layer, child, module)
+
+    def ffn_ranks(self, layer: nn.Module) -> tuple[tuple[str, int], ...]:
+        """(role, rank) of the layer's FLOP-factorised FFN Linears."""
+        found = ((role, self.ffn_linear(layer, role)) for role in sorted(self.ffn_linear_paths))
+        return tuple((role, m.rank) for role, m in found if isinstance(m, LowRankLinear))
+
+    def ffn_width(self, layer: nn.Module) -> int:
+        proj = self.ffn_out_proj(layer)
+        if proj is None:
+            return 0
+        return proj.in_features if isinstance(proj, LowRankLinear) else out_in_weight(proj).shape[1]
+
     # --- surgery ------------------------------------------------------------------------------
     def keep_heads(self, layer: nn.Module, heads: Sequence[int], kv_heads: Sequence[int], arch: ArchSpec) -> None:
         raise NotImplementedError
@@ -103,10 +129,9 @@ class FamilyAdapter:
     def layer_shape(self, layer: nn.Module, arch: ArchSpec) -> LayerShape:
         wo = self.attn_out_weight(layer)
         heads = 0 if wo is None else wo.shape[1] // arch.head_dim
-        wd = self.ffn_out_weight(layer)
-        ffn = 0 if wd is None else wd.shape[1]
+        ffn = self.ffn_width(layer)
         kv = (self.kv_heads_of(layer, heads) if heads else 0) if arch.kv_heads != arch.heads else None
-        return LayerShape(heads=heads, ffn=ffn, kv_heads=kv)
+        return LayerShape(heads=heads, ffn=ffn, kv_heads=kv, ranks=self.ffn_ranks(layer) if ffn else ())
 
     def shape_of(self, model: nn.Module) -> ModelShape:
         """The model's per-layer shape, dropped layers included (from the config's record of them)."""
@@ -182,6 +207,10 @@ def shrink(model: nn.Module, plan: Sequence[LayerPlan]) -> nn.Module:
             if not idx:
                 adapter.remove_ffn(layer, arch)
             elif len(idx) < shape.ffn:
+                if shape.ranks:
+                    raise UserError(f"{where}: its FFN is factorised (FLOP ranks {dict(shape.ranks)}); "
+                                    "neurons of a factorised FFN cannot be removed",
+                                    "prune FFN neurons before running flop")
                 adapter.keep_ffn(layer, idx)
         elif p.ffn and shape.ffn == 0:
             raise UserError(f"{where}: FFN is already removed; cannot keep neurons")
@@ -195,7 +224,12 @@ def shrink(model: nn.Module, plan: Sequence[LayerPlan]) -> nn.Module:
             adapter.set_cache_index(layer, slot)
             slot += 1
 
-    # Record the full shape (dropped layers included) in the config, so save/load can rebuild it.
+    _record_shape(model, before, plan, layers, adapter, arch)
+    return model
+
+
+def _record_shape(model, before: ModelShape, plan, layers, adapter: FamilyAdapter, arch: ArchSpec) -> None:
+    """Record the full shape (dropped layers included) in the config, so save/load can rebuild it."""
     merged: list[LayerShape] = []
     live = iter(zip(plan, layers))
     for s in before.layers:
@@ -205,6 +239,48 @@ def shrink(model: nn.Module, plan: Sequence[LayerPlan]) -> nn.Module:
         p, layer = next(live)
         merged.append(LayerShape(dropped=True) if p.dropped else adapter.layer_shape(layer, arch))
     setattr(model.config, SHAPE_CONFIG_KEY, ModelShape(tuple(merged)).to_json())
+
+
+def apply_ranks(model: nn.Module, shape: ModelShape, init: str = "svd") -> nn.Module:
+    """Factorise the FFN Linears that ``shape`` gives a rank (FLOP), in place, and record the ranks.
+
+    ``init="svd"``: each becomes the best rank-r approximation of its weight (truncated SVD);
+    ``init="empty"``: uninitialised (the weights are loaded afterwards). Layers already factorised must
+    already have the asked rank.
+    """
+    from . import adapter_for
+
+    if init not in ("svd", "empty"):
+        raise InternalError(f"unknown init {init!r}")
+    adapter = adapter_for(model)
+    arch = adapter.arch(model)
+    shape = shape.validate(arch)
+    current = adapter.shape_of(model)
+    live = [i for i, s in enumerate(current.layers) if not s.dropped]
+    layers = list(adapter.layers(model))
+    for pos, i in enumerate(live):
+        want, have = shape.layers[i], current.layers[i]
+        if want.dropped or (want.heads, want.ffn, want.kv) != (have.heads, have.ffn, have.kv):
+            raise UserError(f"layer {i}: ranks can only be applied to a model of the same shape "
+                            f"({have.to_json()} here, {want.to_json()} asked)", "shrink the model first")
+        for role, r in want.ranks:
+            module = adapter.ffn_linear(layers[pos], role)
+            if isinstance(module, LowRankLinear):
+                if module.rank != r:
+                    raise UserError(f"layer {i}: {role} is already factorised at rank {module.rank}, not {r}")
+                continue
+            weight = out_in_weight(module)
+            if init == "svd":
+                new = LowRankLinear.from_svd(weight, getattr(module, "bias", None), r)
+            else:
+                new = LowRankLinear(weight.shape[1], weight.shape[0], r, getattr(module, "bias", None) is not None,
+                                    dtype=weight.dtype, device=weight.device)
+            new.requires_grad_(weight.requires_grad)
+            adapter.set_ffn_linear(layers[pos], role, new)
+        extra = set(adapter.ffn_ranks(layers[pos])) - set(want.ranks)
+        if extra:
+            raise UserError(f"layer {i}: FFN Linears {sorted(extra)} are factorised but not in the shape")
+    setattr(model.config, SHAPE_CONFIG_KEY, adapter.shape_of(model).to_json())
     return model
 
 

@@ -7,12 +7,13 @@ from typing import Sequence
 from torch import nn
 
 from ..core.arch import ArchSpec
-from .base import FamilyAdapter
+from .base import FamilyAdapter, out_in_weight
 from .surgery import PassThrough, PostLNRemovedBlock, head_columns, slice_linear_in, slice_linear_out
 
 
 class BertAdapter(FamilyAdapter):
     family = "bert"
+    ffn_linear_paths = {"up": "intermediate.dense", "down": "output.dense"}
 
     def _encoder(self, model: nn.Module) -> nn.Module:
         base = getattr(model, model.base_model_prefix, model)
@@ -31,7 +32,7 @@ class BertAdapter(FamilyAdapter):
         return getattr(layer.output, "dense", None)
 
     def ffn_in_weights(self, layer):
-        return [layer.intermediate.dense.weight]
+        return [out_in_weight(layer.intermediate.dense)]
 
     def keep_heads(self, layer, heads: Sequence[int], kv_heads: Sequence[int], arch: ArchSpec) -> None:
         attn = layer.attention.self

@@ -7,12 +7,13 @@ from typing import Sequence
 from torch import nn
 
 from ..core.arch import ArchSpec
-from .base import FamilyAdapter
+from .base import FamilyAdapter, out_in_weight
 from .surgery import RemovedBlock, head_columns, slice_conv1d_in, slice_conv1d_out
 
 
 class GPT2Adapter(FamilyAdapter):
     family = "gpt2"
+    ffn_linear_paths = {"up": "mlp.c_fc", "down": "mlp.c_proj"}
 
     def _base(self, model):
         return getattr(model, "transformer", model)
@@ -30,7 +31,7 @@ class GPT2Adapter(FamilyAdapter):
         return getattr(layer.mlp, "c_proj", None)
 
     def ffn_in_weights(self, layer):
-        return [layer.mlp.c_fc.weight.T]
+        return [out_in_weight(layer.mlp.c_fc)]
 
     def keep_heads(self, layer, heads: Sequence[int], kv_heads: Sequence[int], arch: ArchSpec) -> None:
         attn = layer.attn

@@ -1,7 +1,7 @@
 """Save and load pruned models as ordinary Hugging Face directories.
 
 A pruned directory is ``save_pretrained`` output whose ``config.json`` also holds ``ziplm_shape`` (the
-per-layer shape, dropped layers included). ``load_model`` rebuilds the real transformers class with
+per-layer shape, dropped layers included, FLOP ranks too). ``load_model`` rebuilds the real transformers class with
 that shape and loads the safetensors strictly. The stock ``from_pretrained`` refuses such a directory
 with a size-mismatch error (shapes differ from the config's dense ones).
 """
@@ -21,7 +21,7 @@ from torch import nn
 from ..core.arch import SHAPE_CONFIG_KEY, arch_from_config, read_model_config
 from ..core.errors import UserError
 from ..core.shape import ModelShape
-from .base import LayerPlan, shrink
+from .base import LayerPlan, apply_ranks, shrink
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -102,6 +102,8 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
     with no_init_weights():
         model = cls(config)
     shrink(model, structural_plan(shape, arch.group_size))
+    if shape.has_ranks:
+        apply_ranks(model, shape, init="empty")
     state = _read_state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()

@@ -7,12 +7,13 @@ from typing import Sequence
 from torch import nn
 
 from ..core.arch import ArchSpec
-from .base import FamilyAdapter
+from .base import FamilyAdapter, out_in_weight
 from .surgery import RemovedBlock, head_columns, slice_linear_in, slice_linear_out
 
 
 class LlamaAdapter(FamilyAdapter):
     family = "llama"
+    ffn_linear_paths = {"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
     def _base(self, model):
         return getattr(model, "model", model)
@@ -30,7 +31,7 @@ class LlamaAdapter(FamilyAdapter):
         return getattr(layer.mlp, "down_proj", None)
 
     def ffn_in_weights(self, layer):
-        return [layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]
+        return [out_in_weight(layer.mlp.gate_proj), out_in_weight(layer.mlp.up_proj)]
 
     def kv_heads_of(self, layer, heads):
         return layer.self_attn.k_proj.out_features // layer.self_attn.head_dim

@@ -102,3 +102,58 @@ class PassThrough(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return hidden_states
+
+
+class LowRankLinear(nn.Module):
+    """A Linear factorised to rank ``r`` (FLOP): ``second(first(x))``, ``first``: in -> r without bias,
+    ``second``: r -> out with the original bias. Stored as ``<name>.first.weight``, ``<name>.second.weight``,
+    ``<name>.second.bias``; exports to ONNX as two MatMuls."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool,
+                 dtype: torch.dtype | None = None, device: torch.device | None = None):
+        super().__init__()
+        self.first = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
+        self.second = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)
+
+    @property
+    def in_features(self) -> int:
+        return self.first.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.second.out_features
+
+    @property
+    def rank(self) -> int:
+        return self.first.out_features
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.second.bias
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in) product matrix (a copy: writing to it changes nothing)."""
+        return self.second.weight.detach() @ self.first.weight.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    @staticmethod
+    def from_factors(first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None) -> "LowRankLinear":
+        """From ``first`` (r, in) and ``second`` (out, r) weight matrices."""
+        r, n_in = first.shape
+        out = LowRankLinear(n_in, second.shape[0], r, bias is not None, dtype=first.dtype, device=first.device)
+        with torch.no_grad():
+            out.first.weight.copy_(first)
+            out.second.weight.copy_(second)
+            if bias is not None:
+                out.second.bias.copy_(bias)
+        return out
+
+    @staticmethod
+    def from_svd(weight: torch.Tensor, bias: torch.Tensor | None, rank: int) -> "LowRankLinear":
+        """The best rank-``rank`` approximation of an (out, in) ``weight`` (truncated SVD, split as √S)."""
+        u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+        root = s[:rank].sqrt()
+        return LowRankLinear.from_factors((root[:, None] * vh[:rank]).to(weight.dtype),
+                                          (u[:, :rank] * root).to(weight.dtype), bias)

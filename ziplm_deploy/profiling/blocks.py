@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
-from ..core.shape import ModelShape
+from ..core.shape import LINEAR_KINDS, ModelShape, ffn_linear_dims
 
 OPSET = 18
 IR_VERSION = 9  # what onnxruntime >= 1.16 reads
@@ -154,6 +154,14 @@ def _dense(b: GraphBuilder, arch: ArchSpec, x: str, key: str, din: int, dout: in
     return _addmm(b, x, key, din, dout) if arch.family == "gpt2" else _linear(b, x, key, din, dout, bias)
 
 
+def _ffn_linear(b: GraphBuilder, arch: ArchSpec, x: str, key: str, din: int, dout: int, rank: int | None) -> str:
+    """An FFN Linear: dense, or (FLOP) factorised to ``rank`` as two MatMuls, as the exporter writes
+    ``LowRankLinear`` (``first`` without bias, ``second`` with the Linear's bias)."""
+    if rank is None:
+        return _dense(b, arch, x, key, din, dout, arch.ffn_bias)
+    return _linear(b, _linear(b, x, f"{key}.first", din, rank, False), f"{key}.second", rank, dout, arch.ffn_bias)
+
+
 def _layer_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:
     e = arch.hidden
     return b.op("LayerNormalization", [x, b.param(f"{key}.weight", (e,), "ones"), b.param(f"{key}.bias", (e,), "zeros")],
@@ -267,8 +275,10 @@ def attention_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, heads: 
     return b.op("Add", [x, out]), present
 
 
-def ffn_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, width: int) -> str:
-    """One FFN sublayer with ``width`` intermediate neurons."""
+def ffn_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, width: int,
+              ranks: Mapping[str, int] | None = None) -> str:
+    """One FFN sublayer with ``width`` intermediate neurons; ``ranks``: FLOP-factorised Linears by role."""
+    ranks = ranks or {}
     p, e = f"layers.{layer}.ffn", arch.hidden
     if width == 0:
         if arch.family == "bert":
@@ -278,11 +288,11 @@ def ffn_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, width: int) -
         return b.op("Add", [x, b.fconst(np.zeros(e))])
     h = x if arch.family == "bert" else _norm(b, x, f"{p}.norm", arch)
     if arch.gated_ffn:
-        gate = _activation(b, _linear(b, h, f"{p}.gate", e, width, arch.ffn_bias), arch.activation)
-        act = b.op("Mul", [gate, _linear(b, h, f"{p}.up", e, width, arch.ffn_bias)])
+        gate = _activation(b, _ffn_linear(b, arch, h, f"{p}.gate", e, width, ranks.get("gate")), arch.activation)
+        act = b.op("Mul", [gate, _ffn_linear(b, arch, h, f"{p}.up", e, width, ranks.get("up"))])
     else:
-        act = _activation(b, _dense(b, arch, h, f"{p}.up", e, width, arch.ffn_bias), arch.activation)
-    out = _dense(b, arch, act, f"{p}.down", width, e, arch.ffn_bias)
+        act = _activation(b, _ffn_linear(b, arch, h, f"{p}.up", e, width, ranks.get("up")), arch.activation)
+    out = _ffn_linear(b, arch, act, f"{p}.down", width, e, ranks.get("down"))
     if arch.family == "bert":
         return _layer_norm(b, b.op("Add", [out, x]), f"{p}.ln", arch)
     return b.op("Add", [x, out])
@@ -329,6 +339,19 @@ def block_graph(arch: ArchSpec, kind: str, width: int, sizes: Sizes, kv_heads: i
         raise UserError(f"unknown block kind {kind!r}", "attention or ffn")
     b.add_output(y, "out", ["batch", "seq", arch.hidden])
     return b.model(f"{arch.family}_{kind}_{width}")
+
+
+def linear_graph(arch: ArchSpec, kind: str, rank: int | None, sizes: Sizes, dtype: str = "float32",
+                 seed: int = 0) -> onnx.ModelProto:
+    """One dense-width FFN Linear of ``kind`` ("in": hidden -> ffn, "out": ffn -> hidden), dense
+    (``rank`` None) or factorised to ``rank``: input ``x`` (batch, seq, in), output ``y``."""
+    if kind not in LINEAR_KINDS:
+        raise UserError(f"unknown FFN Linear kind {kind!r}", "in or out")
+    din, dout = ffn_linear_dims(arch, "down" if kind == "out" else "up", arch.ffn)
+    b = GraphBuilder(dtype, seed)
+    x = b.add_input("x", ["batch", "seq", din])
+    b.add_output(_ffn_linear(b, arch, x, "ffn", din, dout, rank), "y", ["batch", "seq", dout])
+    return b.model(f"{arch.family}_linear_{kind}_{rank or 'dense'}")
 
 
 def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "float32", seed: int = 0) -> onnx.ModelProto:
@@ -391,7 +414,7 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
             b.add_output(present[1], f"present.{slot}.value", ["batch", layer.kv, "total", d])
         if layer.heads > 0:
             slot += 1
-        hidden = ffn_block(b, arch, i, hidden, layer.ffn)
+        hidden = ffn_block(b, arch, i, hidden, layer.ffn, layer.rank_of)
     if arch.family == "bert":
         b.add_output(hidden, "last_hidden_state", ["batch", "seq", e])
     else:

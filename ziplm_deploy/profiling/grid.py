@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
-from ..core.shape import LayerShape, ModelShape
+from ..core.shape import LayerShape, ModelShape, ffn_linear_dims, ffn_roles
 
 
 def attention_grid(arch: ArchSpec) -> list[tuple[int, int]]:
@@ -24,9 +24,19 @@ def ffn_grid(width: int, step: int) -> list[int]:
     return sorted({0, width, *range(step, width, step)})
 
 
-def random_shape(arch: ArchSpec, rng: np.random.Generator, p_zero: float = 0.15, p_drop: float = 0.05) -> ModelShape:
+def rank_grid(n_in: int, n_out: int, step: int) -> list[int]:
+    """step, 2*step, ... up to and including min(n_in, n_out): the ranks a factorised Linear is timed at."""
+    if step < 1:
+        raise UserError(f"rank grid step must be >= 1, got {step}")
+    top = min(n_in, n_out)
+    return sorted({top, *range(step, top, step)})
+
+
+def random_shape(arch: ArchSpec, rng: np.random.Generator, p_zero: float = 0.15, p_drop: float = 0.05,
+                 p_rank: float = 0.0) -> ModelShape:
     """A random non-uniform shape: per layer random head count and FFN width (off-grid), some blocks
-    removed (0) and some layers dropped; never all layers dropped."""
+    removed (0) and some layers dropped; never all layers dropped. With ``p_rank`` a layer instead keeps
+    its dense FFN with some of its Linears factorised (FLOP) to random ranks."""
     layers = []
     for _ in range(arch.num_layers):
         if rng.random() < p_drop:
@@ -41,7 +51,12 @@ def random_shape(arch: ArchSpec, rng: np.random.Generator, p_zero: float = 0.15,
             kv = int(rng.integers(1, arch.kv_heads + 1))
             heads = kv * int(rng.integers(1, arch.group_size + 1))
         ffn = 0 if rng.random() < p_zero else int(rng.integers(1, arch.ffn + 1))
-        layers.append(LayerShape(heads, ffn, kv if arch.kv_heads != arch.heads else None))
+        ranks: tuple[tuple[str, int], ...] = ()
+        if rng.random() < p_rank:
+            ffn = arch.ffn
+            roles = [r for r in ffn_roles(arch) if rng.random() < 0.7] or [ffn_roles(arch)[-1]]
+            ranks = tuple((r, int(rng.integers(1, min(ffn_linear_dims(arch, r, ffn)) + 1))) for r in sorted(roles))
+        layers.append(LayerShape(heads, ffn, kv if arch.kv_heads != arch.heads else None, ranks=ranks))
     if all(layer.dropped for layer in layers):
         layers[0] = LayerShape(arch.heads, arch.ffn, arch.kv_heads if arch.kv_heads != arch.heads else None)
     return ModelShape(tuple(layers)).validate(arch)

@@ -16,14 +16,14 @@ import numpy as np
 
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
-from ..core.shape import ModelShape
-from ..core.table import AttentionEntry, FfnEntry, LatencyTable, Stats
+from ..core.shape import LINEAR_KINDS, ModelShape, ffn_linear_dims
+from ..core.table import AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stats
 from ..runtime import Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
 from ..runtime.fingerprint import fingerprint
 from ..runtime.timing import Protocol, drift, recheck, round_robin, stats_of
-from .blocks import OPSET, Sizes, block_graph, model_graph
-from .grid import attention_grid, ffn_grid, random_shape
+from .blocks import OPSET, Sizes, block_graph, linear_graph, model_graph
+from .grid import attention_grid, ffn_grid, random_shape, rank_grid
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class ProfileOptions:
     opt_level: str = "all"
     dtype: str = "float32"
     ffn_step: int = 32
+    rank_step: int = 0  # > 0: also time FLOP-factorised FFN Linears on this rank grid
     protocol: Protocol = field(default_factory=Protocol)
 
     @property
@@ -105,6 +106,12 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
         builders[f"attn:{heads}/{kv}"] = (lambda h=heads, k=kv: block_graph(arch, "attention", h, sizes, k, opts.dtype))
     for width in ffn_grid(arch.ffn, opts.ffn_step):
         builders[f"ffn:{width}"] = (lambda w=width: block_graph(arch, "ffn", w, sizes, None, opts.dtype))
+    ranks = _rank_points(arch, opts.rank_step)
+    for kind, rank in ranks:
+        builders[f"rank:{kind}/{rank}"] = (lambda k=kind, r=rank: linear_graph(arch, k, r, sizes, opts.dtype))
+    if ranks:
+        for kind in LINEAR_KINDS:
+            builders[f"ref:linear:{kind}"] = (lambda k=kind: linear_graph(arch, k, None, sizes, opts.dtype))
     builders["ref:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
     removed = LatencyTable.removed_shape_of(arch)
     builders["ref:removed"] = lambda: model_graph(arch, removed, sizes, opts.dtype)
@@ -118,10 +125,25 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     attention = [AttentionEntry(h, kv, stats[f"attn:{h}/{kv}"]) for h, kv in attention_grid(arch)]
     ffn = [FfnEntry(w, stats[f"ffn:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)]
     refs = {"dense": stats["ref:dense"], "removed": stats["ref:removed"], "dense_recheck": stats["ref:dense_recheck"]}
+    lowrank = [RankEntry(kind, rank, stats[f"rank:{kind}/{rank}"]) for kind, rank in ranks]
+    if ranks:
+        refs.update({f"linear:{kind}": stats[f"ref:linear:{kind}"] for kind in LINEAR_KINDS})
     fp = fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
                      kv_len=sizes.kv_len, opset=OPSET)
     protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks"}
-    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs)
+    if ranks:
+        protocol["rank_step"] = opts.rank_step
+    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs, lowrank)
+
+
+def _rank_points(arch: ArchSpec, step: int) -> list[tuple[str, int]]:
+    if step <= 0:
+        return []
+    points = []
+    for kind in LINEAR_KINDS:
+        n_in, n_out = ffn_linear_dims(arch, "down" if kind == "out" else "up", arch.ffn)
+        points += [(kind, r) for r in rank_grid(n_in, n_out, step)]
+    return points
 
 
 @dataclass(frozen=True)
@@ -208,6 +230,6 @@ def check(table: LatencyTable, shapes: list[ModelShape], opts: ProfileOptions, p
     return CheckReport(tuple(results), dense, stats["dense_recheck"], st)
 
 
-def random_shapes(arch: ArchSpec, n: int, seed: int = 0) -> list[ModelShape]:
+def random_shapes(arch: ArchSpec, n: int, seed: int = 0, p_rank: float = 0.0) -> list[ModelShape]:
     rng = np.random.default_rng(seed)
-    return [random_shape(arch, rng) for _ in range(n)]
+    return [random_shape(arch, rng, p_rank=p_rank) for _ in range(n)]

@@ -133,6 +133,9 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
     windows = calibration_windows(tokenizer, calib, config.seq_len, config.windows, config.seed)
     log(f"calibration: {len(windows)} windows of {config.seq_len} tokens from {calib}")
     dense = load_model(model_dir)
+    if ModelShape.from_model(dense).has_ranks:
+        raise UserError(f"{model_dir} has FLOP-factorised FFN Linears; pruning works on unfactorised models",
+                        "prune first, then run flop on the pruned model")
     torch.manual_seed(config.seed)
 
     report = FamilyReport(config.method, str(model_dir), file_sha256(table_path), table.fingerprint.to_json(),

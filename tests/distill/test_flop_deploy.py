@@ -1,0 +1,174 @@
+"""FLOP models through the deployment path: kept ranks in the shape, save/load, ONNX export, the latency
+table's low-rank entries measured in ONNX Runtime, and the ``flop`` command."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from families import PLANS, model_output, ort_session, tiny_model
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.core.shape import LayerShape, ModelShape
+from ziplm_deploy.distill.flop import FlopConfig, flop_prune
+from ziplm_deploy.export import export_onnx
+from ziplm_deploy.models import LayerPlan, adapter_for, apply_ranks, load_model, save_model, shrink
+from ziplm_deploy.models.surgery import LowRankLinear
+
+
+def _with_ranks(shape: ModelShape, ranks: dict[int, tuple[tuple[str, int], ...]]) -> ModelShape:
+    return ModelShape(tuple(LayerShape(s.heads, s.ffn, s.kv_heads, s.dropped, ranks.get(i, s.ranks))
+                            for i, s in enumerate(shape.layers)))
+
+
+def test_full_rank_factorisation_equals_the_dense_model_and_low_ranks_reload(family, tmp_path):
+    model = tiny_model(family)
+    ids = torch.randint(1, 120, (2, 9))
+    dense = model_output(model, ids)
+    adapter = adapter_for(model)
+    roles = sorted(adapter.ffn_linear_paths)
+    shape = ModelShape.from_model(model)
+    full = min(48, shape.layers[0].ffn)
+    apply_ranks(model, _with_ranks(shape, {i: tuple((r, full) for r in roles) for i in range(4)}))
+    assert (model_output(model, ids) - dense).abs().max().item() < 1e-5
+    # a pruned model with some Linears at low rank: the shape says so, and the directory loads back
+    low = tiny_model(family)
+    shrink(low, PLANS[family])
+    pruned = ModelShape.from_model(low)
+    with_ffn = [i for i, s in enumerate(pruned.layers) if s.ffn]
+    apply_ranks(low, _with_ranks(pruned, {with_ffn[0]: (("down", 2),), with_ffn[1]: ((roles[-1], 5), ("down", 3))}))
+    got = ModelShape.from_model(low)
+    assert got.layers[with_ffn[0]].rank_of == {"down": 2} and got.has_ranks
+    assert isinstance(adapter.ffn_out_proj(adapter.layers(low)[with_ffn[0]]), LowRankLinear)
+    save_model(low, tmp_path / "low")
+    again = load_model(tmp_path / "low")
+    assert ModelShape.from_model(again) == got
+    assert torch.equal(model_output(again, ids), model_output(low, ids))
+
+
+def test_factorised_ffn_neurons_cannot_be_pruned():
+    model = tiny_model("llama")
+    shape = ModelShape.from_model(model)
+    apply_ranks(model, _with_ranks(shape, {1: (("up", 4),)}))
+    with pytest.raises(UserError, match="neurons of a factorised FFN cannot be removed"):
+        shrink(model, [LayerPlan(), LayerPlan(ffn=tuple(range(40))), LayerPlan(), LayerPlan()])
+    with pytest.raises(UserError, match="already factorised at rank 4, not 6"):
+        apply_ranks(model, _with_ranks(shape, {1: (("up", 6),)}))
+    # whole blocks and layers still go
+    shrink(model, [LayerPlan(), LayerPlan(heads=()), LayerPlan(dropped=True), LayerPlan()])
+    assert ModelShape.from_model(model).layers[1].rank_of == {"up": 4}
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_flop_pruned_model_exports_to_onnx_and_matches(fam, tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(fam)
+    shrink(model, [LayerPlan(), LayerPlan(dropped=True), LayerPlan(heads=()), LayerPlan()])
+    windows = torch.randint(1, 120, (8, 12), generator=torch.Generator().manual_seed(0))
+    result = flop_prune(model, windows, FlopConfig(target=0.6, steps=80, warmup=20, lr=1e-3, gate_lr=0.2))
+    shape = ModelShape.from_model(model)
+    assert shape.has_ranks and sorted(dict(shape.layers[0].ranks)) == sorted(adapter_for(model).ffn_linear_paths)
+    assert result.sparsity(model) > 0.2  # ranks were closed (the parameter-neutral start is ~0)
+    export = export_onnx(model, tmp_path / "flop.onnx", with_past=True)
+    assert all(d.ok for d in export.diffs)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "flop.onnx")).metadata_props}
+    assert ModelShape.from_json(json.loads(meta["ziplm_shape"])) == shape
+    sess = ort_session(tmp_path / "flop.onnx")
+    ids = torch.randint(1, 120, (3, 11))
+    feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones((3, 11), dtype=np.int64),
+             "position_ids": np.tile(np.arange(11), (3, 1))}
+    assert np.abs(sess.run(None, feeds)[0] - model_output(model, ids).numpy()).max() < 1e-4
+
+
+def test_profiler_times_low_rank_linears_and_predicts_flop_shapes():
+    """Real ORT sessions on a small Llama: a rank grid per direction, the dense-Linear references, and
+    end-to-end checks of shapes with factorised Linears (timing values are not asserted)."""
+    from ziplm_deploy.core.arch import arch_from_config
+    from ziplm_deploy.profiling.profiler import ProfileOptions, check, profile, random_shapes
+    from ziplm_deploy.runtime.timing import Protocol
+
+    arch = arch_from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                             "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 200})
+    opts = ProfileOptions(seq=16, ffn_step=32, rank_step=24, protocol=Protocol(warmup=1, rounds=3, recheck=2))
+    table = profile(arch, opts, progress=False)
+    assert [(e.linear, e.rank) for e in table.lowrank] == [(k, r) for k in ("in", "out") for r in (24, 48, 64)]
+    assert {"linear:in", "linear:out"} <= set(table.references)
+    shapes = [s for s in random_shapes(arch, 6, seed=3, p_rank=0.6) if s.has_ranks]
+    assert shapes
+    report = check(table, shapes, opts, progress=False, protocol=Protocol(warmup=1, rounds=2, recheck=1))
+    assert all(np.isfinite(r.predicted_ms) and r.measured.n == 2 for r in report.results)
+    without = profile(arch, ProfileOptions(seq=16, ffn_step=32, protocol=Protocol(warmup=0, rounds=1, recheck=1)),
+                      progress=False)
+    assert not without.lowrank and "linear:in" not in without.references
+
+
+@pytest.fixture(scope="module")
+def flop_dirs(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.models.tokenizer import load_tokenizer
+    from ziplm_deploy.profiling.profiler import ProfileOptions, profile
+    from ziplm_deploy.runtime.timing import Protocol
+
+    root = tmp_path_factory.mktemp("flop-cli")
+    tokenizer = load_tokenizer(smollm2_dir())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                         intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True))
+    save_model(model, root / "dense", tokenizer=tokenizer)
+    arch = adapter_for(model).arch(model)
+    table = profile(arch, ProfileOptions(seq=16, rank_step=16, protocol=Protocol(warmup=0, rounds=2, recheck=1)),
+                    progress=False)
+    table.save(root / "table.json")
+    LatencyTable.build(table.fingerprint, arch, table.protocol, list(table.attention), list(table.ffn),
+                       {k: v for k, v in table.references.items() if not k.startswith("linear:")}).save(root / "plain.json")
+    shrunk = shrink(copy.deepcopy(model), [LayerPlan(ffn=tuple(range(32))), LayerPlan()])
+    save_model(shrunk, root / "pruned", tokenizer=tokenizer)
+    (root / "text.txt").write_text("\n\n".join("The miller grinds grain into flour for the town. " * (i % 4 + 2)
+                                              for i in range(20)))
+    return root
+
+
+def _fails(capsys, argv, message):
+    from ziplm_deploy.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_path):
+    from ziplm_deploy.cli import main
+
+    root = flop_dirs
+    base = ["flop", "--model", str(root / "dense"), "--data", str(root / "text.txt"), "--seq-len", "16",
+            "--steps", "12", "--warmup", "4", "--batch-size", "2", "--eval-windows", "2", "--gate-lr", "0.2",
+            "--no-progress"]
+    out = tmp_path / "flop"
+    assert main(base + ["--target-sparsity", "0.5", "--out", str(out), "--table", str(root / "table.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "Linears factorised" in printed and "predicted speedup" in printed
+    model = load_model(out)
+    shape = ModelShape.from_model(model)
+    assert all(s.rank_of.keys() == {"gate", "up", "down"} for s in shape.layers)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "flop" and manifest["shape"] == shape.to_json()
+    assert manifest["metrics"]["predicted_speedup"] > 0 and manifest["metrics"]["heldout_ppl_after"] > 1
+    assert len(json.loads((out / "flop.json").read_text())["history"]) == 12
+    _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(out)], "already exists")
+    _fails(capsys, base + ["--target-sparsity", "1.5", "--out", str(tmp_path / "x")], "target sparsity 1.5")
+    _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(tmp_path / "x"), "--table", str(root / "plain.json")],
+           "has no low-rank entries")
+    pruned = ["--model", str(root / "pruned")]
+    _fails(capsys, base[:1] + pruned + base[3:] + ["--target-sparsity", "0.5", "--out", str(tmp_path / "x"),
+                                                   "--table", str(root / "table.json")], "dense FFN width only")
+    _fails(capsys, base[:1] + ["--model", str(out)] + base[3:] + ["--target-sparsity", "0.5", "--out", str(tmp_path / "y")],
+           "already factorised")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,0 +1,120 @@
+"""``ziplm-deploy flop --model DIR --data FILE --target-sparsity 0.5 --out DIR``: FLOP low-rank pruning.
+
+Every FFN Linear becomes ``P · diag(z) · Q`` (SVD initialised, hard-concrete gates); training with the LM
+loss and an L0 penalty drives the expected parameter sparsity of those Linears to the target; the closed
+ranks are then removed and each Linear is saved as two thin ones, with its kept rank in the shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (dense, or pruned by ziplm-deploy)")
+    p.add_argument("--data", required=True,
+                   help="training text: .txt, .jsonl ('text'), a saved HF dataset dir, or 'wikipedia'")
+    p.add_argument("--target-sparsity", type=float, required=True,
+                   help="fraction of the FFN Linears' parameters to remove, in (0, 1), e.g. 0.5")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--warmup", type=int, default=None, help="steps over which the target ramps up (default steps/2)")
+    p.add_argument("--rank", type=int, default=None,
+                   help="initial rank of every factorised Linear (default: in*out/(in+out), parameter-neutral)")
+    p.add_argument("--lr", type=float, default=1e-4, help="weight learning rate (default 1e-4)")
+    p.add_argument("--gate-lr", type=float, default=0.1, help="gate learning rate (default 0.1)")
+    p.add_argument("--lambda-lr", type=float, default=0.01, help="Lagrange multiplier learning rate (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per step (default 4)")
+    p.add_argument("--seq-len", type=int, default=128, help="window length in tokens (default 128)")
+    p.add_argument("--eval-data", help="held-out text (default: hold out --eval-windows windows of --data)")
+    p.add_argument("--eval-windows", type=int, default=16, help="held-out windows (default 16)")
+    p.add_argument("--table", help="latency table of the model: print (and record) the predicted speedup")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
+    from ..core.errors import UserError
+    from ..core.manifest import MANIFEST_FILE, new_manifest
+    from ..core.shape import ModelShape
+    from ..core.table import LatencyTable
+    from ..distill.flop import FlopConfig, flop_prune
+    from ..models import adapter_for, load_model, save_model
+    from ..prune.evaluate import perplexity
+    from .distill import _tokenizer, training_windows
+
+    config = FlopConfig(target=args.target_sparsity, steps=args.steps, warmup=args.warmup, rank=args.rank,
+                        lr=args.lr, gate_lr=args.gate_lr, lambda_lr=args.lambda_lr, batch_size=args.batch_size,
+                        seed=args.seed)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"output directory {out} already exists", "choose another --out or pass --overwrite")
+    tokenizer = _tokenizer(args.model)
+    arch = arch_from_dir(args.model)
+    raw = read_model_config(args.model)
+    recorded = raw.get(SHAPE_CONFIG_KEY)
+    shape = ModelShape.from_json(recorded, f"{args.model}/config.json") if recorded else ModelShape.dense(arch)
+    if shape.has_ranks:
+        raise UserError(f"{args.model} is already factorised (FLOP ranks in its shape)",
+                        "run flop on a model that was not through flop")
+    table = None
+    if args.table:  # checked before training: a table that cannot predict the result fails now, not after
+        table = LatencyTable.load(args.table)
+        table.check_arch(arch, args.model)
+        if not table.lowrank:
+            raise UserError(f"{args.table} has no low-rank entries", "profile with `ziplm-deploy profile --rank-step 32`")
+        widths = {s.ffn for s in shape.layers if not s.dropped and s.ffn}
+        if widths - {arch.ffn}:
+            raise UserError("the latency table predicts FLOP ranks at the dense FFN width only; "
+                            f"this model has FFN widths {sorted(widths)}", "drop --table, or run flop on the dense model")
+    windows, held = training_windows(tokenizer, args, args.data)
+    model = load_model(args.model)
+    print(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")
+    progress = not args.no_progress
+    ppl_before = perplexity(model, held, progress=progress)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, desc="flop", unit="step", dynamic_ncols=True, leave=False)
+
+    def log(row):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['task']:.3f}", sparsity=f"{row['expected_sparsity']:.3f}",
+                            target=f"{row['target']:.2f}")
+
+    try:
+        result = flop_prune(model, windows, config, log=log)
+    finally:
+        if bar is not None:
+            bar.close()
+    model.eval()
+    with torch.no_grad():
+        ppl_after = perplexity(model, held, progress=progress)
+    shape = adapter_for(model).shape_of(model)
+    metrics = {"heldout_ppl_before": ppl_before, "heldout_ppl_after": ppl_after,
+               "param_sparsity": result.sparsity(model), "train_seconds": result.seconds,
+               "final_loss": result.history[-1]["task"]}
+    if table is not None:
+        metrics["predicted_speedup"] = table.speedup(shape)
+        metrics["predicted_ms"] = table.predict(shape)
+    options = {"data": args.data, "target_sparsity": config.target, "steps": config.steps, "warmup": config.warmup,
+               "rank": config.rank, "lr": config.lr, "gate_lr": config.gate_lr, "lambda_lr": config.lambda_lr,
+               "batch_size": config.batch_size, "seq_len": args.seq_len, "seed": config.seed, "table": args.table}
+    manifest = new_manifest("flop", args.model, shape.to_json(), options=options, metrics=metrics)
+    save_model(model, out, tokenizer=tokenizer, overwrite=args.overwrite,
+               extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2, default=str) + "\n",
+                            "flop.json": json.dumps(result.to_json(), indent=1) + "\n"})
+    ranks = sorted(result.ranks.values())
+    speed = f"; predicted speedup {metrics['predicted_speedup']:.2f}x" if table is not None else ""
+    print(f"flop: {len(ranks)} Linears factorised, kept ranks {ranks[0]}..{ranks[-1]}, parameter sparsity "
+          f"{metrics['param_sparsity']:.1%} (target {config.target:.0%}) in {result.seconds:.0f}s; held-out "
+          f"perplexity {ppl_before:.3f} -> {ppl_after:.3f}{speed}; saved {out}")
+    return 0
