@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=None, help="steps over which the target ramps up (default steps/2)")
     p.add_argument("--rank", type=int, default=None,
                    help="initial rank of every factorised Linear (default: in*out/(in+out), parameter-neutral)")
+    p.add_argument("--init-drop", type=float, default=0.5,
+                   help="initial drop rate of the rank gates (default 0.5 as in FLOP; small values start near the dense model)")
     p.add_argument("--lr", type=float, default=1e-4, help="weight learning rate (default 1e-4)")
     p.add_argument("--gate-lr", type=float, default=0.1, help="gate learning rate (default 0.1)")
     p.add_argument("--lambda-lr", type=float, default=0.01, help="Lagrange multiplier learning rate (default 0.01)")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from .distill import _tokenizer, training_windows
 
     config = FlopConfig(target=args.target_sparsity, steps=args.steps, warmup=args.warmup, rank=args.rank,
-                        lr=args.lr, gate_lr=args.gate_lr, lambda_lr=args.lambda_lr, batch_size=args.batch_size,
+                        init_drop=args.init_drop, lr=args.lr, gate_lr=args.gate_lr, lambda_lr=args.lambda_lr, batch_size=args.batch_size,
                         seed=args.seed)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["predicted_speedup"] = table.speedup(shape)
         metrics["predicted_ms"] = table.predict(shape)
     options = {"data": args.data, "target_sparsity": config.target, "steps": config.steps, "warmup": config.warmup,
-               "rank": config.rank, "lr": config.lr, "gate_lr": config.gate_lr, "lambda_lr": config.lambda_lr,
+               "rank": config.rank, "init_drop": config.init_drop, "lr": config.lr, "gate_lr": config.gate_lr, "lambda_lr": config.lambda_lr,
                "batch_size": config.batch_size, "seq_len": args.seq_len, "seed": config.seed, "table": args.table}
     manifest = new_manifest("flop", args.model, shape.to_json(), options=options, metrics=metrics)
     save_model(model, out, tokenizer=tokenizer, overwrite=args.overwrite,

@@ -97,11 +97,12 @@ class FactorizedLinear(nn.Module):
         self.in_features, self.out_features, self.rank = n_in, n_out, rank
 
     @staticmethod
-    def from_module(module: nn.Module, rank: int | None = None, gates: bool = True) -> "FactorizedLinear":
+    def from_module(module: nn.Module, rank: int | None = None, gates: bool = True,
+                    init_mean: float = 0.5) -> "FactorizedLinear":
         """From an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored transposed)."""
         from ..models.base import out_in_weight
 
-        return FactorizedLinear(out_in_weight(module), getattr(module, "bias", None), rank, gates)
+        return FactorizedLinear(out_in_weight(module), getattr(module, "bias", None), rank, gates, init_mean)
 
     def mask(self) -> torch.Tensor | None:
         return None if self.gates is None else self.gates()
@@ -152,7 +153,7 @@ def ffn_linear_names(model: nn.Module) -> list[str]:
 
 
 def factorize(model: nn.Module, names: list[str] | None = None, rank: int | None = None,
-              gates: bool = True) -> list[str]:
+              gates: bool = True, init_mean: float = 0.5) -> list[str]:
     """Replace FFN Linears of ``model`` (the named ones; default all, see ``ffn_linear_names``) by
     ``FactorizedLinear``; returns the names."""
     allowed = ffn_linear_names(model)
@@ -167,7 +168,7 @@ def factorize(model: nn.Module, names: list[str] | None = None, rank: int | None
         if name not in allowed:
             raise UserError(f"{name} is not an FFN Linear: FLOP here factorises FFN gate/up/down projections",
                             "pass FFN Linear names, or none for all of them")
-        setattr(parent, child, FactorizedLinear.from_module(module, rank, gates))
+        setattr(parent, child, FactorizedLinear.from_module(module, rank, gates, init_mean))
         done.append(name)
     return done
 
@@ -282,6 +283,7 @@ class FlopConfig:
     steps: int = 200
     warmup: int | None = None  # default: half of steps
     rank: int | None = None
+    init_drop: float = 0.5  # the gates' initial drop rate (FLOP's droprate_init); small: start near the dense model
     lr: float = 1e-4
     gate_lr: float = 0.1
     lambda_lr: float = 0.01
@@ -318,7 +320,7 @@ def flop_prune(model: nn.Module, windows: torch.Tensor, config: FlopConfig,
     if any(isinstance(m, (LowRankLinear, FactorizedLinear)) for m in model.modules()):
         raise UserError("the model is already factorised", "run flop on a model that was not through flop")
     start = time.perf_counter()
-    factorize(model, rank=config.rank)
+    factorize(model, rank=config.rank, init_mean=config.init_drop)
     history = train_flop(model, windows, config.target, config.steps, config.warmup, lr=config.lr,
                          gate_lr=config.gate_lr, lambda_lr=config.lambda_lr, batch_size=config.batch_size,
                          seed=config.seed, log=log)
