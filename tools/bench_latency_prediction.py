@@ -6,6 +6,8 @@ compare with the table's prediction. Batch 1, seq 128 (decode: one token, KV cac
 ONNX Runtime CPU. The models are built from the profiler's block graphs (torch-free).
 
     python tools/bench_latency_prediction.py [--shapes 6] [--out tools/results/latency_prediction.json]
+    python tools/bench_latency_prediction.py --cases smollm2-prefill --rank-step 32 --real \
+        --out tools/results/latency_prediction_flop.json     # FLOP low-rank shapes, real exports
 
 Goal on the 2-core CI machine: median |speedup error| <= 3%, max <= 6%.
 """
@@ -29,8 +31,12 @@ BERT_BASE = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12,
                  intermediate_size=3072, vocab_size=30522, hidden_act="gelu")
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
                   activation_function="gelu_new")
+SMOLLM2 = dict(num_hidden_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
+               intermediate_size=1536, vocab_size=49152, hidden_act="silu", rms_norm_eps=1e-5,
+               rope_theta=100000.0, tie_word_embeddings=True, max_position_embeddings=2048)
 CASES = {
     "bert-base-prefill": ({"model_type": "bert", **BERT_BASE}, 0),
+    "smollm2-prefill": ({"model_type": "llama", **SMOLLM2}, 0),
     "gpt2-prefill": ({"model_type": "gpt2", **GPT2_SMALL}, 0),
     "gpt2-decode": ({"model_type": "gpt2", **GPT2_SMALL}, 128),
 }
@@ -47,7 +53,7 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
     import transformers
 
     from ziplm_deploy.export.onnx import export_onnx
-    from ziplm_deploy.models.base import apply_shape
+    from ziplm_deploy.models.base import apply_ranks, apply_shape
     from ziplm_deploy.runtime.measure import time_models
 
     config, kv_len = CASES[case]
@@ -55,6 +61,8 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
     kwargs = {k: v for k, v in config.items() if k != "model_type"}
     if config["model_type"] == "bert":
         dense = transformers.BertModel(transformers.BertConfig(**kwargs), add_pooling_layer=False).eval()
+    elif config["model_type"] == "llama":
+        dense = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs)).eval()
     else:
         dense = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kwargs)).eval()
     decode = kv_len > 0
@@ -66,7 +74,10 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"dense": export(dense, f"{tmp}/dense.onnx")}
         for i, shape in enumerate(shapes):
-            paths[f"shape:{i}"] = export(apply_shape(copy.deepcopy(dense), shape), f"{tmp}/shape{i}.onnx")
+            model = apply_shape(copy.deepcopy(dense), shape)
+            if shape.has_ranks:  # FLOP: factorise the FFN Linears the shape gives a rank (truncated SVD)
+                apply_ranks(model, shape)
+            paths[f"shape:{i}"] = export(model, f"{tmp}/shape{i}.onnx")
         stats = time_models(opts.backend(), paths, opts.sizes.dims, table.arch.vocab,
                             Protocol(warmup=3, rounds=check_rounds, recheck=10, seed=seed))
     st = table.statistic
@@ -80,7 +91,7 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
                      "speedup_error": round(table.speedup(shape) / m_speedup - 1, 5)})
     spd = np.abs([r["speedup_error"] for r in rows])
     lat = np.abs([r["latency_error"] for r in rows])
-    return {"models": f"transformers {transformers.__version__} {type(dense).__name__}, apply_shape + "
+    return {"models": f"transformers {transformers.__version__} {type(dense).__name__}, apply_shape (+ apply_ranks) + "
                       "torch.onnx.export(dynamo=True)" + (" with past" if decode else ""),
             "dense": stats["dense"].to_json(), "dense_recheck": stats["dense:recheck"].to_json(),
             "summary": {"median_abs_speedup_error": float(np.median(spd)), "max_abs_speedup_error": float(spd.max()),
@@ -90,7 +101,9 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=[c for c in CASES if c != "smollm2-prefill"], choices=list(CASES))
+    ap.add_argument("--rank-step", type=int, default=0,
+                    help="> 0: FLOP low-rank entries in the tables, and half the layers of each shape factorised")
     ap.add_argument("--shapes", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=50)
@@ -107,11 +120,11 @@ def main() -> int:
         config, kv_len = CASES[name]
         arch = arch_from_config(config)
         opts = ProfileOptions(batch=1, seq=128, decode_kv_len=kv_len, threads=args.threads, ffn_step=32,
-                              protocol=Protocol(warmup=5, rounds=args.rounds, seed=args.seed))
+                              rank_step=args.rank_step, protocol=Protocol(warmup=5, rounds=args.rounds, seed=args.seed))
         t0 = time.perf_counter()
         table = profile(arch, opts, progress=True)
         t_profile = time.perf_counter() - t0
-        shapes = random_shapes(arch, args.shapes, seed=args.seed)
+        shapes = random_shapes(arch, args.shapes, seed=args.seed, p_rank=0.5 if args.rank_step else 0.0)
         t0 = time.perf_counter()
         report = check(table, shapes, opts, progress=True,
                        protocol=Protocol(warmup=3, rounds=args.check_rounds, recheck=10, seed=args.seed))
@@ -120,7 +133,7 @@ def main() -> int:
         all_speedup_errors += [abs(r.speedup_error) for r in report.results]
         results[name] = {
             "profile_seconds": round(t_profile, 1), "check_seconds": round(t_check, 1),
-            "table_entries": len(table.attention) + len(table.ffn),
+            "table_entries": len(table.attention) + len(table.ffn) + len(table.lowrank),
             "calibration": table.calibration.to_json(),
             "dense_ms": table.references["dense"].to_json(), "removed_ms": table.references["removed"].to_json(),
             "fingerprint": table.fingerprint.to_json(),
@@ -145,6 +158,7 @@ def main() -> int:
     overall["met"] = overall["median_abs_speedup_error"] <= 0.03 and overall["max_abs_speedup_error"] <= 0.06
     atomic_write_json(args.out, {"format": "ziplm-deploy/bench-latency-prediction", "version": 1,
                                  "setup": {"batch": 1, "seq": 128, "decode_kv_len": 128, "threads": args.threads,
+                                           "rank_step": args.rank_step, "p_rank": 0.5 if args.rank_step else 0.0,
                                            "shapes_per_case": args.shapes, "models": "onnx.helper block models"},
                                  "overall": overall, "cases": results})
     print(f"overall: median {overall['median_abs_speedup_error']:.1%}, max {overall['max_abs_speedup_error']:.1%} "

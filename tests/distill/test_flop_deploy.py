@@ -162,6 +162,18 @@ def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_pat
     assert manifest["method"] == "flop" and manifest["shape"] == shape.to_json()
     assert manifest["metrics"]["predicted_speedup"] > 0 and manifest["metrics"]["heldout_ppl_after"] > 1
     assert len(json.loads((out / "flop.json").read_text())["history"]) == 12
+    assert main(["inspect", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert "FLOP ranks" in listing and f"down={shape.layers[0].rank_of['down']}" in listing
+    # verify: the exported FLOP model beside the dense one, with the table's low-rank prediction
+    report = tmp_path / "verify.json"
+    assert main(["verify", "--baseline", str(root / "dense"), "--candidate", str(out), "--table",
+                 str(root / "table.json"), "--seq", "16", "--rounds", "3", "--warmup", "1", "--report", str(report)]) in (0, 1)
+    capsys.readouterr()
+    sp = json.loads(report.read_text())["speedup"]
+    assert sp["prediction_source"] == "table"
+    assert sp["predicted"] == pytest.approx(manifest["metrics"]["predicted_speedup"], rel=1e-4)
+    assert json.loads(report.read_text())["parity"]["ok"]
     _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(out)], "already exists")
     _fails(capsys, base + ["--target-sparsity", "1.5", "--out", str(tmp_path / "x")], "target sparsity 1.5")
     _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(tmp_path / "x"), "--table", str(root / "plain.json")],

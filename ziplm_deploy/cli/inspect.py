@@ -104,12 +104,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"FLOPs (batch 1, seq {args.seq}): {flops / 1e9:.2f} G of {dense_flops / 1e9:.2f} G dense "
           f"({flops / dense_flops:.1%})")
     gqa = arch.kv_heads != arch.heads
-    print(f"{'layer':>5}  {'heads':>5}" + (f"  {'kv':>3}" if gqa else "") + f"  {'ffn':>6}")
+    ranks = shape.has_ranks
+    print(f"{'layer':>5}  {'heads':>5}" + (f"  {'kv':>3}" if gqa else "") + f"  {'ffn':>6}"
+          + ("  FLOP ranks" if ranks else ""))
     for i, s in enumerate(shape.layers):
         if s.dropped:
             print(f"{i:>5}  dropped")
         else:
-            print(f"{i:>5}  {s.heads:>5}" + (f"  {s.kv:>3}" if gqa else "") + f"  {s.ffn:>6}")
+            low = "  " + " ".join(f"{role}={r}" for role, r in s.ranks) if s.ranks else ""
+            print(f"{i:>5}  {s.heads:>5}" + (f"  {s.kv:>3}" if gqa else "") + f"  {s.ffn:>6}{low}")
     for name, role in io.items():
         print(f"  {role}: {name}")
     return 0
