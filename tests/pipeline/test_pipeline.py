@@ -74,6 +74,8 @@ def _spec(root: Path, **overrides) -> dict:
     ({"prune": {}}, "missing required key 'model'"),
     ({"model": "m", "gate": {}}, "missing required key 'gate.policy'"),
     ({"model": "m", "prune": {"targets": [1.5, "fast"]}}, "'prune.targets[1]' must be a number"),
+    ({"model": "m", "distill": {"teacher": False, "kd_weight": 1.0}}, "need distill.teacher: true"),
+    ({"model": "m", "distill": {"stpes": 3}}, "unknown key 'distill.stpes'"),
 ])
 def test_schema_errors_name_the_bad_key(tmp_path, bad, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -136,3 +138,23 @@ def test_killed_run_resumes_to_the_same_artifacts(tiny_lm, tmp_path):
     fb = json.loads((tmp_path / "clean" / "prune" / "family-ziplm.json").read_text())
     strip = lambda f: [{k: v for k, v in m.items() if k != "path"} for m in f["members"]]  # noqa: E731
     assert strip(fa) == strip(fb)
+
+
+def test_distill_stage_trains_each_member_and_later_stages_use_it(tiny_lm, tmp_path, capsys):
+    distill = {"data": str(tiny_lm / "calib.txt"), "steps": 3, "batch_size": 2, "seq_len": 16, "eval_windows": 2,
+               "lr": 1e-3, "save_every": 0}
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm, distill=distill, report=False))
+    run = tmp_path / "run"
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: profile, prune, distill, export, verify" in out and "gate PASSED" in out
+    for name in ("ziplm-1.05x", "ziplm-1.1x"):
+        manifest = json.loads((run / "distill" / name / "manifest.json").read_text())
+        assert manifest["method"] == "distill" and manifest["metrics"]["steps"] == 3
+        assert manifest["parent"] == str(run / "prune" / name)
+        pruned = (run / "prune" / name / "pruned-model.safetensors").read_bytes()
+        assert (run / "distill" / name / "pruned-model.safetensors").read_bytes() != pruned  # trained
+        rep = json.loads((run / "prune" / "verify" / f"{name}.verify.json").read_text())
+        assert rep["candidate"]["source"] == str(run / "distill" / name)
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
+    assert "skipped: profile, prune, distill, export, verify" in capsys.readouterr().out

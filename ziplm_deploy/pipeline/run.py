@@ -1,4 +1,4 @@
-"""Run a pipeline: profile -> prune -> export -> verify -> gate -> report, resumable.
+"""Run a pipeline: profile -> prune -> (distill) -> export -> verify -> gate -> report, resumable.
 
 Each stage writes its artifacts atomically into the run directory and records, in ``state.json``,
 a key: the hash of its options and of its inputs' contents. A re-run skips every stage whose key is
@@ -141,6 +141,13 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         if not m["reachable"]:
             log(f"  target {m['target']:g}x unreachable (max predicted {m['max_speedup']:.2f}x)")
 
+    # distill (optional): the trained models replace the pruned ones from here on ------------------
+    if spec.distill is not None and reached:
+        distill_key = _sha([asdict(spec.distill), prune_key, model_key,
+                            _content_hash(spec.distill.data) if Path(spec.distill.data).exists() else spec.distill.data])
+        trained = stage("distill", distill_key, lambda: _distill(spec, reached, run_dir / "distill", log, progress))
+        reached = [{**m, "path": trained[Path(m["path"]).name]} for m in reached]
+
     # export ----------------------------------------------------------------------------------
     cache = run_dir / "onnx"  # verify's export cache: verify reuses these files
     verify_dir = run_dir / "prune" / "verify"
@@ -163,7 +170,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
                                     rtol=spec.export.rtol)
             return list(written.values()), written
 
-        stage("export", _sha([asdict(spec.export), prune_key, model_key]), do_export)
+        stage("export", _sha([asdict(spec.export), prune_key, model_key,
+                              asdict(spec.distill) if spec.distill else None]), do_export)
 
     # verify ----------------------------------------------------------------------------------
     verify_reports: dict[str, str] = {}
@@ -189,7 +197,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
             return list(reports.values()), reports
 
         verify_reports = stage("verify", _sha([asdict(spec.verify), prune_key, model_key,
-                                               asdict(spec.export) if spec.export else None]), do_verify)
+                                               asdict(spec.export) if spec.export else None,
+                                               asdict(spec.distill) if spec.distill else None]), do_verify)
 
     # gate (always re-judged: cheap, and its verdict is the run's exit code) --------------------
     if spec.gate is not None:
@@ -221,3 +230,53 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         log(f"[report] {run_dir / 'report.html'}")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
+
+
+def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, log: Callable[[str], None],
+             progress: bool) -> tuple[list[str], dict[str, str]]:
+    """Train every pruned member; a member whose trained model is saved is kept (resume), a member
+    interrupted mid-training continues from its last checkpoint."""
+    import types
+
+    from ..cli.distill import training_windows
+    from ..core.manifest import MANIFEST_FILE
+    from ..distill.losses import LossWeights
+    from ..distill.trainer import TrainConfig, latest_checkpoint, save_student, train
+    from ..models import load_model
+    from ..models.tokenizer import load_tokenizer
+
+    d = spec.distill
+    kd = d.kd_weight if d.kd_weight is not None else (1.0 if d.teacher else 0.0)
+    hidden = d.hidden_weight if d.hidden_weight is not None else (1.0 if d.teacher else 0.0)
+    task = d.task_weight if d.task_weight is not None else (0.0 if d.teacher else 1.0)
+    weights = LossWeights(kd=kd, hidden=hidden, task=task, temperature=d.temperature)
+    warmup = d.warmup if d.warmup is not None else d.steps // 20
+    config = TrainConfig(steps=d.steps, lr=d.lr, warmup=min(warmup, d.steps), batch_size=d.batch_size,
+                         grad_accum=d.grad_accum, mixed_precision=d.mixed_precision, seed=d.seed,
+                         save_every=d.save_every)
+    tokenizer = load_tokenizer(spec.model)
+    if tokenizer is None:
+        raise UserError(f"{spec.model} has no tokenizer files", "save the tokenizer into the model directory")
+    args = types.SimpleNamespace(eval_data=None, eval_windows=d.eval_windows, seq_len=d.seq_len, seed=d.seed)
+    windows, held = training_windows(tokenizer, args, d.data)
+    teacher = load_model(spec.model) if weights.needs_teacher else None
+    trained: dict[str, str] = {}
+    for m in members:
+        name = Path(m["path"]).name
+        model_dir = out / name
+        trained[name] = str(model_dir)
+        if (model_dir / MANIFEST_FILE).is_file():
+            log(f"  {name}: trained earlier, kept")
+            continue
+        work = out / f"{name}.train"
+        student = load_model(m["path"])
+        res = train(student, windows, work, config, weights, teacher=teacher, eval_windows=held,
+                    resume=latest_checkpoint(work) is not None, progress=progress)
+        metrics = {"steps": res.steps, "train_seconds": res.seconds, "heldout_ppl_before": res.evals[0]["ppl"],
+                   "heldout_ppl_after": res.evals[-1]["ppl"],
+                   **{k: m[k] for k in ("predicted_speedup", "predicted_ms") if m.get(k) is not None}}
+        save_student(student, model_dir, parent=m["path"], method="distill" if weights.needs_teacher else "pretrain",
+                     tokenizer=tokenizer, options={"distill": asdict(d), "weights": asdict(weights)}, metrics=metrics)
+        log(f"  {name}: held-out perplexity {metrics['heldout_ppl_before']:.2f} -> {metrics['heldout_ppl_after']:.2f} "
+            f"after {res.steps} steps")
+    return list(trained.values()), trained

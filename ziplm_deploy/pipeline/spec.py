@@ -3,6 +3,7 @@
     model: path/to/dense-model            # Hugging Face directory
     profile: {table: profiles/x.json}     # or measure: {runtime: ort-cpu, seq: 128, threads: 1, ...}
     prune: {method: ziplm, targets: [1.5, 2, 3], calib: wikipedia, windows: 32}
+    distill: {data: wikipedia, steps: 200}   # optional: train every pruned model (KD from the dense one)
     export: {with_past: false}
     verify: {runtime: ort-cpu, threads: 1, rounds: 20}
     gate: {policy: policies/demo-pass.yaml}
@@ -50,6 +51,36 @@ class PruneSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """Recovery training of every pruned model before export: KD from the dense model (logits + hidden
+    states) with ``teacher: true``, plain LM continued pretraining (LayerChop's recipe) with ``false``."""
+
+    data: str = "wikipedia"
+    teacher: bool = True
+    steps: int = 200
+    lr: float = 5e-5
+    warmup: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    seq_len: int = 128
+    temperature: float = 2.0
+    kd_weight: float | None = None
+    hidden_weight: float | None = None
+    task_weight: float | None = None
+    eval_windows: int = 16
+    save_every: int = 50
+    mixed_precision: str = "no"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.teacher and (self.kd_weight or self.hidden_weight):
+            raise UserError("distill.kd_weight and distill.hidden_weight need distill.teacher: true",
+                            "set teacher: true, or drop the KD weights")
+        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2:
+            raise UserError("distill needs steps >= 1, batch_size >= 1 and seq_len >= 2")
+
+
+@dataclass(frozen=True)
 class ExportSpec:
     with_past: bool = False
     atol: float = 1e-4
@@ -77,6 +108,7 @@ class PipelineSpec:
     model: str
     prune: PruneSpec = field(default_factory=PruneSpec)
     profile: ProfileSpec = field(default_factory=ProfileSpec)
+    distill: DistillSpec | None = None
     export: ExportSpec | None = field(default_factory=ExportSpec)
     verify: VerifySpec | None = field(default_factory=VerifySpec)
     gate: GateSpec | None = None
@@ -110,6 +142,7 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
         spec, model=rel(spec.model),
         profile=replace(spec.profile, table=rel(spec.profile.table)),
         prune=replace(spec.prune, calib=rel(spec.prune.calib)),
+        distill=replace(spec.distill, data=rel(spec.distill.data)) if spec.distill else None,
         verify=replace(spec.verify, eval_data=rel(spec.verify.eval_data)) if spec.verify else None,
         gate=replace(spec.gate, policy=rel(spec.gate.policy)) if spec.gate else None,
     )
