@@ -32,9 +32,15 @@ def main(argv=None) -> int:
                           threads=fp.threads, opt_level=fp.opt_level, dtype=fp.dtype,
                           ffn_step=int(proto.get("ffn_step", 32)), rank_step=args.rank_step, protocol=protocol)
     fresh = profile(stored.arch, opts)
-    merged = stored.merge(fresh)
-    merged = LatencyTable.build(merged.fingerprint, merged.arch, {**merged.protocol, "rank_step": args.rank_step},
-                                list(merged.attention), list(merged.ffn), merged.references, merged.lowrank)
+    diffs = stored.fingerprint.differences(fresh.fingerprint, ignore=("producer", "cores"))
+    if diffs:
+        print("this machine is another deployment than the stored table's: " + "; ".join(diffs), file=sys.stderr)
+        return 2
+    # the stored block entries, references and calibration stay; only the low-rank entries and their own
+    # run's dense-Linear references are added (their deltas are differences within that run)
+    refs = {**stored.references, **{k: v for k, v in fresh.references.items() if k.startswith("linear:")}}
+    merged = LatencyTable.build(stored.fingerprint, stored.arch, {**stored.protocol, "rank_step": args.rank_step},
+                                list(stored.attention), list(stored.ffn), refs, fresh.lowrank)
     merged.save(args.table)
     print(f"{args.table}: + {len(merged.lowrank)} low-rank entries; calibration alpha {merged.calibration.alpha:.4f} "
           f"(was {stored.calibration.alpha:.4f}); fresh dense {fresh.references['dense'].p25:.3f} ms vs stored "

@@ -53,7 +53,7 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
     import transformers
 
     from ziplm_deploy.export.onnx import export_onnx
-    from ziplm_deploy.models.base import apply_ranks, apply_shape
+    from ziplm_deploy.models.base import apply_shape
     from ziplm_deploy.runtime.measure import time_models
 
     config, kv_len = CASES[case]
@@ -74,10 +74,8 @@ def real_check(case: str, table, shapes, opts, check_rounds: int, seed: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"dense": export(dense, f"{tmp}/dense.onnx")}
         for i, shape in enumerate(shapes):
-            model = apply_shape(copy.deepcopy(dense), shape)
-            if shape.has_ranks:  # FLOP: factorise the FFN Linears the shape gives a rank (truncated SVD)
-                apply_ranks(model, shape)
-            paths[f"shape:{i}"] = export(model, f"{tmp}/shape{i}.onnx")
+            # FLOP ranks in the shape: apply_shape factorises those FFN Linears (truncated SVD)
+            paths[f"shape:{i}"] = export(apply_shape(copy.deepcopy(dense), shape), f"{tmp}/shape{i}.onnx")
         stats = time_models(opts.backend(), paths, opts.sizes.dims, table.arch.vocab,
                             Protocol(warmup=3, rounds=check_rounds, recheck=10, seed=seed))
     st = table.statistic

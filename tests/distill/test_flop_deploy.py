@@ -50,6 +50,18 @@ def test_full_rank_factorisation_equals_the_dense_model_and_low_ranks_reload(fam
     assert torch.equal(model_output(again, ids), model_output(low, ids))
 
 
+def test_apply_shape_factorises_the_ranks_of_a_shape_file():
+    from ziplm_deploy.models import apply_shape
+
+    model = tiny_model("gpt2")
+    ids = torch.randint(1, 120, (2, 7))
+    want = ModelShape((LayerShape(2, 192, ranks=(("up", 48),)), LayerShape(dropped=True), LayerShape(4, 100),
+                       LayerShape(4, 192, ranks=(("down", 6), ("up", 9)))))
+    apply_shape(model, want)
+    assert ModelShape.from_model(model) == want.validate(adapter_for(model).arch(model))
+    assert torch.isfinite(model_output(model, ids)).all()
+
+
 def test_factorised_ffn_neurons_cannot_be_pruned():
     model = tiny_model("llama")
     shape = ModelShape.from_model(model)
@@ -93,7 +105,7 @@ def test_profiler_times_low_rank_linears_and_predicts_flop_shapes():
 
     arch = arch_from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
                              "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 200})
-    opts = ProfileOptions(seq=16, ffn_step=32, rank_step=24, protocol=Protocol(warmup=1, rounds=3, recheck=2))
+    opts = ProfileOptions(seq=16, ffn_step=32, rank_step=24, protocol=Protocol(warmup=1, rounds=5, recheck=2))
     table = profile(arch, opts, progress=False)
     assert [(e.linear, e.rank) for e in table.lowrank] == [(k, r) for k in ("in", "out") for r in (24, 48, 64)]
     assert {"linear:in", "linear:out"} <= set(table.references)
@@ -101,7 +113,7 @@ def test_profiler_times_low_rank_linears_and_predicts_flop_shapes():
     assert shapes
     report = check(table, shapes, opts, progress=False, protocol=Protocol(warmup=1, rounds=2, recheck=1))
     assert all(np.isfinite(r.predicted_ms) and r.measured.n == 2 for r in report.results)
-    without = profile(arch, ProfileOptions(seq=16, ffn_step=32, protocol=Protocol(warmup=0, rounds=1, recheck=1)),
+    without = profile(arch, ProfileOptions(seq=16, ffn_step=32, protocol=Protocol(warmup=1, rounds=5, recheck=1)),
                       progress=False)
     assert not without.lowrank and "linear:in" not in without.references
 
@@ -124,7 +136,7 @@ def flop_dirs(tmp_path_factory):
                                          intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True))
     save_model(model, root / "dense", tokenizer=tokenizer)
     arch = adapter_for(model).arch(model)
-    table = profile(arch, ProfileOptions(seq=16, rank_step=16, protocol=Protocol(warmup=0, rounds=2, recheck=1)),
+    table = profile(arch, ProfileOptions(seq=16, rank_step=16, protocol=Protocol(warmup=1, rounds=5, recheck=2)),
                     progress=False)
     table.save(root / "table.json")
     LatencyTable.build(table.fingerprint, arch, table.protocol, list(table.attention), list(table.ffn),

@@ -158,3 +158,26 @@ def test_distill_stage_trains_each_member_and_later_stages_use_it(tiny_lm, tmp_p
         assert rep["candidate"]["source"] == str(run / "distill" / name)
     assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
     assert "skipped: profile, prune, distill, export, verify" in capsys.readouterr().out
+    # other training options: the earlier trained models are not reused, and export / verify follow
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm, distill={**distill, "steps": 4}, report=False))
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "stages run: distill, export, verify" in out and "trained earlier" not in out
+    assert json.loads((run / "distill" / "ziplm-1.1x" / "manifest.json").read_text())["metrics"]["steps"] == 4
+
+
+def test_engine_section_is_checked_before_any_work(tiny_lm, tmp_path, capsys):
+    bad = _write(tmp_path / "e.yaml", _spec(tiny_lm, engine={"precision": "fp16"}))  # verify.runtime is ort-cpu
+    with pytest.raises(UserError, match="verify.runtime: trt"):
+        PipelineSpec.load(bad)
+    with pytest.raises(UserError, match="engine.precision 'int3'"):
+        PipelineSpec.load(_write(tmp_path / "p.yaml", _spec(tiny_lm, engine={"precision": "int3"})))
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    spec = _spec(tiny_lm, engine={"precision": "fp16"}, verify={"runtime": "trt", "seq": 16, "rounds": 5})
+    run = tmp_path / "run"
+    assert main(["run", str(_write(tmp_path / "t.yaml", spec)), "--out", str(run), "--no-progress"]) == 2
+    assert "needs the tensorrt package" in capsys.readouterr().err
+    assert not run.exists()  # refused before profiling or pruning anything

@@ -179,6 +179,11 @@ def test_flop_ranks_refusals():
     with pytest.raises(UserError, match="bad low-rank entry"):
         LatencyTable.from_json(payload)
     payload = t.to_json()
+    payload["lowrank"][0]["rank"] = "many"
+    with pytest.raises(UserError, match="non-integer"):
+        LatencyTable.from_json(payload)
+    assert "lowrank" not in plain.to_json()  # tables without FLOP entries keep the pre-FLOP format
+    payload = t.to_json()
     del payload["references"]["linear:in"]
     with pytest.raises(UserError, match="bad low-rank entry"):
         LatencyTable.from_json(payload)

@@ -43,6 +43,11 @@ def ffn_linear_dims(arch: ArchSpec, role: str, width: int) -> tuple[int, int]:
     return (width, arch.hidden) if role == "down" else (arch.hidden, width)
 
 
+def kind_dims(arch: ArchSpec, kind: str) -> tuple[int, int]:
+    """(in, out) features of a dense-width FFN Linear of direction ``kind`` ("in" or "out")."""
+    return ffn_linear_dims(arch, "down" if kind == "out" else "up", arch.ffn)
+
+
 @dataclass(frozen=True)
 class LayerShape:
     heads: int = 0

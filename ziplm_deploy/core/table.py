@@ -303,7 +303,8 @@ class LatencyTable:
             "ffn": [e.to_json() for e in self.ffn],
             "references": {k: v.to_json() for k, v in self.references.items()},
             "calibration": self.calibration.to_json(),
-            "lowrank": [e.to_json() for e in self.lowrank],
+            # written only when present, so tables without FLOP entries stay readable by older versions
+            **({"lowrank": [e.to_json() for e in self.lowrank]} if self.lowrank else {}),
         }
 
     @staticmethod
@@ -322,10 +323,16 @@ class LatencyTable:
         protocol = payload["protocol"]
         if not isinstance(protocol, dict) or protocol.get("statistic", "p25") not in STATISTICS:
             raise UserError(f"{source}: 'protocol.statistic' must be one of {STATISTICS}")
-        att = [AttentionEntry(int(d["heads"]), int(d["kv_heads"]), Stats.from_json(d, f"{source}: attention[{i}]"))
-               for i, d in enumerate(_entries(payload, "attention", ("heads", "kv_heads"), source))]
-        ffn = [FfnEntry(int(d["ffn"]), Stats.from_json(d, f"{source}: ffn[{i}]"))
-               for i, d in enumerate(_entries(payload, "ffn", ("ffn",), source))]
+        try:
+            att = [AttentionEntry(int(d["heads"]), int(d["kv_heads"]), Stats.from_json(d, f"{source}: attention[{i}]"))
+                   for i, d in enumerate(_entries(payload, "attention", ("heads", "kv_heads"), source))]
+            ffn = [FfnEntry(int(d["ffn"]), Stats.from_json(d, f"{source}: ffn[{i}]"))
+                   for i, d in enumerate(_entries(payload, "ffn", ("ffn",), source))]
+            lowrank = [RankEntry(str(d["linear"]), int(d["rank"]), Stats.from_json(d, f"{source}: lowrank[{i}]"))
+                       for i, d in enumerate(_entries(payload, "lowrank", ("linear", "rank"), source, optional=True))]
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{source}: an entry has a non-integer heads/kv_heads/ffn/rank ({e})",
+                            "regenerate the table with `ziplm-deploy profile`") from None
         if not any(e.heads == 0 for e in att) or not any(e.ffn == 0 for e in ffn):
             raise UserError(f"{source}: the 0-heads and 0-FFN entries are required", "regenerate the table")
         if max(e.ffn for e in ffn) != arch.ffn or not any(e.heads == arch.heads for e in att):
@@ -334,8 +341,6 @@ class LatencyTable:
         if not isinstance(refs_d, dict) or not {"dense", "removed"} <= set(refs_d):
             raise UserError(f"{source}: 'references' needs 'dense' and 'removed'")
         refs = {k: Stats.from_json(v, f"{source}: references.{k}") for k, v in refs_d.items()}
-        lowrank = [RankEntry(str(d["linear"]), int(d["rank"]), Stats.from_json(d, f"{source}: lowrank[{i}]"))
-                   for i, d in enumerate(_entries(payload, "lowrank", ("linear", "rank"), source, optional=True))]
         for e in lowrank:
             if e.linear not in LINEAR_KINDS or e.rank < 1 or f"linear:{e.linear}" not in refs:
                 raise UserError(f"{source}: bad low-rank entry {e.linear}/{e.rank}",

@@ -93,7 +93,7 @@ class FactorizedLinear(nn.Module):
         self.P = nn.Parameter((vh[:rank].T * root).to(weight.dtype))  # in × r
         self.Q = nn.Parameter((root[:, None] * u[:, :rank].T).to(weight.dtype))  # r × out
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-        self.gates = HardConcreteGates(rank, init_mean=init_mean) if gates else None
+        self.gates = HardConcreteGates(rank, init_mean=init_mean).to(weight.device) if gates else None
         self.in_features, self.out_features, self.rank = n_in, n_out, rank
 
     @staticmethod
@@ -253,7 +253,7 @@ def train_flop(model: nn.Module, windows: torch.Tensor, target: float, steps: in
     model.train()
     history = []
     for step in range(steps):
-        ids = windows[micro_batch_indices(len(windows), batch_size, 1, 0, step, seed)]
+        ids = windows[micro_batch_indices(len(windows), batch_size, 1, 0, step, seed)].to(layers[0].P.device)
         task = lm_loss(model(input_ids=ids, use_cache=False).logits, ids)
         sparsity = expected_sparsity(layers)
         t = target_at(step, target, warmup)
@@ -295,6 +295,10 @@ class FlopConfig:
             raise UserError(f"target sparsity {self.target} must be in (0, 1)", "e.g. --target-sparsity 0.5")
         if self.steps < 1 or self.batch_size < 1:
             raise UserError("FLOP needs --steps >= 1 and --batch-size >= 1")
+        if not 0 < self.init_drop < 1:
+            raise UserError(f"initial drop rate {self.init_drop} must be in (0, 1)", "e.g. --init-drop 0.5")
+        if self.rank is not None and self.rank < 1:
+            raise UserError(f"--rank must be >= 1, got {self.rank}")
 
 
 @dataclass
@@ -320,6 +324,7 @@ def flop_prune(model: nn.Module, windows: torch.Tensor, config: FlopConfig,
     if any(isinstance(m, (LowRankLinear, FactorizedLinear)) for m in model.modules()):
         raise UserError("the model is already factorised", "run flop on a model that was not through flop")
     start = time.perf_counter()
+    torch.manual_seed(config.seed)  # the gates' initial log-alpha noise too
     factorize(model, rank=config.rank, init_mean=config.init_drop)
     history = train_flop(model, windows, config.target, config.steps, config.warmup, lr=config.lr,
                          gate_lr=config.gate_lr, lambda_lr=config.lambda_lr, batch_size=config.batch_size,

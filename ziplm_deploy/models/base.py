@@ -368,6 +368,10 @@ def _top_neurons(adapter: FamilyAdapter, layer: nn.Module, k: int):
 
 
 def apply_shape(model: nn.Module, shape: ModelShape) -> nn.Module:
-    """Shrink ``model`` in place to ``shape``, choosing what to keep by weight magnitude."""
-    return shrink(model, magnitude_plan(model, shape))
+    """Shrink ``model`` in place to ``shape``, choosing what to keep by weight magnitude; FFN Linears the
+    shape gives a FLOP rank become their truncated SVD at that rank."""
+    shrink(model, magnitude_plan(model, shape))
+    if shape.has_ranks:
+        apply_ranks(model, shape)
+    return model
 

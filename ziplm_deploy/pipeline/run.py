@@ -1,4 +1,4 @@
-"""Run a pipeline: profile -> prune -> (distill) -> export -> verify -> gate -> report, resumable.
+"""Run a pipeline: profile -> prune -> (distill) -> export -> (engine) -> verify -> gate -> report, resumable.
 
 Each stage writes its artifacts atomically into the run directory and records, in ``state.json``,
 a key: the hash of its options and of its inputs' contents. A re-run skips every stage whose key is
@@ -78,6 +78,10 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
                  progress: bool = True) -> RunResult:
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    if spec.engine is not None:
+        from ..runtime.tensorrt import _import_trt
+
+        _import_trt()  # a clear error before any work where TensorRT is missing
     run_dir.mkdir(parents=True, exist_ok=True)
     state = _State(run_dir)
     result = RunResult(str(run_dir))
@@ -142,16 +146,20 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
             log(f"  target {m['target']:g}x unreachable (max predicted {m['max_speedup']:.2f}x)")
 
     # distill (optional): the trained models replace the pruned ones from here on ------------------
+    trained_key: list[str] = []  # part of the export / verify keys when the exported models are trained ones
     if spec.distill is not None and reached:
         distill_key = _sha([asdict(spec.distill), prune_key, model_key,
                             _content_hash(spec.distill.data) if Path(spec.distill.data).exists() else spec.distill.data])
-        trained = stage("distill", distill_key, lambda: _distill(spec, reached, run_dir / "distill", log, progress))
+        trained = stage("distill", distill_key,
+                        lambda: _distill(spec, reached, run_dir / "distill", distill_key, log, progress))
         reached = [{**m, "path": trained[Path(m["path"]).name]} for m in reached]
+        trained_key = [distill_key]
 
     # export ----------------------------------------------------------------------------------
     cache = run_dir / "onnx"  # verify's export cache: verify reuses these files
     verify_dir = run_dir / "prune" / "verify"
     models = [("dense", spec.model)] + [(Path(m["path"]).name, m["path"]) for m in reached]
+    exported: dict[str, str] = {}
     if spec.export is not None:
         def do_export():
             from ..verify.measure import export_dir
@@ -170,8 +178,14 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
                                     rtol=spec.export.rtol)
             return list(written.values()), written
 
-        stage("export", _sha([asdict(spec.export), prune_key, model_key,
-                              asdict(spec.distill) if spec.distill else None]), do_export)
+        export_key = _sha([asdict(spec.export), prune_key, model_key, *trained_key])
+        exported = stage("export", export_key, do_export)
+
+    # engine (optional): TensorRT engines of the exported models ---------------------------------
+    engines: dict[str, str] = {}
+    if spec.engine is not None:
+        engines = stage("engine", _sha([asdict(spec.engine), export_key]),
+                        lambda: _engines(spec, exported, run_dir / "engines", log))
 
     # verify ----------------------------------------------------------------------------------
     verify_reports: dict[str, str] = {}
@@ -187,7 +201,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
                                      tolerance=v.tolerance, table=str(table_path), rounds=v.rounds,
                                      atol=spec.export.atol if spec.export else 1e-4,
                                      rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
-                rep = verify(spec.model, m["path"], opts, cache, log=lambda s: log("  " + s))
+                baseline, candidate = (engines["dense"], engines[name]) if engines else (spec.model, m["path"])
+                rep = verify(baseline, candidate, opts, cache, log=lambda s: log("  " + s))
                 out = verify_dir / f"{name}.verify.json"
                 rep.save(out)
                 reports[name] = str(out)
@@ -197,8 +212,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
             return list(reports.values()), reports
 
         verify_reports = stage("verify", _sha([asdict(spec.verify), prune_key, model_key,
-                                               asdict(spec.export) if spec.export else None,
-                                               asdict(spec.distill) if spec.distill else None]), do_verify)
+                                               asdict(spec.export) if spec.export else None, *trained_key,
+                                               *([asdict(spec.engine)] if spec.engine else [])]), do_verify)
 
     # gate (always re-judged: cheap, and its verdict is the run's exit code) --------------------
     if spec.gate is not None:
@@ -232,32 +247,50 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
     return result
 
 
-def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, log: Callable[[str], None],
-             progress: bool) -> tuple[list[str], dict[str, str]]:
-    """Train every pruned member; a member whose trained model is saved is kept (resume), a member
-    interrupted mid-training continues from its last checkpoint."""
-    import types
+def _engines(spec: PipelineSpec, exported: dict[str, str], out: Path,
+             log: Callable[[str], None]) -> tuple[list[str], dict[str, str]]:
+    """One engine (+ metadata sidecar) per exported ONNX file, with one optimisation profile."""
+    import onnx
 
-    from ..cli.distill import training_windows
+    from ..cli.build_engine import profiles_from_args
+    from ..runtime.tensorrt import build_engine
+
+    e = spec.engine
+    engines: dict[str, str] = {}
+    for name, onnx_path in exported.items():
+        graph = onnx.load(onnx_path, load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits}
+        plan = out / f"{name}.plan"
+        log(f"  building {plan} ({e.precision})")
+        build_engine(onnx_path, plan, profiles_from_args(inputs, e.min, e.opt, e.max), precision=e.precision,
+                     timing_cache=e.timing_cache, workspace_mb=e.workspace_mb, opt_level=e.opt_level)
+        engines[name] = str(plan)
+    return list(engines.values()), engines
+
+
+def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, key: str, log: Callable[[str], None],
+             progress: bool) -> tuple[list[str], dict[str, str]]:
+    """Train every pruned member. A trained model saved under the same stage ``key`` (options, data,
+    pruned models) is kept, and a member interrupted mid-training continues from its last checkpoint;
+    anything left by other options is removed first."""
+    import shutil
+    import types
+    from ..cli.distill import loss_weights, train_config, training_windows
+    from ..core.jsonio import read_json
     from ..core.manifest import MANIFEST_FILE
-    from ..distill.losses import LossWeights
-    from ..distill.trainer import TrainConfig, latest_checkpoint, save_student, train
+    from ..distill.trainer import latest_checkpoint, save_student, train
     from ..models import load_model
     from ..models.tokenizer import load_tokenizer
 
     d = spec.distill
-    kd = d.kd_weight if d.kd_weight is not None else (1.0 if d.teacher else 0.0)
-    hidden = d.hidden_weight if d.hidden_weight is not None else (1.0 if d.teacher else 0.0)
-    task = d.task_weight if d.task_weight is not None else (0.0 if d.teacher else 1.0)
-    weights = LossWeights(kd=kd, hidden=hidden, task=task, temperature=d.temperature)
-    warmup = d.warmup if d.warmup is not None else d.steps // 20
-    config = TrainConfig(steps=d.steps, lr=d.lr, warmup=min(warmup, d.steps), batch_size=d.batch_size,
-                         grad_accum=d.grad_accum, mixed_precision=d.mixed_precision, seed=d.seed,
-                         save_every=d.save_every)
+    args = types.SimpleNamespace(**asdict(d), weight_decay=0.0, max_grad_norm=1.0, eval_every=0, cpu=False,
+                                 eval_data=None)
+    weights = loss_weights(args, d.teacher)
+    config = train_config(args)
     tokenizer = load_tokenizer(spec.model)
     if tokenizer is None:
         raise UserError(f"{spec.model} has no tokenizer files", "save the tokenizer into the model directory")
-    args = types.SimpleNamespace(eval_data=None, eval_windows=d.eval_windows, seq_len=d.seq_len, seed=d.seed)
     windows, held = training_windows(tokenizer, args, d.data)
     teacher = load_model(spec.model) if weights.needs_teacher else None
     trained: dict[str, str] = {}
@@ -265,10 +298,17 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, log: 
         name = Path(m["path"]).name
         model_dir = out / name
         trained[name] = str(model_dir)
-        if (model_dir / MANIFEST_FILE).is_file():
-            log(f"  {name}: trained earlier, kept")
-            continue
         work = out / f"{name}.train"
+        if (model_dir / MANIFEST_FILE).is_file():
+            if read_json(model_dir / MANIFEST_FILE, "manifest").get("options", {}).get("stage_key") == key:
+                log(f"  {name}: trained earlier, kept")
+                continue
+            shutil.rmtree(model_dir)
+        stale = work / "stage_key"
+        if work.exists() and (not stale.is_file() or stale.read_text() != key):
+            shutil.rmtree(work)  # checkpoints of other options, data or pruned models
+        work.mkdir(parents=True, exist_ok=True)
+        stale.write_text(key)
         student = load_model(m["path"])
         res = train(student, windows, work, config, weights, teacher=teacher, eval_windows=held,
                     resume=latest_checkpoint(work) is not None, progress=progress)
@@ -276,7 +316,8 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, log: 
                    "heldout_ppl_after": res.evals[-1]["ppl"],
                    **{k: m[k] for k in ("predicted_speedup", "predicted_ms") if m.get(k) is not None}}
         save_student(student, model_dir, parent=m["path"], method="distill" if weights.needs_teacher else "pretrain",
-                     tokenizer=tokenizer, options={"distill": asdict(d), "weights": asdict(weights)}, metrics=metrics)
+                     tokenizer=tokenizer, options={"distill": asdict(d), "weights": asdict(weights), "stage_key": key},
+                     metrics=metrics)
         log(f"  {name}: held-out perplexity {metrics['heldout_ppl_before']:.2f} -> {metrics['heldout_ppl_after']:.2f} "
             f"after {res.steps} steps")
     return list(trained.values()), trained

@@ -5,6 +5,7 @@
     prune: {method: ziplm, targets: [1.5, 2, 3], calib: wikipedia, windows: 32}
     distill: {data: wikipedia, steps: 200}   # optional: train every pruned model (KD from the dense one)
     export: {with_past: false}
+    engine: {precision: fp16, opt: 1x128}   # optional: TensorRT engines (GPU); verify then times them
     verify: {runtime: ort-cpu, threads: 1, rounds: 20}
     gate: {policy: policies/demo-pass.yaml}
     report: true
@@ -88,6 +89,24 @@ class ExportSpec:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """TensorRT engines of the exported models (the tensorrt package and an NVIDIA GPU); with this
+    section, verify times the engines (``verify.runtime: trt``). Shapes as for ``build-engine``."""
+
+    precision: str = "fp16"
+    opt: str = "1x128"
+    min: str | None = None
+    max: str | None = None
+    timing_cache: str | None = None
+    workspace_mb: int = 4096
+    opt_level: str = "3"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise UserError(f"engine.precision {self.precision!r} is not one of fp32, fp16, bf16")
+
+
+@dataclass(frozen=True)
 class VerifySpec:
     runtime: str = "ort-cpu"
     threads: int = 1
@@ -110,9 +129,22 @@ class PipelineSpec:
     profile: ProfileSpec = field(default_factory=ProfileSpec)
     distill: DistillSpec | None = None
     export: ExportSpec | None = field(default_factory=ExportSpec)
+    engine: EngineSpec | None = None
     verify: VerifySpec | None = field(default_factory=VerifySpec)
     gate: GateSpec | None = None
     report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            return
+        if self.export is None:
+            raise UserError("the engine section needs the export stage", "add 'export: {}' to the pipeline file")
+        if self.verify is not None and self.verify.runtime != "trt":
+            raise UserError(f"with engines, verify times them: 'verify.runtime' is {self.verify.runtime!r}",
+                            "set verify.runtime: trt, or drop the engine section")
+        if self.verify is not None and self.verify.eval_data:
+            raise UserError("'verify.eval_data' measures quality of model directories, not engines",
+                            "drop verify.eval_data, or the engine section")
 
     @staticmethod
     def load(path: str | os.PathLike) -> "PipelineSpec":
@@ -145,6 +177,7 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
         distill=replace(spec.distill, data=rel(spec.distill.data)) if spec.distill else None,
         verify=replace(spec.verify, eval_data=rel(spec.verify.eval_data)) if spec.verify else None,
         gate=replace(spec.gate, policy=rel(spec.gate.policy)) if spec.gate else None,
+        engine=replace(spec.engine, timing_cache=rel(spec.engine.timing_cache)) if spec.engine else None,
     )
 
 

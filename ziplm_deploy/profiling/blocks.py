@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
-from ..core.shape import LINEAR_KINDS, ModelShape, ffn_linear_dims
+from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
 
 OPSET = 18
 IR_VERSION = 9  # what onnxruntime >= 1.16 reads
@@ -347,7 +347,7 @@ def linear_graph(arch: ArchSpec, kind: str, rank: int | None, sizes: Sizes, dtyp
     (``rank`` None) or factorised to ``rank``: input ``x`` (batch, seq, in), output ``y``."""
     if kind not in LINEAR_KINDS:
         raise UserError(f"unknown FFN Linear kind {kind!r}", "in or out")
-    din, dout = ffn_linear_dims(arch, "down" if kind == "out" else "up", arch.ffn)
+    din, dout = kind_dims(arch, kind)
     b = GraphBuilder(dtype, seed)
     x = b.add_input("x", ["batch", "seq", din])
     b.add_output(_ffn_linear(b, arch, x, "ffn", din, dout, rank), "y", ["batch", "seq", dout])

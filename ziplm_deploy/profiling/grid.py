@@ -52,7 +52,7 @@ def random_shape(arch: ArchSpec, rng: np.random.Generator, p_zero: float = 0.15,
             heads = kv * int(rng.integers(1, arch.group_size + 1))
         ffn = 0 if rng.random() < p_zero else int(rng.integers(1, arch.ffn + 1))
         ranks: tuple[tuple[str, int], ...] = ()
-        if rng.random() < p_rank:
+        if p_rank > 0 and rng.random() < p_rank:  # no extra draw without ranks: seeds keep their shapes
             ffn = arch.ffn
             roles = [r for r in ffn_roles(arch) if rng.random() < 0.7] or [ffn_roles(arch)[-1]]
             ranks = tuple((r, int(rng.integers(1, min(ffn_linear_dims(arch, r, ffn)) + 1))) for r in sorted(roles))

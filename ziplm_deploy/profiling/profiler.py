@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
-from ..core.shape import LINEAR_KINDS, ModelShape, ffn_linear_dims
+from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
 from ..core.table import AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stats
 from ..runtime import Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
@@ -141,7 +141,7 @@ def _rank_points(arch: ArchSpec, step: int) -> list[tuple[str, int]]:
         return []
     points = []
     for kind in LINEAR_KINDS:
-        n_in, n_out = ffn_linear_dims(arch, "down" if kind == "out" else "up", arch.ffn)
+        n_in, n_out = kind_dims(arch, kind)
         points += [(kind, r) for r in rank_grid(n_in, n_out, step)]
     return points
 
