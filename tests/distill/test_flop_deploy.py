@@ -186,6 +186,13 @@ def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_pat
     assert sp["prediction_source"] == "table"
     assert sp["predicted"] == pytest.approx(manifest["metrics"]["predicted_speedup"], rel=1e-4)
     assert json.loads(report.read_text())["parity"]["ok"]
+    # FLOP then KD from the dense model: the factorised student trains and keeps its ranks
+    kd = tmp_path / "kd"
+    assert main(["distill", "--student", str(out), "--teacher", str(root / "dense"), "--data", str(root / "text.txt"),
+                 "--out", str(kd), "--steps", "2", "--seq-len", "16", "--batch-size", "2", "--eval-windows", "2",
+                 "--save-every", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert ModelShape.from_model(load_model(kd / "model")) == shape
     _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(out)], "already exists")
     _fails(capsys, base + ["--target-sparsity", "1.5", "--out", str(tmp_path / "x")], "target sparsity 1.5")
     _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(tmp_path / "x"), "--table", str(root / "plain.json")],
