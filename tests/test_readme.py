@@ -93,5 +93,6 @@ def test_readme_user_commands_run(tmp_path, monkeypatch, no_torch_env):
                 assert main(argv) == 0, argv
             ran += 1
     assert ran >= 8
-    for produced in ("table.json", "run/family-ziplm.json", "engines/ziplm-2x.onnx", "verify.json", "gate.xml"):
+    for produced in ("table.json", "run/family-ziplm.json", "run/flop-0.5/manifest.json", "engines/ziplm-2x.onnx",
+                     "engines/flop-0.5.onnx", "verify.json", "gate.xml"):
         assert (tmp_path / produced).is_file(), produced
