@@ -114,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     save_model(model, out, tokenizer=tokenizer, overwrite=args.overwrite,
                extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2, default=str) + "\n",
                             "flop.json": json.dumps(result.to_json(), indent=1) + "\n"})
+    if metrics["param_sparsity"] < config.target - 0.05:
+        import sys
+
+        print(f"warning: reached {metrics['param_sparsity']:.1%} parameter sparsity of the {config.target:.0%} target: "
+              "train longer (--steps), or move the gates faster (--gate-lr, --lambda-lr, --init-drop 0.05)",
+              file=sys.stderr)
     ranks = sorted(result.ranks.values())
     speed = f"; predicted speedup {metrics['predicted_speedup']:.2f}x" if table is not None else ""
     print(f"flop: {len(ranks)} Linears factorised, kept ranks {ranks[0]}..{ranks[-1]}, parameter sparsity "
