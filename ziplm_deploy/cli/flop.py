@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    from dataclasses import asdict
+
     import torch
 
     from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
@@ -107,16 +110,12 @@ def run(args: argparse.Namespace) -> int:
     if table is not None:
         metrics["predicted_speedup"] = table.speedup(shape)
         metrics["predicted_ms"] = table.predict(shape)
-    options = {"data": args.data, "target_sparsity": config.target, "steps": config.steps, "warmup": config.warmup,
-               "rank": config.rank, "init_drop": config.init_drop, "lr": config.lr, "gate_lr": config.gate_lr, "lambda_lr": config.lambda_lr,
-               "batch_size": config.batch_size, "seq_len": args.seq_len, "seed": config.seed, "table": args.table}
+    options = {**asdict(config), "data": args.data, "seq_len": args.seq_len, "table": args.table}
     manifest = new_manifest("flop", args.model, shape.to_json(), options=options, metrics=metrics)
     save_model(model, out, tokenizer=tokenizer, overwrite=args.overwrite,
                extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2, default=str) + "\n",
                             "flop.json": json.dumps(result.to_json(), indent=1) + "\n"})
     if metrics["param_sparsity"] < config.target - 0.05:
-        import sys
-
         print(f"warning: reached {metrics['param_sparsity']:.1%} parameter sparsity of the {config.target:.0%} target: "
               "train longer (--steps), or move the gates faster (--gate-lr, --lambda-lr, --init-drop 0.05)",
               file=sys.stderr)
