@@ -45,6 +45,18 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4):
     raise ValueError(family)
 
 
+def tiny_llama_for(tokenizer, layers: int, seed: int = 0):
+    """A tiny random Llama (hidden 32, 4 query heads in 2 KV groups, FFN 64, tied embeddings) over the
+    vocabulary of a real tokenizer, for commands that read text."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+
+
 # Non-uniform plans (indices into each layer): layer 0 loses all attention, one layer loses its FFN.
 PLANS = {
     "bert": [LayerPlan(heads=(), ffn=(1, 5, 90)), LayerPlan(heads=(0, 3), ffn=()), LayerPlan(heads=(2,)),

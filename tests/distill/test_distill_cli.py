@@ -6,8 +6,8 @@ import copy
 import json
 
 import pytest
-import torch
 
+from families import tiny_llama_for
 from test_gradual import linear_table
 from ziplm_deploy import load_model
 from ziplm_deploy.cli import main
@@ -21,15 +21,9 @@ TEXT = ("The river flows past the old mill and the village square. Farmers bring
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("distill-cli")
     tokenizer = load_tokenizer(smollm2_dir())
-    torch.manual_seed(0)
-    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3,
-                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                           intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True,
-                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    teacher = tiny_llama_for(tokenizer, layers=3)
     save_model(teacher, root / "teacher", tokenizer=tokenizer)
     student = shrink(copy.deepcopy(teacher), [LayerPlan(ffn=tuple(range(32))), LayerPlan(dropped=True), LayerPlan()])
     save_model(student, root / "student", tokenizer=tokenizer)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from families import PLANS, model_output, ort_session, tiny_model
+from families import PLANS, model_output, ort_session, tiny_llama_for, tiny_model
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.shape import LayerShape, ModelShape
 from ziplm_deploy.distill.flop import FlopConfig, flop_prune
@@ -120,8 +120,6 @@ def test_profiler_times_low_rank_linears_and_predicts_flop_shapes():
 
 @pytest.fixture(scope="module")
 def flop_dirs(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from ziplm_deploy.core.table import LatencyTable
     from ziplm_deploy.models.assets import smollm2_dir
     from ziplm_deploy.models.tokenizer import load_tokenizer
@@ -130,10 +128,7 @@ def flop_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("flop-cli")
     tokenizer = load_tokenizer(smollm2_dir())
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                         intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True))
+    model = tiny_llama_for(tokenizer, layers=2)
     save_model(model, root / "dense", tokenizer=tokenizer)
     arch = adapter_for(model).arch(model)
     table = profile(arch, ProfileOptions(seq=16, rank_step=16, protocol=Protocol(warmup=1, rounds=5, recheck=2)),

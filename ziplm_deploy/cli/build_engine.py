@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime.tensorrt import profiles_from_args  # noqa: F401  (torch-free; shared with the pipeline)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, help="source ONNX file")
@@ -28,43 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine")
 
 
-def profiles_from_args(onnx_inputs: dict[str, int], min_s: str | None, opt_s: str,
-                       max_s: str | None) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """{input: (min, opt, max)} from the three shape options; ``onnx_inputs`` maps input name -> rank."""
-    from ..core.errors import UserError
-    from ..runtime.tensorrt import parse_shapes
-
-    def expand(spec: str, flag: str) -> dict[str, tuple[int, ...]]:
-        if ":" in spec:
-            shapes = parse_shapes(spec)
-        else:
-            dims = parse_shapes(f"all:{spec}")["all"]
-            shapes = {n: dims for n, rank in onnx_inputs.items() if rank == len(dims)}
-        unknown = sorted(set(shapes) - set(onnx_inputs))
-        if unknown:
-            raise UserError(f"{flag}: the model has no input(s) {unknown}", f"inputs: {', '.join(onnx_inputs)}")
-        missing = sorted(set(onnx_inputs) - set(shapes))
-        if missing:
-            raise UserError(f"{flag}: no shape for input(s) {missing}", "name them: NAME:DxD,...")
-        return shapes
-
-    opt = expand(opt_s, "--opt")
-    lo = expand(min_s, "--min") if min_s else opt
-    hi = expand(max_s, "--max") if max_s else opt
-    out = {}
-    for name in onnx_inputs:
-        a, b, c = lo[name], opt[name], hi[name]
-        if not (len(a) == len(b) == len(c)) or any(x > y or y > z for x, y, z in zip(a, b, c)):
-            raise UserError(f"profile of {name!r} needs min <= opt <= max with equal ranks, got {a} / {b} / {c}")
-        out[name] = (a, b, c)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..core.errors import UserError
-    from ..runtime.tensorrt import _import_trt, build_engine, sidecar_path
+    from ..runtime.tensorrt import _import_trt, build_engine, onnx_input_ranks, sidecar_path
     from ..verify.measure import onnx_metadata
 
     src, out = Path(args.onnx), Path(args.out)
@@ -74,12 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"engine exists: {out}", "choose another --out or pass --overwrite")
     _import_trt()  # a clear error before any work where TensorRT is missing
     onnx_metadata(src)  # a clear error for a file that is not ONNX
-    import onnx
-
-    graph = onnx.load(str(src), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits}
-    profiles = profiles_from_args(inputs, args.min, args.opt, args.max)
+    profiles = profiles_from_args(onnx_input_ranks(src), args.min, args.opt, args.max)
     precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
     meta = build_engine(src, out, profiles, precision=precision, timing_cache=args.timing_cache,
                         workspace_mb=args.workspace_mb, opt_level=args.opt_level)

@@ -44,44 +44,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def loss_weights(args: argparse.Namespace, has_teacher: bool):
-    from ..core.errors import UserError
     from ..distill.losses import LossWeights
 
-    kd = args.kd_weight if args.kd_weight is not None else (1.0 if has_teacher else 0.0)
-    hidden = args.hidden_weight if args.hidden_weight is not None else (1.0 if has_teacher else 0.0)
-    task = args.task_weight if args.task_weight is not None else (0.0 if has_teacher else 1.0)
-    if not has_teacher and (kd > 0 or hidden > 0):
-        raise UserError("--kd-weight and --hidden-weight need --teacher", "pass --teacher DIR or set them to 0")
-    return LossWeights(kd=kd, hidden=hidden, task=task, temperature=args.temperature)
+    return LossWeights.for_student(has_teacher, args.kd_weight, args.hidden_weight, args.task_weight, args.temperature)
 
 
 def train_config(args: argparse.Namespace):
-    from ..distill.trainer import TrainConfig
+    from ..distill.trainer import TrainConfig, warmup_steps
 
-    warmup = args.warmup if args.warmup is not None else args.steps // 20
-    return TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay, warmup=min(warmup, args.steps),
-                       batch_size=args.batch_size, grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
+    return TrainConfig(steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+                       warmup=warmup_steps(args.steps, args.warmup), batch_size=args.batch_size,
+                       grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
                        mixed_precision=args.mixed_precision, seed=args.seed, eval_every=args.eval_every,
                        save_every=args.save_every, cpu=args.cpu)
 
 
 def training_windows(tokenizer, args: argparse.Namespace, data: str):
     """(train, held-out) windows: the held-out ones from --eval-data, else a seeded sample of ``data``."""
-    import torch
+    from ..prune.data import train_heldout_windows
 
-    from ..core.errors import UserError
-    from ..prune.data import read_texts, token_windows
-
-    if args.eval_windows < 1:
-        raise UserError("--eval-windows must be >= 1")
-    windows = token_windows(tokenizer, read_texts(data), args.seq_len, min_count=1 if args.eval_data else 2)
-    if args.eval_data:
-        held = token_windows(tokenizer, read_texts(args.eval_data), args.seq_len, count=args.eval_windows,
-                             seed=args.seed)
-        return windows, held
-    n_eval = min(args.eval_windows, max(1, len(windows) // 10))
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(args.seed))
-    return windows[order[n_eval:].sort().values], windows[order[:n_eval].sort().values]
+    return train_heldout_windows(tokenizer, data, args.seq_len, args.eval_windows, args.seed, args.eval_data)
 
 
 def _tokenizer(model_dir: str):

@@ -72,12 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.table:  # checked before training: a table that cannot predict the result fails now, not after
         table = LatencyTable.load(args.table)
         table.check_arch(arch, args.model)
-        if not table.lowrank:
-            raise UserError(f"{args.table} has no low-rank entries", "profile with `ziplm-deploy profile --rank-step 32`")
-        widths = {s.ffn for s in shape.layers if not s.dropped and s.ffn}
-        if widths - {arch.ffn}:
-            raise UserError("the latency table predicts FLOP ranks at the dense FFN width only; "
-                            f"this model has FFN widths {sorted(widths)}", "drop --table, or run flop on the dense model")
+        table.check_predicts_ranks(shape)
     windows, held = training_windows(tokenizer, args, args.data)
     model = load_model(args.model)
     print(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")

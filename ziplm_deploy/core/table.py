@@ -206,7 +206,7 @@ class LatencyTable:
         """Time of a dense-width FFN Linear of ``kind`` factorised to ``rank`` (interpolated on the grid)."""
         points = [(e.rank, e.stats.get(self.statistic)) for e in self.lowrank if e.linear == kind]
         if not points:
-            raise UserError("latency table has no low-rank entries, needed for FLOP-factorised FFN Linears",
+            raise UserError(f"latency table has no low-rank entries for {kind!r} Linears, needed for FLOP ranks",
                             "profile with `ziplm-deploy profile --rank-step 32`")
         for r, v in points:
             if r == rank:
@@ -217,11 +217,27 @@ class LatencyTable:
         (r0, v0), (r1, v1) = points[i - 1], points[i]
         return max(v0 + (v1 - v0) * (rank - r0) / (r1 - r0), 0.0)
 
-    def _rank_delta(self, layer: LayerShape) -> float:
-        """What factorising the layer's FFN Linears changes: factorised pair minus dense Linear, summed."""
+    def _require_lowrank(self) -> None:
+        if not self.lowrank:
+            raise UserError("latency table has no low-rank entries, needed for FLOP-factorised FFN Linears",
+                            "profile with `ziplm-deploy profile --rank-step 32`")
+
+    def _require_dense_width(self, i: int, layer: LayerShape) -> None:
         if layer.ffn != self.arch.ffn:
-            raise UserError(f"the latency table predicts FLOP ranks at the dense FFN width {self.arch.ffn} only; "
-                            f"this layer has ffn {layer.ffn}", "factorise a model whose FFN is not pruned")
+            raise UserError(f"the latency table predicts FLOP ranks at the dense FFN width only ({self.arch.ffn}); "
+                            f"layer {i} has ffn {layer.ffn}", "factorise a model whose FFN is not pruned")
+
+    def check_predicts_ranks(self, shape: ModelShape) -> None:
+        """Refuse, before any training, a model whose FLOP ranks this table could not predict: the table
+        has no low-rank entries, or a kept FFN is pruned (low-rank entries are at the dense width)."""
+        self._require_lowrank()
+        for i, layer in enumerate(shape.layers):
+            if not layer.dropped and layer.ffn:
+                self._require_dense_width(i, layer)
+
+    def _rank_delta(self, i: int, layer: LayerShape) -> float:
+        """What factorising the layer's FFN Linears changes: factorised pair minus dense Linear, summed."""
+        self._require_dense_width(i, layer)
         delta = 0.0
         for role, rank in layer.ranks:
             kind = linear_kind(role)
@@ -231,12 +247,12 @@ class LatencyTable:
     def raw_sum(self, shape: ModelShape) -> float:
         """Sum of the block entries of ``shape`` (ms, uncalibrated); dropped layers cost nothing."""
         total = 0.0
-        for layer in shape.layers:
+        for i, layer in enumerate(shape.layers):
             if layer.dropped:
                 continue
             total += self.attention_ms(layer.heads, layer.kv) + self.ffn_ms(layer.ffn)
             if layer.ranks:
-                total += self._rank_delta(layer)
+                total += self._rank_delta(i, layer)
         return total
 
     def check_arch(self, arch: ArchSpec, source: str = "model") -> None:

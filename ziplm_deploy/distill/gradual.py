@@ -22,6 +22,7 @@ from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json
 from ..core.manifest import MANIFEST_FILE
 from ..core.table import LatencyTable
+from ..prune.family import MemberRecord
 from .losses import LossWeights
 from .trainer import TrainConfig, save_student, train
 
@@ -45,19 +46,11 @@ class GradualConfig:
 
 
 @dataclass
-class Stage:
-    target: float
-    reachable: bool
-    max_speedup: float
-    path: str | None = None
-    predicted_ms: float = 0.0
-    predicted_speedup: float = 0.0
-    search_loss: float = 0.0
+class Stage(MemberRecord):
     oneshot_ppl: float | None = None  # held-out perplexity right after pruning
     distilled_ppl: float | None = None  # after distillation
     train_seconds: float = 0.0
     prune_seconds: float = 0.0
-    shape: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
 
 

@@ -42,6 +42,17 @@ class LossWeights:
     def needs_teacher(self) -> bool:
         return self.kd > 0 or self.hidden > 0
 
+    @staticmethod
+    def for_student(has_teacher: bool, kd: float | None = None, hidden: float | None = None,
+                    task: float | None = None, temperature: float = 2.0) -> "LossWeights":
+        """The weights with unset terms defaulted: KD + hidden states with a teacher, LM loss without."""
+        kd = kd if kd is not None else (1.0 if has_teacher else 0.0)
+        hidden = hidden if hidden is not None else (1.0 if has_teacher else 0.0)
+        task = task if task is not None else (0.0 if has_teacher else 1.0)
+        if not has_teacher and (kd > 0 or hidden > 0):
+            raise UserError("--kd-weight and --hidden-weight need --teacher", "pass --teacher DIR or set them to 0")
+        return LossWeights(kd=kd, hidden=hidden, task=task, temperature=temperature)
+
 
 def logit_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
              mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -84,6 +84,11 @@ class TrainResult:
         return asdict(self)
 
 
+def warmup_steps(steps: int, warmup: int | None) -> int:
+    """The warmup to use: ``warmup`` (default 5% of ``steps``), never more than ``steps``."""
+    return min(warmup if warmup is not None else steps // 20, steps)
+
+
 def lr_lambda(warmup: int, steps: int) -> Callable[[int], float]:
     """Linear warmup to 1 over ``warmup`` steps, then linear decay to 0 at ``steps``."""
 

@@ -250,20 +250,15 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
 def _engines(spec: PipelineSpec, exported: dict[str, str], out: Path,
              log: Callable[[str], None]) -> tuple[list[str], dict[str, str]]:
     """One engine (+ metadata sidecar) per exported ONNX file, with one optimisation profile."""
-    import onnx
-
-    from ..cli.build_engine import profiles_from_args
-    from ..runtime.tensorrt import build_engine
+    from ..runtime.tensorrt import build_engine, onnx_input_ranks, profiles_from_args
 
     e = spec.engine
     engines: dict[str, str] = {}
     for name, onnx_path in exported.items():
-        graph = onnx.load(onnx_path, load_external_data=False).graph
-        inits = {i.name for i in graph.initializer}
-        inputs = {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits}
         plan = out / f"{name}.plan"
         log(f"  building {plan} ({e.precision})")
-        build_engine(onnx_path, plan, profiles_from_args(inputs, e.min, e.opt, e.max), precision=e.precision,
+        profiles = profiles_from_args(onnx_input_ranks(onnx_path), e.min, e.opt, e.max)
+        build_engine(onnx_path, plan, profiles, precision=e.precision,
                      timing_cache=e.timing_cache, workspace_mb=e.workspace_mb, opt_level=e.opt_level)
         engines[name] = str(plan)
     return list(engines.values()), engines
@@ -275,23 +270,24 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, key: 
     pruned models) is kept, and a member interrupted mid-training continues from its last checkpoint;
     anything left by other options is removed first."""
     import shutil
-    import types
-    from ..cli.distill import loss_weights, train_config, training_windows
+
     from ..core.jsonio import read_json
     from ..core.manifest import MANIFEST_FILE
-    from ..distill.trainer import latest_checkpoint, save_student, train
+    from ..distill.losses import LossWeights
+    from ..distill.trainer import TrainConfig, latest_checkpoint, save_student, train, warmup_steps
     from ..models import load_model
     from ..models.tokenizer import load_tokenizer
+    from ..prune.data import train_heldout_windows
 
     d = spec.distill
-    args = types.SimpleNamespace(**asdict(d), weight_decay=0.0, max_grad_norm=1.0, eval_every=0, cpu=False,
-                                 eval_data=None)
-    weights = loss_weights(args, d.teacher)
-    config = train_config(args)
+    weights = LossWeights.for_student(d.teacher, d.kd_weight, d.hidden_weight, d.task_weight, d.temperature)
+    config = TrainConfig(steps=d.steps, lr=d.lr, warmup=warmup_steps(d.steps, d.warmup), batch_size=d.batch_size,
+                         grad_accum=d.grad_accum, mixed_precision=d.mixed_precision, seed=d.seed,
+                         save_every=d.save_every)
     tokenizer = load_tokenizer(spec.model)
     if tokenizer is None:
         raise UserError(f"{spec.model} has no tokenizer files", "save the tokenizer into the model directory")
-    windows, held = training_windows(tokenizer, args, d.data)
+    windows, held = train_heldout_windows(tokenizer, d.data, d.seq_len, d.eval_windows, d.seed)
     teacher = load_model(spec.model) if weights.needs_teacher else None
     trained: dict[str, str] = {}
     for m in members:

@@ -104,3 +104,17 @@ def calibration_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int,
         return token_windows(tokenizer, texts, seq_len, count=count, seed=seed, min_count=count)
     except UserError as e:
         raise UserError(f"calibration data {source}: {e.message}", e.hint) from None
+
+
+def train_heldout_windows(tokenizer: Any, data: str | os.PathLike, seq_len: int, eval_windows: int, seed: int = 0,
+                          eval_data: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) windows for training: the held-out ones from ``eval_data``, else a seeded
+    sample of ``data`` (at most a tenth of it) kept out of the training windows."""
+    if eval_windows < 1:
+        raise UserError("--eval-windows must be >= 1")
+    windows = token_windows(tokenizer, read_texts(data), seq_len, min_count=1 if eval_data else 2)
+    if eval_data:
+        return windows, token_windows(tokenizer, read_texts(eval_data), seq_len, count=eval_windows, seed=seed)
+    n_eval = min(eval_windows, max(1, len(windows) // 10))
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
+    return windows[order[n_eval:].sort().values], windows[order[:n_eval].sort().values]

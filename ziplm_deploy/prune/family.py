@@ -56,7 +56,10 @@ class PruneConfig:
 
 
 @dataclass
-class FamilyMember:
+class MemberRecord:
+    """One target of a family: whether it was reached, the model's path, predicted latency and shape.
+    One-shot families (``FamilyMember``) and gradual stages (``distill.gradual.Stage``) extend it."""
+
     target: float
     reachable: bool
     max_speedup: float
@@ -64,8 +67,12 @@ class FamilyMember:
     predicted_ms: float = 0.0
     predicted_speedup: float = 0.0
     search_loss: float = 0.0
-    calibration_ppl: float | None = None
     shape: dict[str, Any] | None = None
+
+
+@dataclass
+class FamilyMember(MemberRecord):
+    calibration_ppl: float | None = None
 
 
 @dataclass

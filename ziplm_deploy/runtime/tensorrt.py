@@ -310,6 +310,45 @@ def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def profiles_from_args(onnx_inputs: dict[str, int], min_s: str | None, opt_s: str,
+                       max_s: str | None) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """{input: (min, opt, max)} from the three shape options; ``onnx_inputs`` maps input name -> rank."""
+
+    def expand(spec: str, flag: str) -> dict[str, tuple[int, ...]]:
+        if ":" in spec:
+            shapes = parse_shapes(spec)
+        else:
+            dims = parse_shapes(f"all:{spec}")["all"]
+            shapes = {n: dims for n, rank in onnx_inputs.items() if rank == len(dims)}
+        unknown = sorted(set(shapes) - set(onnx_inputs))
+        if unknown:
+            raise UserError(f"{flag}: the model has no input(s) {unknown}", f"inputs: {', '.join(onnx_inputs)}")
+        missing = sorted(set(onnx_inputs) - set(shapes))
+        if missing:
+            raise UserError(f"{flag}: no shape for input(s) {missing}", "name them: NAME:DxD,...")
+        return shapes
+
+    opt = expand(opt_s, "--opt")
+    lo = expand(min_s, "--min") if min_s else opt
+    hi = expand(max_s, "--max") if max_s else opt
+    out = {}
+    for name in onnx_inputs:
+        a, b, c = lo[name], opt[name], hi[name]
+        if not (len(a) == len(b) == len(c)) or any(x > y or y > z for x, y, z in zip(a, b, c)):
+            raise UserError(f"profile of {name!r} needs min <= opt <= max with equal ranks, got {a} / {b} / {c}")
+        out[name] = (a, b, c)
+    return out
+
+
+def onnx_input_ranks(path: str | os.PathLike) -> dict[str, int]:
+    """Input name -> rank of an ONNX graph (initializers listed as inputs excluded), weights not loaded."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits}
+
+
 def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, profiles: dict[str, tuple[tuple[int, ...], ...]],
                  precision: str = "fp32", timing_cache: str | None = None, workspace_mb: int = 4096,
                  opt_level: str = "3") -> dict[str, Any]:

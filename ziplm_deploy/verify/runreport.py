@@ -61,6 +61,15 @@ def _key(path: str | None) -> str | None:
     return os.path.realpath(path) if path else None
 
 
+def _read_json(f: Path, data: RunData) -> Any:
+    """The JSON in ``f``, or None with a warning when it cannot be read."""
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        data.warnings.append(f"skipped {f.relative_to(data.run)}: {e}")
+        return None
+
+
 def collect(run: str | os.PathLike) -> RunData:
     run = Path(run)
     if not run.is_dir():
@@ -68,12 +77,8 @@ def collect(run: str | os.PathLike) -> RunData:
     data = RunData(run)
     by_path: dict[str, ModelRow] = {}
     for f in sorted(run.glob("family-*.json")):
-        try:
-            fam = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            data.warnings.append(f"skipped {f.name}: {e}")
-            continue
-        if fam.get("format") != FAMILY_FORMAT:
+        fam = _read_json(f, data)
+        if not isinstance(fam, dict) or fam.get("format") != FAMILY_FORMAT:
             continue
         _dense_from_model(data, fam.get("model"))
         for m in fam.get("members", []):
@@ -86,11 +91,7 @@ def collect(run: str | os.PathLike) -> RunData:
             data.rows.append(row)
             by_path[_key(m["path"])] = row
     for f in sorted(run.rglob("*verify*.json")):
-        try:
-            payload = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            data.warnings.append(f"skipped {f.relative_to(run)}: {e}")
-            continue
+        payload = _read_json(f, data)
         if not isinstance(payload, dict) or payload.get("format") != VERIFY_FORMAT:
             continue
         try:
