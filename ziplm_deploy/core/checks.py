@@ -1,0 +1,110 @@
+"""Fail-closed checks shared by every stage (torch-free): JSON field types, output paths, stale temporaries.
+
+Every reader of a project artifact validates what it uses through these helpers, so a wrong type, a
+non-finite number or a bool where an int belongs is a ``UserError`` naming the file and key path
+(``table.json: entries.attn.3.p25 must be a finite number, got nan``), never a traceback or a pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+# Every temporary this project creates starts with this, so a later run can sweep its own (and only its own).
+TEMP_PREFIX = ".ziplm-tmp-"
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key}" if key else source
+
+
+def number(value: Any, source: str, key: str, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, integer: bool = False) -> float:
+    """A finite real (never a bool, a string or null), optionally an integer and within [lo, hi]."""
+    kind = "an integer" if integer else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
+    if not math.isfinite(value):
+        raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
+    if integer and value != int(value):
+        raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise UserError(f"{_where(source, key)} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+    if hi is not None and value > hi:
+        raise UserError(f"{_where(source, key)} must be <= {hi:g}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def integer(value: Any, source: str, key: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    return int(number(value, source, key, lo=lo, hi=hi, integer=True))
+
+
+def typed(value: Any, types: type | tuple[type, ...], source: str, key: str, what: str) -> Any:
+    """``value`` if it is one of ``types`` (a bool is never accepted as a number), else a UserError."""
+    bad_bool = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
+    if bad_bool or not isinstance(value, types):
+        raise UserError(f"{_where(source, key)} must be {what}, got {value!r}", "regenerate or fix the file")
+    return value
+
+
+def mapping(value: Any, source: str, key: str = "") -> dict[str, Any]:
+    return typed(value, dict, source, key, "a JSON object")
+
+
+def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+    """Refuse an output path before any work: missing or unwritable parent, a file where a folder goes
+    (or the reverse). ``directory=True``: the output is a folder (it may exist)."""
+    path = Path(path)
+    if str(path) == "":
+        raise UserError(f"{what}: empty output path", "pass a file or folder name")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise UserError(f"{what} {path} exists and is not a folder", "remove it or choose another --out")
+        if not directory and path.is_dir():
+            raise UserError(f"{what} {path} is a folder, expected a file path", "pass a file name inside it")
+        target = path if directory else path.parent
+    else:
+        target = path.parent if str(path.parent) else Path(".")
+        probe = target
+        while not probe.exists():  # a folder output may create missing parents; a file's parent must be creatable
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise UserError(f"{what} {path}: {probe} is a file, not a folder", "choose another output path")
+        target = probe
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {target} is not writable", "choose a writable output location")
+    return path
+
+
+def sweep_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
+    """Remove this project's stale temporaries (``TEMP_PREFIX``*) directly inside ``folder``.
+
+    Only names with the project's prefix are touched; ``older_than_s`` keeps ones a concurrent run may
+    still be writing. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed: list[Path] = []
+    now = time.time()
+    for p in folder.iterdir():
+        if not p.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            if now - p.lstat().st_mtime < older_than_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
