@@ -31,10 +31,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse errors as one line (no usage dump), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="ziplm-deploy", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="ziplm-deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ziplm-deploy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
