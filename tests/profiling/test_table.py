@@ -180,10 +180,68 @@ def test_flop_ranks_refusals():
         LatencyTable.from_json(payload)
     payload = t.to_json()
     payload["lowrank"][0]["rank"] = "many"
-    with pytest.raises(UserError, match="non-integer"):
+    with pytest.raises(UserError, match=r"lowrank\[0\]\.rank must be an integer, got 'many'"):
         LatencyTable.from_json(payload)
     assert "lowrank" not in plain.to_json()  # tables without FLOP entries keep the pre-FLOP format
     payload = t.to_json()
     del payload["references"]["linear:in"]
     with pytest.raises(UserError, match="bad low-rank entry"):
         LatencyTable.from_json(payload)
+
+
+def _set(path: tuple, value):
+    def mutate(payload):
+        target = payload
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return mutate
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (_set(("version",), True), "version True is not supported"),
+    (_set(("version",), 1.0), "version 1.0 is not supported"),
+    (_set(("attention", 1, "p25"), float("nan")), r"attention\[1\]\.p25 must be a finite number, got nan"),
+    (_set(("attention", 1, "p25"), float("inf")), r"attention\[1\]\.p25 must be a finite number, got inf"),
+    (_set(("ffn", 2, "p50"), -0.5), r"ffn\[2\]\.p50 must be >= 0, got -0.5"),
+    (_set(("ffn", 2, "p90"), "1.2"), r"ffn\[2\]\.p90 must be a finite number, got '1.2'"),
+    (_set(("ffn", 2, "n"), True), r"ffn\[2\]\.n must be an integer, got True"),
+    (_set(("ffn", 2, "n"), 0), r"ffn\[2\]\.n must be >= 1"),
+    (_set(("attention", 1, "heads"), 1.5), r"attention\[1\]\.heads must be an integer, got 1.5"),
+    (_set(("attention", 1, "heads"), False), r"attention\[1\]\.heads must be an integer, got False"),
+    (_set(("ffn", 1, "ffn"), -25), r"ffn\[1\]\.ffn must be >= 0"),
+    (_set(("references", "dense", "p25"), float("nan")), r"references\.dense\.p25 must be a finite number"),
+    (_set(("references",), []), "references must be a JSON object"),
+    (_set(("calibration", "alpha"), float("nan")), "calibration.alpha must be a finite number, got nan"),
+    (_set(("calibration", "alpha"), -2.0), "calibration.alpha must be > 0, got -2.0"),
+    (_set(("calibration", "beta"), float("nan")), "calibration.beta must be a finite number, got nan"),
+    (_set(("calibration", "beta"), -50.0), "calibration.beta is -50.0 but the table's references give 3"),
+    (_set(("calibration", "alpha"), 2.5), "calibration.alpha is 2.5 but the table's references give 2"),
+    (_set(("calibration",), "fast"), "calibration must be a JSON object"),
+    (_set(("arch", "heads"), "4"), "arch.heads must be an integer, got '4'"),
+    (_set(("arch", "gated_ffn"), 0), "arch.gated_ffn must be true or false, got 0"),
+    (_set(("arch", "norm_eps"), float("nan")), "arch.norm_eps must be a finite number"),
+    (_set(("fingerprint", "threads"), True), "fingerprint.threads must be an integer, got True"),
+    (_set(("fingerprint", "cpu"), 3), "fingerprint.cpu must be a string, got 3"),
+    (_set(("protocol",), ["p25"]), "protocol must be a JSON object"),
+])
+def test_load_refuses_mistyped_and_non_finite_fields_naming_file_and_key(tmp_path, mutate, match):
+    payload = make_table().to_json()
+    mutate(payload)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(payload))  # NaN / Infinity as Python's json writes them
+    with pytest.raises(UserError, match=match) as err:
+        LatencyTable.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_table_with_a_negative_fitted_intercept_loads_and_predicts_only_positive_times(tmp_path):
+    # real profiles of tiny models fit small negative betas: valid, as long as predictions stay positive
+    t = make_table(dense=None, removed=0.5)
+    assert t.calibration.beta < 0
+    t.save(tmp_path / "t.json")
+    loaded = LatencyTable.load(tmp_path / "t.json")
+    assert loaded == t and loaded.predict(loaded.removed_shape()) == pytest.approx(0.5)
+    tiny = ModelShape((LayerShape(0, 0), LayerShape(dropped=True), LayerShape(dropped=True)))
+    with pytest.raises(UserError, match="predicts -?[0-9.e-]+ ms for this shape"):
+        loaded.predict(tiny)

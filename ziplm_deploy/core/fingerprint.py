@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .checks import integer, typed
 from .errors import UserError
+
+_INT_FIELDS = ("cores", "threads", "batch", "seq", "kv_len", "opset")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class DeviceFingerprint:
                 f"{source}: fingerprint has missing {sorted(missing)} / unknown {sorted(unknown)} keys",
                 "regenerate the table with `ziplm-deploy profile`",
             )
-        return DeviceFingerprint(**d)
+        return DeviceFingerprint(**{name: _field(name, d[name], source) for name in sorted(names)})
 
     def differences(self, other: "DeviceFingerprint", ignore: tuple[str, ...] = ("producer",)) -> list[str]:
         """``key: mine != theirs`` for every field that differs (``ignore``d fields excepted)."""
@@ -56,3 +59,14 @@ class DeviceFingerprint:
             if f.name not in ignore and a != b:
                 out.append(f"{f.name}: {a!r} != {b!r}")
         return out
+
+
+def _field(name: str, value: Any, source: str) -> Any:
+    """A fingerprint value of the right type: counts are non-negative integers, ``gpu`` a string or
+    null, everything else a string."""
+    key = f"fingerprint.{name}"
+    if name in _INT_FIELDS:
+        return integer(value, source, key, lo=0)
+    if name == "gpu":
+        return typed(value, (str, type(None)), source, key, "a string or null")
+    return typed(value, str, source, key, "a string")

@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .checks import TEMP_PREFIX
 from .errors import UserError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -47,9 +48,10 @@ def check_header(payload: Any, fmt: str, versions: tuple[int, ...], source: str)
             f"{source}: format is {payload.get('format')!r}, expected {fmt!r}",
             "pass a file written for this purpose",
         )
-    if payload.get("version") not in versions:
+    version = payload.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in versions:  # True == 1.0 == 1
         raise UserError(
-            f"{source}: {fmt} version {payload.get('version')!r} is not supported "
+            f"{source}: {fmt} version {version!r} is not supported "
             f"(this ziplm-deploy reads version {', '.join(map(str, versions))})",
             "upgrade ziplm-deploy or regenerate the file",
         )

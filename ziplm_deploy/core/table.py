@@ -28,12 +28,16 @@ interpolated linearly, and measured at the dense FFN width.
 
 from __future__ import annotations
 
+import math
 import os
+import types
+import typing
 from bisect import bisect_left
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .arch import ArchSpec
+from .checks import integer, mapping, number, typed
 from .errors import UserError
 from .fingerprint import DeviceFingerprint
 from .jsonio import atomic_write_json, check_header, read_json
@@ -60,11 +64,15 @@ class Stats:
         return asdict(self)
 
     @staticmethod
-    def from_json(d: Any, where: str) -> "Stats":
-        try:
-            return Stats(float(d["p25"]), float(d["p50"]), float(d["p90"]), int(d["n"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{where}: bad sample statistics ({e!r})", "expected p25, p50, p90 and n") from None
+    def from_json(d: Any, source: str, key: str) -> "Stats":
+        """Non-negative finite milliseconds and a positive sample count, each named by its key path."""
+        d = mapping(d, source, key)
+        missing = [k for k in ("p25", "p50", "p90", "n") if k not in d]
+        if missing:
+            raise UserError(f"{source}: {key}: bad sample statistics, missing {', '.join(missing)}",
+                            "expected p25, p50, p90 and n")
+        ms = [number(d[k], source, f"{key}.{k}", lo=0.0) for k in STATISTICS]
+        return Stats(*ms, integer(d["n"], source, f"{key}.n", lo=1))
 
 
 @dataclass(frozen=True)
@@ -271,7 +279,12 @@ class LatencyTable:
         if arch is not None:
             self.check_arch(arch)
         shape = shape.validate(self.arch)
-        return self.calibration.alpha * self.raw_sum(shape) + self.calibration.beta
+        ms = self.calibration.alpha * self.raw_sum(shape) + self.calibration.beta
+        if not math.isfinite(ms) or ms <= 0:
+            raise UserError(f"the latency table predicts {ms:g} ms for this shape: its calibration "
+                            f"(alpha {self.calibration.alpha:g}, beta {self.calibration.beta:g}) cannot predict it",
+                            "profile again with more rounds, on a quiet machine")
+        return ms
 
     def speedup(self, shape: ModelShape) -> float:
         return self.predict(self.dense_shape()) / self.predict(shape)
@@ -325,52 +338,48 @@ class LatencyTable:
 
     @staticmethod
     def from_json(payload: Any, source: str = "latency table") -> "LatencyTable":
+        """A table whose every field is checked: types, finite non-negative milliseconds, integer sizes,
+        the entries the predictor needs, and a calibration that reproduces its own reference models."""
         check_header(payload, TABLE_FORMAT, (TABLE_VERSION,), source)
         keys = {"format", "version", "fingerprint", "arch", "protocol", "attention", "ffn", "references", "calibration"}
         missing, unknown = keys - set(payload), set(payload) - keys - {"lowrank"}
         if missing or unknown:
             raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
                             "regenerate the table with `ziplm-deploy profile`")
-        arch_d = payload["arch"]
-        arch_names = {f.name for f in fields(ArchSpec)}
-        if not isinstance(arch_d, dict) or set(arch_d) != arch_names:
-            raise UserError(f"{source}: 'arch' does not describe an architecture", "regenerate the table")
-        arch = ArchSpec(**arch_d)
-        protocol = payload["protocol"]
-        if not isinstance(protocol, dict) or protocol.get("statistic", "p25") not in STATISTICS:
-            raise UserError(f"{source}: 'protocol.statistic' must be one of {STATISTICS}")
-        try:
-            att = [AttentionEntry(int(d["heads"]), int(d["kv_heads"]), Stats.from_json(d, f"{source}: attention[{i}]"))
-                   for i, d in enumerate(_entries(payload, "attention", ("heads", "kv_heads"), source))]
-            ffn = [FfnEntry(int(d["ffn"]), Stats.from_json(d, f"{source}: ffn[{i}]"))
-                   for i, d in enumerate(_entries(payload, "ffn", ("ffn",), source))]
-            lowrank = [RankEntry(str(d["linear"]), int(d["rank"]), Stats.from_json(d, f"{source}: lowrank[{i}]"))
-                       for i, d in enumerate(_entries(payload, "lowrank", ("linear", "rank"), source, optional=True))]
-        except (TypeError, ValueError) as e:
-            raise UserError(f"{source}: an entry has a non-integer heads/kv_heads/ffn/rank ({e})",
-                            "regenerate the table with `ziplm-deploy profile`") from None
+        arch = _arch_from_json(payload["arch"], source)
+        protocol = mapping(payload["protocol"], source, "protocol")
+        if protocol.get("statistic", "p25") not in STATISTICS:
+            raise UserError(f"{source}: protocol.statistic must be one of {STATISTICS}, got {protocol['statistic']!r}")
+        att, ffn, lowrank = _block_entries(payload, source)
         if not any(e.heads == 0 for e in att) or not any(e.ffn == 0 for e in ffn):
             raise UserError(f"{source}: the 0-heads and 0-FFN entries are required", "regenerate the table")
         if max(e.ffn for e in ffn) != arch.ffn or not any(e.heads == arch.heads for e in att):
             raise UserError(f"{source}: the dense head count and FFN width must be entries", "regenerate the table")
-        refs_d = payload["references"]
-        if not isinstance(refs_d, dict) or not {"dense", "removed"} <= set(refs_d):
-            raise UserError(f"{source}: 'references' needs 'dense' and 'removed'")
-        refs = {k: Stats.from_json(v, f"{source}: references.{k}") for k, v in refs_d.items()}
-        for e in lowrank:
-            if e.linear not in LINEAR_KINDS or e.rank < 1 or f"linear:{e.linear}" not in refs:
-                raise UserError(f"{source}: bad low-rank entry {e.linear}/{e.rank}",
+        refs_d = mapping(payload["references"], source, "references")
+        if not {"dense", "removed"} <= set(refs_d):
+            raise UserError(f"{source}: 'references' needs 'dense' and 'removed'", "regenerate the table")
+        refs = {k: Stats.from_json(v, source, f"references.{k}") for k, v in refs_d.items()}
+        for i, e in enumerate(lowrank):
+            if e.linear not in LINEAR_KINDS or f"linear:{e.linear}" not in refs:
+                raise UserError(f"{source}: lowrank[{i}]: bad low-rank entry {e.linear}/{e.rank}",
                                 "entries need linear in/out, rank >= 1 and the matching 'linear:' reference")
-        cal = payload["calibration"]
-        try:
-            calibration = Calibration(float(cal["alpha"]), float(cal["beta"]), float(cal["drift"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{source}: 'calibration' needs alpha, beta, drift") from None
-        return LatencyTable(
+        table = LatencyTable(
             DeviceFingerprint.from_json(payload["fingerprint"], source), arch, protocol,
             tuple(sorted(att, key=lambda e: (e.heads, e.kv_heads))), tuple(sorted(ffn, key=lambda e: e.ffn)),
-            refs, calibration, _sorted_ranks(lowrank),
+            refs, _calibration_from_json(payload["calibration"], source), _sorted_ranks(lowrank),
         )
+        table._check_calibration(source)
+        return table
+
+    def _check_calibration(self, source: str) -> None:
+        """The stored alpha, beta must be the fit of the stored references and entries (an edited or
+        corrupted calibration would predict anything)."""
+        fitted = self.recalibrated().calibration
+        for key in ("alpha", "beta"):
+            mine, fit = getattr(self.calibration, key), getattr(fitted, key)
+            if not math.isclose(mine, fit, rel_tol=1e-6, abs_tol=1e-9):
+                raise UserError(f"{source}: calibration.{key} is {mine!r} but the table's references give {fit!r}",
+                                "regenerate the table with `ziplm-deploy profile` (do not edit it)")
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_json())
@@ -390,9 +399,57 @@ def _entries(payload: dict[str, Any], key: str, required: tuple[str, ...], sourc
     if optional and items == []:
         return []
     if not isinstance(items, list) or not items:
-        raise UserError(f"{source}: '{key}' must be a non-empty list")
+        raise UserError(f"{source}: '{key}' must be a non-empty list", "regenerate the table")
     allowed = set(required) | {"p25", "p50", "p90", "n"}
     for i, d in enumerate(items):
         if not isinstance(d, dict) or not set(required) <= set(d) or set(d) - allowed:
-            raise UserError(f"{source}: {key}[{i}] must have keys {sorted(allowed)}")
+            raise UserError(f"{source}: {key}[{i}] must have keys {sorted(allowed)}", "regenerate the table")
     return items
+
+
+def _block_entries(payload: dict[str, Any], source: str) -> tuple[list[AttentionEntry], list[FfnEntry], list[RankEntry]]:
+    att = [AttentionEntry(integer(d["heads"], source, f"attention[{i}].heads", lo=0),
+                          integer(d["kv_heads"], source, f"attention[{i}].kv_heads", lo=0),
+                          Stats.from_json(d, source, f"attention[{i}]"))
+           for i, d in enumerate(_entries(payload, "attention", ("heads", "kv_heads"), source))]
+    ffn = [FfnEntry(integer(d["ffn"], source, f"ffn[{i}].ffn", lo=0), Stats.from_json(d, source, f"ffn[{i}]"))
+           for i, d in enumerate(_entries(payload, "ffn", ("ffn",), source))]
+    lowrank = [RankEntry(typed(d["linear"], str, source, f"lowrank[{i}].linear", "\"in\" or \"out\""),
+                         integer(d["rank"], source, f"lowrank[{i}].rank", lo=1), Stats.from_json(d, source, f"lowrank[{i}]"))
+               for i, d in enumerate(_entries(payload, "lowrank", ("linear", "rank"), source, optional=True))]
+    return att, ffn, lowrank
+
+
+def _calibration_from_json(cal: Any, source: str) -> Calibration:
+    cal = mapping(cal, source, "calibration")
+    missing = [k for k in ("alpha", "beta", "drift") if k not in cal]
+    if missing:
+        raise UserError(f"{source}: calibration lacks {', '.join(missing)}", "regenerate the table")
+    return Calibration(number(cal["alpha"], source, "calibration.alpha", lo=0.0, lo_open=True),
+                       number(cal["beta"], source, "calibration.beta"), number(cal["drift"], source, "calibration.drift"))
+
+
+def _arch_from_json(d: Any, source: str) -> ArchSpec:
+    """The dense architecture the table was measured for: every ArchSpec field, each of its type."""
+    d = mapping(d, source, "arch")
+    names = {f.name for f in fields(ArchSpec)}
+    if set(d) != names:
+        raise UserError(f"{source}: 'arch' does not describe an architecture (missing {sorted(names - set(d))}, "
+                        f"unknown {sorted(set(d) - names)})", "regenerate the table")
+    hints = typing.get_type_hints(ArchSpec)
+    values = {name: _arch_field(hints[name], d[name], source, f"arch.{name}") for name in sorted(names)}
+    return ArchSpec(**values)
+
+
+def _arch_field(tp: Any, value: Any, source: str, key: str) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # optional field
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is int:
+        return integer(value, source, key, lo=1)
+    if tp is float:
+        return number(value, source, key, lo=0.0)
+    if tp is bool:
+        return typed(value, bool, source, key, "true or false")
+    return typed(value, str, source, key, "a string")
