@@ -108,3 +108,32 @@ def test_flop_ranks_cut_parameters_and_flops():
     saved = (48 * 96 - 16 * (48 + 96)) + (96 * 48 - 8 * (96 + 48))
     assert block_params(arch, dense) - block_params(arch, low) == saved
     assert model_flops(arch, dense, 10) - model_flops(arch, low, 10) == 2 * 10 * saved
+
+
+def _layers(*layers):
+    return {"format": "ziplm-deploy/shape", "version": 1, "layers": list(layers)}
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({**_layers({"heads": 1, "ffn": 1}), "version": True}, "version True is not supported"),
+    (_layers({"heads": True, "ffn": 3}), r"layers\[0\]: 'heads' must be a non-negative integer, got True"),
+    (_layers({"heads": 2, "ffn": 3.0}), r"layers\[0\]: 'ffn' must be a non-negative integer, got 3.0"),
+    (_layers({"heads": 2, "ffn": 2.5}), r"layers\[0\]: 'ffn' must be a non-negative integer, got 2.5"),
+    (_layers({"heads": 2, "ffn": "64"}), r"layers\[0\]: 'ffn' must be a non-negative integer, got '64'"),
+    (_layers({"heads": 2, "ffn": 3}, {"heads": 2, "ffn": -3}), r"layers\[1\]: 'ffn' must be a non-negative integer"),
+    (_layers({"heads": 2, "ffn": 3, "kv_heads": False}), r"'kv_heads' must be a non-negative integer, got False"),
+    (_layers({"heads": 2, "ffn": 3, "ranks": {"up": True}}), r"rank of 'up' must be a positive integer, got True"),
+    (_layers({"heads": 2, "ffn": 3, "ranks": {"up": 4.0}}), r"rank of 'up' must be a positive integer, got 4.0"),
+    (_layers({"heads": 2, "ffn": 3, "ranks": {"up": 0}}), r"rank of 'up' must be a positive integer, got 0"),
+    (_layers({"dropped": "yes"}), r"'dropped' must be true or false"),
+    (_layers({"dropped": 1}), r"'dropped' must be true or false"),
+    (_layers([2, 3]), r"layers\[0\]: expected an object"),
+    ({"format": "ziplm-deploy/shape", "version": 1, "layers": "all"}, "'layers' must be a non-empty list"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_mistyped_shape_fields_are_refused_naming_file_and_key(tmp_path, payload, message):
+    path = tmp_path / "shape.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=message) as err:
+        ModelShape.load(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
