@@ -1,6 +1,8 @@
 """CI demo gate on the embedded default: SmolLM2-135M cut to its last 4 layers (baseline) and the same model
 pruned further (candidate), verified in ONNX Runtime CPU against the stored latency table, then gated with
-``policies/demo-pass.yaml`` (must pass: generous bounds) and ``policies/demo-impossible.yaml`` (must fail, exit 1).
+``policies/speed-parity-only.yaml`` (must pass: generous bounds), ``policies/demo-pass.yaml`` (must fail: the
+candidate lost its quality, and the demo policy budgets perplexity) and ``policies/demo-impossible.yaml`` (must
+fail, exit 1).
 
 Both models keep SmolLM2's 30-layer shape (26 layers dropped), so the stored table predicts them. The bounds
 are far from the measurement on purpose: timing noise must not decide a test.
@@ -54,7 +56,7 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_demo_policy_passes(demo_run, tmp_path, capsys):
+def test_speed_parity_policy_passes(demo_run, tmp_path, capsys):
     run, _ = demo_run
     report = json.loads((run / "candidate.verify.json").read_text())
     assert report["status"] == "ok", report["error"]
@@ -63,10 +65,24 @@ def test_demo_policy_passes(demo_run, tmp_path, capsys):
     quality = report["quality"]
     assert quality["metric"] == "perplexity" and quality["baseline"] > 1 and quality["candidate"] > 1
     capsys.readouterr()
-    assert main(["gate", "--policy", str(ROOT / "policies" / "demo-pass.yaml"), "--report",
+    assert main(["gate", "--policy", str(ROOT / "policies" / "speed-parity-only.yaml"), "--report",
                  str(run / "candidate.verify.json"), "--junit", str(tmp_path / "pass.xml")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("PASSED")
     assert ET.parse(tmp_path / "pass.xml").getroot().get("failures") == "0"
+
+
+@pytest.mark.slow
+def test_demo_policy_fails_a_fast_model_that_lost_its_quality(demo_run, tmp_path, capsys):
+    run, _ = demo_run
+    quality = json.loads((run / "candidate.verify.json").read_text())["quality"]
+    assert quality["candidate"] / quality["baseline"] > 3  # two more layers dropped: far past the 3x budget
+    capsys.readouterr()
+    assert main(["gate", "--policy", str(ROOT / "policies" / "demo-pass.yaml"), "--report",
+                 str(run / "candidate.verify.json"), "--junit", str(tmp_path / "fail.xml")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  max_perplexity_increase" in out
+    assert "PASS  min_speedup" in out and "PASS  parity" in out  # fast and faithful: only quality fails it
+    assert out.strip().splitlines()[-1].endswith("max_perplexity_increase")
 
 
 @pytest.mark.slow
