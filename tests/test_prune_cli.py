@@ -61,7 +61,7 @@ def test_prune_input_errors(tmp_path, capsys):
     base = ["prune", "--model", str(model), "--table", str(TABLE), "--out", str(tmp_path / "run")]
     fails(base + ["--calib", str(tiny), "--windows", "16"], "gives 0 sequences of 128 tokens")
     fails(base + ["--calib", str(tmp_path / "nope.txt")], "calibration data not found")
-    fails(base + ["--calib", "wikipedia", "--targets", "0.5"], "speedup targets must be >= 1")
+    fails(base + ["--calib", "wikipedia", "--targets", "0.5"], "a speedup target must be >= 1, got 0.5")
     other = tmp_path / "other.json"
     payload = json.loads(TABLE.read_text())
     payload["arch"]["hidden"] = 768

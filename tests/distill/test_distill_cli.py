@@ -59,7 +59,7 @@ def test_distill_then_resume_and_errors(dirs, capsys, tmp_path):
     _fails(capsys, ["distill", "--student", str(tmp_path / "none"), "--data", str(data), "--out", str(tmp_path / "x")],
            "model directory not found")
     _fails(capsys, argv[:6] + [str(tmp_path / "missing.txt"), "--out", str(tmp_path / "y")], "not found")
-    _fails(capsys, argv[:8] + [str(tmp_path / "z"), "--steps", "0"], "--steps 0 must be >= 1")
+    _fails(capsys, argv[:8] + [str(tmp_path / "z"), "--steps", "0"], "--steps: must be >= 1, got 0")
 
 
 def test_layerchop_pretraining_without_teacher(dirs, capsys, tmp_path):

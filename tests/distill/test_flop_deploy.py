@@ -189,7 +189,7 @@ def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_pat
     capsys.readouterr()
     assert ModelShape.from_model(load_model(kd / "model")) == shape
     _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(out)], "already exists")
-    _fails(capsys, base + ["--target-sparsity", "1.5", "--out", str(tmp_path / "x")], "target sparsity 1.5")
+    _fails(capsys, base + ["--target-sparsity", "1.5", "--out", str(tmp_path / "x")], "target sparsity must be < 1, got 1.5")
     _fails(capsys, base + ["--target-sparsity", "0.5", "--out", str(tmp_path / "x"), "--table", str(root / "plain.json")],
            "has no low-rank entries")
     pruned = ["--model", str(root / "pruned")]

@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..core.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a bad option (2, one line printed): an exit code, as below
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2

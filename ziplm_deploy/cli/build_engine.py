@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import argtypes
 from ..runtime.tensorrt import profiles_from_args  # noqa: F401  (torch-free; shared with the pipeline)
 
 
@@ -25,14 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt", default="1x128", help="shapes TensorRT tunes for (default 1x128)")
     p.add_argument("--max", help="largest input shapes of the optimisation profile")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read if present, then updated)")
-    p.add_argument("--workspace-mb", type=int, default=4096, help="builder workspace (default 4096 MB)")
-    p.add_argument("--opt-level", default="3", help="builder optimisation level 0..5 (default 3)")
+    p.add_argument("--workspace-mb", type=argtypes.positive_int, default=4096, help="builder workspace (default 4096 MB)")
+    p.add_argument("--opt-level", default="3", choices=tuple("012345"), help="builder optimisation level 0..5 (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..runtime.tensorrt import _import_trt, build_engine, onnx_input_ranks, sidecar_path
     from ..verify.measure import onnx_metadata
@@ -40,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     src, out = Path(args.onnx), Path(args.out)
     if not src.is_file():
         raise UserError(f"ONNX file not found: {src}")
+    check_output_path(out, "--out")
+    check_output_path(sidecar_path(out), "engine metadata")
+    if args.timing_cache:
+        check_output_path(args.timing_cache, "--timing-cache")
     if out.exists() and not args.overwrite:
         raise UserError(f"engine exists: {out}", "choose another --out or pass --overwrite")
     _import_trt()  # a clear error before any work where TensorRT is missing

@@ -11,29 +11,31 @@ import argparse
 import json
 from pathlib import Path
 
+from . import argtypes
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (dense, or pruned by ziplm-deploy)")
     p.add_argument("--data", required=True,
                    help="training text: .txt, .jsonl ('text'), a saved HF dataset dir, or 'wikipedia'")
-    p.add_argument("--target-sparsity", type=float, required=True,
+    p.add_argument("--target-sparsity", type=argtypes.ranged(0, 1, lo_open=True, hi_open=True, what="target sparsity"), required=True,
                    help="fraction of the FFN Linears' parameters to remove, in (0, 1), e.g. 0.5")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
-    p.add_argument("--warmup", type=int, default=None, help="steps over which the target ramps up (default steps/2)")
-    p.add_argument("--rank", type=int, default=None,
+    p.add_argument("--steps", type=argtypes.positive_int, default=200, help="training steps (default 200)")
+    p.add_argument("--warmup", type=argtypes.nonneg_int, default=None, help="steps over which the target ramps up (default steps/2)")
+    p.add_argument("--rank", type=argtypes.positive_int, default=None,
                    help="initial rank of every factorised Linear (default: in*out/(in+out), parameter-neutral)")
-    p.add_argument("--init-drop", type=float, default=0.5,
+    p.add_argument("--init-drop", type=argtypes.open_unit, default=0.5,
                    help="initial drop rate of the rank gates (default 0.5 as in FLOP; small values start near the dense model)")
-    p.add_argument("--lr", type=float, default=1e-4, help="weight learning rate (default 1e-4)")
-    p.add_argument("--gate-lr", type=float, default=0.1, help="gate learning rate (default 0.1)")
-    p.add_argument("--lambda-lr", type=float, default=0.01, help="Lagrange multiplier learning rate (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per step (default 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="window length in tokens (default 128)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=1e-4, help="weight learning rate (default 1e-4)")
+    p.add_argument("--gate-lr", type=argtypes.positive_float, default=0.1, help="gate learning rate (default 0.1)")
+    p.add_argument("--lambda-lr", type=argtypes.positive_float, default=0.01, help="Lagrange multiplier learning rate (default 0.01)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=4, help="windows per step (default 4)")
+    p.add_argument("--seq-len", type=argtypes.seq_len, default=128, help="window length in tokens (default 128)")
     p.add_argument("--eval-data", help="held-out text (default: hold out --eval-windows windows of --data)")
-    p.add_argument("--eval-windows", type=int, default=16, help="held-out windows (default 16)")
+    p.add_argument("--eval-windows", type=argtypes.positive_int, default=16, help="held-out windows (default 16)")
     p.add_argument("--table", help="latency table of the model: print (and record) the predicted speedup")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=argtypes.nonneg_int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true")
 
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
+    from ..core.arch import SHAPE_CONFIG_KEY, read_model_config
+    from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..core.manifest import MANIFEST_FILE, new_manifest
     from ..core.shape import ModelShape
@@ -52,16 +55,16 @@ def run(args: argparse.Namespace) -> int:
     from ..distill.flop import FlopConfig, flop_prune
     from ..models import adapter_for, load_model, save_model
     from ..prune.evaluate import perplexity
-    from .distill import _tokenizer, training_windows
+    from .distill import _tokenizer, check_model, training_windows
 
     config = FlopConfig(target=args.target_sparsity, steps=args.steps, warmup=args.warmup, rank=args.rank,
                         init_drop=args.init_drop, lr=args.lr, gate_lr=args.gate_lr, lambda_lr=args.lambda_lr, batch_size=args.batch_size,
                         seed=args.seed)
-    out = Path(args.out)
+    out = check_output_path(args.out, "output directory", directory=True)
     if out.exists() and not args.overwrite:
         raise UserError(f"output directory {out} already exists", "choose another --out or pass --overwrite")
     tokenizer = _tokenizer(args.model)
-    arch = arch_from_dir(args.model)
+    arch = check_model(args.model, "flop", args.seq_len)
     raw = read_model_config(args.model)
     recorded = raw.get(SHAPE_CONFIG_KEY)
     shape = ModelShape.from_json(recorded, f"{args.model}/config.json") if recorded else ModelShape.dense(arch)

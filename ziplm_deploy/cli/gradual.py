@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import argtypes
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .distill import add_training_arguments
@@ -15,28 +17,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", required=True,
                    help="calibration text for the OBS Hessians: .txt, .jsonl, a saved HF dataset dir, or 'wikipedia'")
     p.add_argument("--data", help="distillation text (default: --calib)")
-    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0],
+    p.add_argument("--targets", type=argtypes.speedup, nargs="+", default=[1.5, 2.0, 3.0],
                    help="ascending speedup targets over the dense model (default 1.5 2 3)")
     p.add_argument("--out", required=True, help="run directory: one model directory per target + family JSON")
-    p.add_argument("--windows", type=int, default=64, help="calibration windows (default 64)")
-    p.add_argument("--ffn-step", type=int, help="FFN level grid step (default dense FFN width / 32)")
-    p.add_argument("--damp", type=float, default=0.01, help="Hessian dampening (default 0.01)")
+    p.add_argument("--windows", type=argtypes.positive_int, default=64, help="calibration windows (default 64)")
+    p.add_argument("--ffn-step", type=argtypes.positive_int, help="FFN level grid step (default dense FFN width / 32)")
+    p.add_argument("--damp", type=argtypes.positive_float, default=0.01, help="Hessian dampening (default 0.01)")
     p.add_argument("--loss", default="relative", choices=("relative", "absolute"))
     add_training_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.checks import check_output_path
     from ..core.table import LatencyTable
     from ..distill.gradual import GradualConfig, gradual_ziplm
     from ..models import load_model
     from ..prune.data import calibration_windows
-    from .distill import _main_print, _tokenizer, loss_weights, train_config, training_windows
+    from .distill import (_main_print, _tokenizer, check_mixed_precision, check_model, loss_weights, train_config,
+                          training_windows)
 
     config = GradualConfig(targets=tuple(args.targets), ffn_step=args.ffn_step, damp=args.damp, loss=args.loss)
-    table = LatencyTable.load(args.table)
-    tokenizer = _tokenizer(args.model)
     weights = loss_weights(args, has_teacher=True)
     tconfig = train_config(args)
+    check_output_path(args.out, "run directory", directory=True)
+    check_mixed_precision(args)
+    table = LatencyTable.load(args.table)
+    tokenizer = _tokenizer(args.model)
+    check_model(args.model, "gradual", args.seq_len)
     calib = calibration_windows(tokenizer, args.calib, args.seq_len, args.windows, args.seed)
     windows, held = training_windows(tokenizer, args, args.data or args.calib)
     say = _main_print()

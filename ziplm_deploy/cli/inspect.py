@@ -7,30 +7,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
+import math
 from pathlib import Path
 from typing import Any
+
+from . import argtypes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="model directory or .onnx file")
-    p.add_argument("--seq", type=int, default=128, help="sequence length for the FLOP count (default 128)")
+    p.add_argument("--seq", type=argtypes.positive_int, default=128, help="sequence length for the FLOP count (default 128)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _safetensors_params(model_dir: Path) -> int:
-    total = 0
-    for f in sorted(model_dir.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in info["shape"]:
-                    count *= dim
-                total += count
-    return total
+    """Parameters in the safetensors files (headers only; a corrupt or truncated file is refused)."""
+    from ..core.checks import safetensors_header
+
+    return sum(math.prod(info["shape"]) for f in sorted(model_dir.glob("*.safetensors"))
+               for info in safetensors_header(f).values())
+
+
+def _metadata_json(meta: dict[str, str], key: str, path: Path) -> Any:
+    from ..core.errors import UserError
+
+    if key not in meta:
+        return None
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: metadata {key} is not valid JSON", "re-export it with ziplm-deploy export") from None
 
 
 def _onnx_info(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int, dict[str, str]]:
@@ -52,15 +58,14 @@ def _onnx_info(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None
         for dim in init.dims:
             count *= dim
         params += count
-    config = json.loads(meta["ziplm_config"]) if "ziplm_config" in meta else None
-    shape = json.loads(meta["ziplm_shape"]) if "ziplm_shape" in meta else None
+    config, shape = _metadata_json(meta, "ziplm_config", path), _metadata_json(meta, "ziplm_shape", path)
     io = {i.name: "input" for i in proto.graph.input}
     io.update({o.name: "output" for o in proto.graph.output})
     return config, shape, params, io
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.arch import SHAPE_CONFIG_KEY, arch_from_config, read_model_config
+    from ..core.arch import SHAPE_CONFIG_KEY, arch_from_config, config_path, read_model_config
     from ..core.cost import block_params, model_flops
     from ..core.errors import UserError
     from ..core.shape import ModelShape
@@ -69,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     io: dict[str, str] = {}
     if path.is_dir():
         config = read_model_config(path)
+        source = str(config_path(path))
+        shape_source = f"{source}: {SHAPE_CONFIG_KEY}"
         shape_json = config.get(SHAPE_CONFIG_KEY)
         params = _safetensors_params(path)
         kind = "model directory"
     elif path.is_file():
         config, shape_json, params, io = _onnx_info(path)
-        kind = "ONNX file"
+        source, shape_source, kind = f"{path}: ziplm_config", f"{path}: ziplm_shape", "ONNX file"
         if config is None:
             print(f"{path}: ONNX file without ziplm-deploy metadata; {params / 1e6:.2f}M parameters in initializers")
             for name, role in io.items():
@@ -82,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
     else:
         raise UserError(f"{path} not found", "pass a model directory or an .onnx file")
-    arch = arch_from_config(config, source=str(path))
-    shape = (ModelShape.from_json(shape_json, source=f"{path}: {SHAPE_CONFIG_KEY}") if shape_json
+    arch = arch_from_config(config, source=source)
+    shape = (ModelShape.from_json(shape_json, source=shape_source) if shape_json
              else ModelShape.dense(arch)).validate(arch)
     dense = ModelShape.dense(arch)
     flops, dense_flops = model_flops(arch, shape, args.seq), model_flops(arch, dense, args.seq)

@@ -9,35 +9,39 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import argtypes
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (only config.json is read)")
     p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt | torch (default ort-cpu)")
     p.add_argument("--out", help="write the latency table here (TABLE.json)")
     p.add_argument("--table", help="with --check and no --out: check this existing table instead of profiling")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=128, help="prefill sequence length (default 128)")
-    p.add_argument("--decode-kv-len", type=int, default=0, metavar="L",
+    p.add_argument("--batch", type=argtypes.positive_int, default=1)
+    p.add_argument("--seq", type=argtypes.positive_int, default=128, help="prefill sequence length (default 128)")
+    p.add_argument("--decode-kv-len", type=argtypes.nonneg_int, default=0, metavar="L",
                    help="profile decoding one token with a KV cache of L tokens instead of prefill")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--threads", type=argtypes.nonneg_int, default=1,
+                   help="intra-op threads (default 1; 0: the runtime's default)")
     p.add_argument("--opt-level", default="all", help="graph optimisation level: disabled|basic|extended|all")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-    p.add_argument("--ffn-step", type=int, default=32, help="FFN width grid step (default 32)")
-    p.add_argument("--rank-step", type=int, default=0, metavar="R",
+    p.add_argument("--ffn-step", type=argtypes.positive_int, default=32, help="FFN width grid step (default 32)")
+    p.add_argument("--rank-step", type=argtypes.nonneg_int, default=0, metavar="R",
                    help="also time FLOP-factorised FFN Linears on a rank grid of step R (default 0: off)")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up calls per entry (default 5)")
-    p.add_argument("--rounds", type=int, default=50, help="shuffled round-robin rounds (default 50)")
-    p.add_argument("--check", type=int, default=0, metavar="N", help="also time N random non-uniform shapes end to end")
-    p.add_argument("--check-rounds", type=int, default=20, help="rounds for --check (default 20)")
+    p.add_argument("--warmup", type=argtypes.nonneg_int, default=5, help="warm-up calls per entry (default 5)")
+    p.add_argument("--rounds", type=argtypes.positive_int, default=50, help="shuffled round-robin rounds (default 50)")
+    p.add_argument("--check", type=argtypes.nonneg_int, default=0, metavar="N", help="also time N random non-uniform shapes end to end")
+    p.add_argument("--check-rounds", type=argtypes.positive_int, default=20, help="rounds for --check (default 20)")
     p.add_argument("--check-out", help="write the --check report (JSON) here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-speedup-error", type=float, default=None,
+    p.add_argument("--seed", type=argtypes.nonneg_int, default=0)
+    p.add_argument("--max-speedup-error", type=argtypes.nonneg_float, default=None,
                    help="with --check: exit 1 when a speedup prediction is off by more than this fraction")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..core.arch import arch_from_dir
+    from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..core.jsonio import atomic_write_json
     from ..core.table import LatencyTable
@@ -46,11 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out and not (args.check and args.table):
         raise UserError("nothing to do", "pass --out TABLE.json (and/or --check N --table TABLE.json)")
-    for name in ("batch", "seq", "threads", "ffn_step", "rounds", "check_rounds"):
-        if getattr(args, name) < (0 if name == "threads" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.check < 0 or args.decode_kv_len < 0 or args.warmup < 0 or args.rank_step < 0:
-        raise UserError("--check, --decode-kv-len, --warmup and --rank-step must be >= 0")
+    for option, path in (("--out", args.out), ("--check-out", args.check_out)):
+        if path is not None:
+            check_output_path(path, option)
     arch = arch_from_dir(args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,

@@ -18,11 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..core.checks import check_output_path
     from ..core.jsonio import atomic_write_bytes
     from ..verify.runreport import collect, render_html, render_markdown
 
+    out = check_output_path(args.out or Path(args.run) / "report.html", "--out")
+    if args.markdown:
+        check_output_path(args.markdown, "--markdown")
     data = collect(args.run)
-    out = Path(args.out) if args.out else Path(args.run) / "report.html"
     atomic_write_bytes(out, render_html(data).encode())
     if args.markdown:
         atomic_write_bytes(args.markdown, render_markdown(data).encode())

@@ -7,6 +7,7 @@ non-finite number or a bool where an int belongs is a ``UserError`` naming the f
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -35,9 +36,10 @@ def number(value: Any, source: str, key: str, *, lo: float | None = None, hi: fl
     if integer and value != int(value):
         raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise UserError(f"{_where(source, key)} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+        raise UserError(f"{_where(source, key)} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}",
+                        "regenerate or fix the file")
     if hi is not None and value > hi:
-        raise UserError(f"{_where(source, key)} must be <= {hi:g}, got {value!r}")
+        raise UserError(f"{_where(source, key)} must be <= {hi:g}, got {value!r}", "regenerate or fix the file")
     return int(value) if integer else float(value)
 
 
@@ -108,3 +110,52 @@ def sweep_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0) -> l
         except OSError:
             continue
     return removed
+
+
+# Bytes per element of the safetensors dtypes (others are accepted without a size check).
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                      "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _corrupt(path: Path, why: str) -> UserError:
+    return UserError(f"{path.name} in {path.parent} is corrupt or truncated: {why}", "re-save or re-download the model")
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The tensor entries of a ``.safetensors`` file (torch-free), after checking the file is whole: a
+    header that parses, tensor sizes that match their shapes, and data that ends exactly at the file's end."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise _corrupt(path, f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise _corrupt(path, f"header of {n} bytes, but the file has {size} bytes")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _corrupt(path, "its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its header is not a JSON object")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = max((_tensor_end(path, name, info) for name, info in tensors.items()), default=0)
+    if end != size - 8 - n:
+        raise _corrupt(path, f"tensor data needs {end} bytes, the file holds {size - 8 - n}")
+    return tensors
+
+
+def _tensor_end(path: Path, name: str, info: Any) -> int:
+    """Where one tensor's data ends, after checking its entry (dtype, shape, offsets) is consistent."""
+    ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+    offsets = info.get("data_offsets") if ok else None
+    ok = ok and isinstance(offsets, list) and len(offsets) == 2
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in info["shape"] + offsets):
+        raise _corrupt(path, f"bad header entry for {name}")
+    start, end = offsets
+    count = math.prod(info["shape"])
+    width = _SAFETENSORS_BYTES.get(info["dtype"])
+    if end < start or (width is not None and end - start != count * width):
+        raise _corrupt(path, f"{name} has {end - start} bytes for shape {info['shape']} of {info['dtype']}")
+    return end

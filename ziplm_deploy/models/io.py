@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.arch import SHAPE_CONFIG_KEY, arch_from_config, read_model_config
+from ..core import checks
+from ..core.arch import SHAPE_CONFIG_KEY, ArchSpec, arch_from_config, arch_from_dir, config_path, read_model_config
 from ..core.errors import UserError
+from ..core.jsonio import read_json
 from ..core.shape import ModelShape
 from .base import LayerPlan, apply_ranks, shrink
 
@@ -60,35 +62,100 @@ def _model_class(config: Any):
     return cls
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file (checked whole by ``check_weights``): a damaged file is the user's error naming it."""
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise UserError(f"{file.name} in {file.parent} is corrupt or truncated: {type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]}", "re-save or re-download the model") from None
+
+
+def _shards(path: Path, index_name: str) -> list[Path]:
+    """The shard files an index names (its ``weight_map`` values), checked to be a mapping of file names."""
+    index = checks.mapping(read_json(path / index_name, "weights index"), str(path / index_name))
+    weight_map = checks.mapping(index.get("weight_map"), str(path / index_name), "weight_map")
+    names = {checks.typed(v, str, str(path / index_name), f"weight_map.{k}", "a file name") for k, v in weight_map.items()}
+    return [path / name for name in sorted(names)]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for single, index_name in ((PRUNED_WEIGHTS, PRUNED_WEIGHTS_INDEX), (WEIGHTS, WEIGHTS_INDEX)):
         if (path / single).is_file():
-            return load_file(str(path / single))
+            return _load_file(path / single)
         if (path / index_name).is_file():
-            index = json.loads((path / index_name).read_text())
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                state.update(load_file(str(path / shard)))
+            for shard in _shards(path, index_name):
+                state.update(_load_file(shard))
             return state
     raise UserError(f"{path} has no {PRUNED_WEIGHTS}", "save pruned models with ziplm_deploy.models.save_model")
 
 
+def check_weights(path: str | os.PathLike) -> None:
+    """Refuse a model directory without weights, or with a corrupt or truncated ``*.safetensors`` file
+    (torch-free header and size checks: cheap, before any loading)."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    for index_name in (PRUNED_WEIGHTS_INDEX, WEIGHTS_INDEX):
+        if (path / index_name).is_file():
+            files += [f for f in _shards(path, index_name) if f not in files]
+    if not files and not any(path.glob("pytorch_model*.bin")):
+        raise UserError(f"{path} has no weights ({WEIGHTS})", "save the model with save_pretrained, or download it")
+    for file in files:
+        if not file.is_file():
+            raise UserError(f"{file.name} in {path} is missing (named by the weights index)",
+                            "re-save or re-download the model")
+        checks.safetensors_header(file)
+
+
+def check_model_dir(path: str | os.PathLike) -> ArchSpec:
+    """A model directory's architecture, its config.json fields and weight files checked before any work."""
+    arch = arch_from_dir(path)
+    check_weights(path)
+    return arch
+
+
+def check_seq_len(model_dir: str | os.PathLike, seq_len: int, option: str = "--seq-len") -> None:
+    """Refuse windows longer than a model with learned positions (BERT, GPT-2) can embed."""
+    arch = arch_from_dir(model_dir)
+    key = {"bert": "max_position_embeddings", "gpt2": "n_positions"}.get(arch.family)
+    raw = read_model_config(model_dir)
+    if key is None or raw.get(key) is None:
+        return
+    limit = checks.integer(raw[key], str(config_path(model_dir)), key, lo=1)
+    if seq_len > limit:
+        raise UserError(f"{option} {seq_len} is longer than the {limit} positions {model_dir} embeds ({key})",
+                        f"pass {option} {limit} or less")
+
+
+def _transformers_config(path: Path, config_file: str):
+    """``AutoConfig`` of the directory; a config transformers cannot build from is the user's error."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+        raise UserError(f"{config_file}: transformers cannot read it ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]})", "fix config.json or re-save the model") from None
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
     """Load a dense or pruned model directory into its real transformers class (``generate()`` works)."""
-    from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
     path = Path(path)
     raw = read_model_config(path)
-    arch = arch_from_config(raw, source=str(path))
-    config = AutoConfig.from_pretrained(str(path))
+    config_file = str(config_path(path))
+    arch = arch_from_config(raw, source=config_file)
+    check_weights(path)
+    config = _transformers_config(path, config_file)
     cls = _model_class(config)
     recorded = raw.get(SHAPE_CONFIG_KEY)
     if recorded is None:
         return cls.from_pretrained(str(path), dtype=dtype or torch.float32)
-    shape = ModelShape.from_json(recorded, source=f"{path}/config.json: {SHAPE_CONFIG_KEY}").validate(arch)
+    shape = ModelShape.from_json(recorded, source=f"{config_file}: {SHAPE_CONFIG_KEY}").validate(arch)
     config.num_hidden_layers = len(shape.layers)
     if arch.family == "gpt2":
         config.n_layer = len(shape.layers)
@@ -138,7 +205,7 @@ def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: Any = None, 
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists", "choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{checks.TEMP_PREFIX}{out.name}.", dir=out.parent))  # swept by later runs
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if getattr(model.config, SHAPE_CONFIG_KEY, None) is not None:

@@ -45,37 +45,52 @@ def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int
 BUILTIN_TEXTS = {"wikipedia": "gensim's bundled Wikipedia test dump (106 articles)"}
 
 
-def read_texts(source: str | os.PathLike) -> list[str]:
+def read_texts(source: str | os.PathLike, what: str = "calibration data") -> list[str]:
     """Texts from a plain-text file (paragraphs split on blank lines), a JSON-lines file (``text``
-    field), a local Hugging Face dataset directory (``text`` column), or ``wikipedia`` (built in)."""
+    field), a local Hugging Face dataset directory (``text`` column), or ``wikipedia`` (built in).
+    ``what`` names the data in errors (missing, unreadable, empty)."""
     if str(source) in BUILTIN_TEXTS:
         from ..models.assets import wikipedia_text
 
         return wikipedia_text()
     path = Path(source)
     if not path.exists():
-        raise UserError(f"calibration data not found: {path}",
+        raise UserError(f"{what} not found: {path}",
                         f"pass a .txt or .jsonl file, a dataset directory, or one of: {', '.join(BUILTIN_TEXTS)}")
     if path.is_dir():
         texts = _dataset_texts(path)
     elif path.suffix in (".jsonl", ".json"):
-        texts = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{n} is not a JSON object", "one {\"text\": ...} object per line") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise UserError(f"{path}:{n} has no \"text\" string field")
-            texts.append(row["text"])
+        texts = _jsonl_texts(path, what)
     else:
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        raw = _read_text(path, what, errors="replace")
         texts = [p.strip() for p in raw.split("\n\n") if p.strip()]
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise UserError(f"calibration data {path} is empty")
+        raise UserError(f"{what} {path} is empty", "pass a file with text in it")
+    return texts
+
+
+def _read_text(path: Path, what: str, errors: str = "strict") -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors=errors)
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text", "pass a UTF-8 .txt or .jsonl file") from None
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read: {e.strerror}", "check the path and its permissions") from None
+
+
+def _jsonl_texts(path: Path, what: str) -> list[str]:
+    texts = []
+    for n, line in enumerate(_read_text(path, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{n} is not a JSON object", "one {\"text\": ...} object per line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise UserError(f"{path}:{n} has no \"text\" string field", "one {\"text\": ...} object per line")
+        texts.append(row["text"])
     return texts
 
 
@@ -99,11 +114,14 @@ def _dataset_texts(path: Path) -> list[str]:
 def calibration_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int, count: int,
                         seed: int = 0) -> torch.Tensor:
     """``count`` random windows of ``seq_len`` tokens from ``source`` (needs at least ``count``)."""
-    texts = read_texts(source)
-    try:
-        return token_windows(tokenizer, texts, seq_len, count=count, seed=seed, min_count=count)
-    except UserError as e:
-        raise UserError(f"calibration data {source}: {e.message}", e.hint) from None
+    return _named_windows("calibration data", source, tokenizer, seq_len, count=count, seed=seed, min_count=count)
+
+
+def eval_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int, max_windows: int) -> torch.Tensor:
+    """The first ``max_windows`` windows of ``seq_len`` tokens of ``source`` (at least one)."""
+    if max_windows < 1:
+        raise UserError(f"need at least 1 evaluation window, got {max_windows}", "pass --max-windows 1 or more")
+    return _named_windows("evaluation data", source, tokenizer, seq_len)[:max_windows]
 
 
 def train_heldout_windows(tokenizer: Any, data: str | os.PathLike, seq_len: int, eval_windows: int, seed: int = 0,
@@ -112,9 +130,18 @@ def train_heldout_windows(tokenizer: Any, data: str | os.PathLike, seq_len: int,
     sample of ``data`` (at most a tenth of it) kept out of the training windows."""
     if eval_windows < 1:
         raise UserError("--eval-windows must be >= 1")
-    windows = token_windows(tokenizer, read_texts(data), seq_len, min_count=1 if eval_data else 2)
+    windows = _named_windows("training data", data, tokenizer, seq_len, min_count=1 if eval_data else 2)
     if eval_data:
-        return windows, token_windows(tokenizer, read_texts(eval_data), seq_len, count=eval_windows, seed=seed)
+        return windows, _named_windows("held-out data", eval_data, tokenizer, seq_len, count=eval_windows, seed=seed)
     n_eval = min(eval_windows, max(1, len(windows) // 10))
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
     return windows[order[n_eval:].sort().values], windows[order[:n_eval].sort().values]
+
+
+def _named_windows(what: str, source: str | os.PathLike, tokenizer: Any, seq_len: int, **kw: Any) -> torch.Tensor:
+    """``token_windows`` of ``source``, its errors naming the data (``what``) and the source."""
+    texts = read_texts(source, what)
+    try:
+        return token_windows(tokenizer, texts, seq_len, **kw)
+    except UserError as e:
+        raise UserError(f"{what} {source}: {e.message}", e.hint) from None
