@@ -1,7 +1,9 @@
 """``ziplm-deploy gate --policy POLICY.yaml --report VERIFY.json [--junit OUT.xml] [--markdown OUT.md]``
 
-Exit 0: every budget passed; 1: a budget failed (each named, measured vs allowed), including missing
-or errored measurements and a device mismatch (the gate fails closed); 2: bad input (policy, report).
+Exit 0: every budget passed; 1: a budget failed (each named, measured vs allowed), including missing,
+non-finite, out-of-range or mistyped measurements, parity flags other than ``true``, an errored
+measurement and a device mismatch (the gate fails closed); 2: bad input, before anything is written: a
+malformed policy or report (one line naming the file and key), an output path that cannot be written.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..verify.policy import Policy, judge
     from ..verify.report import VerifyReport
 
+    _check_outputs(args)
     policy = Policy.load(args.policy)
     report = VerifyReport.load(args.report)
     verdict = judge(policy, report, str(args.report))
@@ -31,3 +34,20 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.markdown, markdown(verdict).encode())
     print("\n".join(text_lines(verdict)))
     return 0 if verdict.passed else 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--junit/--markdown writable, distinct, and neither the policy nor the report they describe."""
+    from pathlib import Path
+
+    from ..core.checks import check_output_path
+    from ..core.errors import UserError
+
+    inputs = {Path(args.policy).resolve(): "--policy", Path(args.report).resolve(): "--report"}
+    for flag, path in (("--junit", args.junit), ("--markdown", args.markdown)):
+        if not path:
+            continue
+        check_output_path(path, flag)
+        if Path(path).resolve() in inputs:
+            raise UserError(f"{flag} {path} is the {inputs[Path(path).resolve()]} file", "write the output elsewhere")
+        inputs[Path(path).resolve()] = flag

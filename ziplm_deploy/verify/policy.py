@@ -23,9 +23,12 @@ Policy file (every key optional except ``version``; unknown keys are refused wit
       max_timing_drift: 0.10           # |drift| of the re-timed baseline (interference)
     require_parity_ok: true            # every output within the report's own atol/rtol (default true)
 
-Fail closed: a report whose status is ``error``, a budget whose measurement is missing (null), a
-fingerprint that does not match ``device`` (or no fingerprint at all) fail the gate. A policy without
-any budget is refused: it could only pass vacuously.
+Fail closed: a report whose status is not ``ok`` or whose ``error`` is set, a budget whose measurement is
+missing (null), not finite (NaN, Infinity), out of range (a latency < 0, a perplexity <= 0) or of the wrong
+type (a string, a list, a bool: ``true`` is not 1), a parity flag that is anything but a JSON ``true``,
+a fingerprint that does not match ``device`` (or no fingerprint at all) fail the gate (exit 1); every
+measurement is read through ``read_number``, the one rule. A policy without any budget is refused: it
+could only pass vacuously.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core.errors import UserError
 from ..core.fingerprint import DeviceFingerprint
@@ -73,16 +76,14 @@ class Policy:
         _unknown(d, _TOP, source, "")
         if "format" in d and d["format"] != POLICY_FORMAT:
             raise UserError(f"{source}: format is {d['format']!r}, expected {POLICY_FORMAT!r}")
-        if d.get("version") != POLICY_VERSION:
+        if type(d.get("version")) is not int or d["version"] != POLICY_VERSION:  # true and 1.0 are not 1
             raise UserError(f"{source}: version must be {POLICY_VERSION}, got {d.get('version')!r}",
                             "add `version: 1` at the top")
-        device = d.get("device") or {}
-        if not isinstance(device, dict):
-            raise UserError(f"{source}: 'device' must be a mapping of fingerprint fields")
+        device = _section(d, "device", source, "a mapping of fingerprint fields")
         _unknown(device, tuple(f.name for f in fields(DeviceFingerprint)), source, "device.")
-        budgets = d.get("budgets") or {}
-        if not isinstance(budgets, dict):
-            raise UserError(f"{source}: 'budgets' must be a mapping")
+        for key, value in device.items():
+            _check_device_value(key, value, source)
+        budgets = _section(d, "budgets", source, "a mapping of budget names to numbers")
         _unknown(budgets, tuple(f.name for f in fields(Budgets)), source, "budgets.")
         for key, value in budgets.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -93,7 +94,9 @@ class Policy:
         if not budgets and not device and not require:
             raise UserError(f"{source}: the policy checks nothing", "add budgets (e.g. budgets.min_speedup)")
         name = d.get("name", Path(source).stem)
-        return Policy(str(name), dict(device), Budgets(**{k: float(v) for k, v in budgets.items()}), require)
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{source}: name must be a non-empty string, got {name!r}")
+        return Policy(name, dict(device), Budgets(**{k: float(v) for k, v in budgets.items()}), require)
 
     @staticmethod
     def load(path: str | os.PathLike) -> "Policy":
@@ -107,6 +110,28 @@ class Policy:
         except yaml.YAMLError as e:
             raise UserError(f"policy {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         return Policy.from_dict(data, str(path))
+
+
+def _section(d: dict[str, Any], key: str, source: str, what: str) -> dict[str, Any]:
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{source}: '{key}' must be {what}, got {value!r}")
+    return value
+
+
+# DeviceFingerprint field -> the JSON types its value may have (bool is never an int here).
+_DEVICE_TYPES = {"str": (str,), "int": (int,), "str | None": (str, type(None))}
+
+
+def _check_device_value(key: str, value: Any, source: str) -> None:
+    kind = next(f.type for f in fields(DeviceFingerprint) if f.name == key)
+    types = _DEVICE_TYPES.get(str(kind), (str, int, type(None)))
+    if isinstance(value, bool) or not isinstance(value, types):
+        want = " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer"}[t.__name__]
+                           for t in types)
+        raise UserError(f"{source}: device.{key} must be {want}, got {value!r}", "copy it from the report's fingerprint")
 
 
 def _unknown(d: dict[str, Any], allowed: tuple[str, ...], source: str, prefix: str) -> None:
@@ -124,7 +149,7 @@ def _unknown(d: dict[str, Any], allowed: tuple[str, ...], source: str, prefix: s
 class Check:
     name: str
     passed: bool
-    measured: Any  # None: not measured
+    measured: Any  # None: not measured; a str: why the measurement cannot be judged
     allowed: str
     message: str
 
@@ -144,91 +169,223 @@ class Verdict:
         return [c for c in self.checks if not c.passed]
 
 
+# --- reading measurements: a finite number, or why there is none ---------------------------------------
+NOT_MEASURED = "not measured"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A measurement read out of a report: ``value`` is a finite float, or None and ``problem`` says why."""
+    value: float | None
+    problem: str = ""
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_number(root: Any, path: tuple[str, ...], *, prefix: str = "", lo: float | None = None,
+                lo_open: bool = False, hi: float | None = None) -> Reading:
+    """The number at ``root[path[0]][path[1]]...`` (named ``prefix.path`` in problems), fail closed.
+
+    Missing or null anywhere: "not measured"; a non-object on the way, a bool, a string, a list: "must be
+    ..."; NaN/inf: "not finite"; outside ``[lo, hi]`` (``lo_open``: ``> lo``): "must be >= lo"."""
+    value, where = root, prefix
+    for key in path:
+        if value is None:
+            return Reading(None, NOT_MEASURED)
+        if not isinstance(value, dict):
+            return Reading(None, f"{where or 'report'} must be an object, got {_short(value)}")
+        value, where = value.get(key), f"{where}.{key}" if where else key
+    if value is None:
+        return Reading(None, NOT_MEASURED)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return Reading(None, f"{where} must be a number, got {_short(value)}")
+    return _bounded(value, where, lo, lo_open, hi)
+
+
+def _bounded(value: float, where: str, lo: float | None = None, lo_open: bool = False,
+             hi: float | None = None) -> Reading:
+    try:
+        x = float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        x = math.inf
+    if not math.isfinite(x):
+        return Reading(None, f"{where} is not finite ({x!r})")
+    if lo is not None and (x <= lo if lo_open else x < lo):
+        return Reading(None, f"{where} must be {'>' if lo_open else '>='} {lo:g}, got {_short(value)}")
+    if hi is not None and x > hi:
+        return Reading(None, f"{where} must be <= {hi:g}, got {_short(value)}")
+    return Reading(x)
+
+
 def _fmt(x: Any) -> str:
     if x is None:
-        return "not measured"
+        return NOT_MEASURED
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
 
 
+def _budget(name: str, reading: Reading, allowed: str, passes: Callable[[float], bool], what: str) -> Check:
+    """One budget check; anything but a finite number fails it (the gate fails closed)."""
+    if reading.value is None:
+        measured = None if reading.problem == NOT_MEASURED else reading.problem
+        return Check(name, False, measured, allowed, f"{what}: {reading.problem} (the gate fails closed)")
+    v = reading.value
+    return Check(name, bool(passes(v)), v, allowed, f"{what}: measured {_fmt(v)}, allowed {allowed}")
+
+
+# --- the checks -------------------------------------------------------------------------------------------
 def judge(policy: Policy, report: VerifyReport, report_name: str = "verify.json") -> Verdict:
-    checks: list[Check] = []
-
-    def add(name: str, measured: Any, allowed: str, ok: bool | None, what: str) -> None:
-        if measured is None:
-            checks.append(Check(name, False, None, allowed, f"{what}: not measured (the gate fails closed)"))
-        else:
-            message = f"{what}: measured {_fmt(measured)}, allowed {allowed}"
-            checks.append(Check(name, bool(ok), measured, allowed, message))
-
-    ok = report.ok
-    errored = f"measurement errored: {report.error or 'status ' + report.status}"
-    checks.append(Check("measurement", ok, report.status, "status ok", "measurement completed" if ok else errored))
-    _device(policy, report, checks)
-    b, sp = policy.budgets, report.speedup or {}
-    cand_lat = (report.candidate or {}).get("latency") or {}
-    stat = sp.get("statistic", "p25")
-    if b.max_latency_ms is not None:
-        v = cand_lat.get(stat)
-        add("max_latency_ms", v, f"<= {b.max_latency_ms:g} ms", v is not None and v <= b.max_latency_ms,
-            f"candidate latency ({stat}, ms)")
-    if b.min_speedup is not None:
-        v = sp.get("measured")
-        add("min_speedup", v, f">= {b.min_speedup:g}x", v is not None and v >= b.min_speedup, "measured speedup")
-    if b.max_target_shortfall is not None:
-        v = sp.get("target_deviation")
-        add("max_target_shortfall", v, f">= -{b.max_target_shortfall:g} (measured/target - 1)",
-            v is not None and v >= -b.max_target_shortfall, f"deviation from the target {_fmt(sp.get('target'))}x")
-    if b.max_prediction_error is not None:
-        v = sp.get("prediction_error")
-        add("max_prediction_error", v, f"|error| <= {b.max_prediction_error:g}",
-            v is not None and abs(v) <= b.max_prediction_error, "speedup prediction error (measured/predicted - 1)")
-    if b.max_latency_prediction_error is not None:
-        v = sp.get("latency_prediction_error")
-        add("max_latency_prediction_error", v, f"|error| <= {b.max_latency_prediction_error:g}",
-            v is not None and abs(v) <= b.max_latency_prediction_error, "latency prediction error")
-    q = report.quality or {}
-    if b.max_perplexity_increase is not None:
-        v = None
-        if q.get("metric") == "perplexity" and q.get("baseline") and q.get("candidate") is not None:
-            v = q["candidate"] / q["baseline"] - 1
-        add("max_perplexity_increase", v, f"<= {b.max_perplexity_increase:g} (relative)",
-            v is not None and v <= b.max_perplexity_increase, "perplexity increase over the baseline")
-    if b.max_accuracy_drop is not None:
-        v = None
-        if q.get("metric") == "accuracy" and q.get("baseline") is not None and q.get("candidate") is not None:
-            v = q["baseline"] - q["candidate"]
-        add("max_accuracy_drop", v, f"<= {b.max_accuracy_drop:g}", v is not None and v <= b.max_accuracy_drop,
-            "accuracy drop vs the baseline")
-    rows = (report.parity or {}).get("outputs") or []
-    for key, col, limit in (("max_parity_abs_error", "max_abs", b.max_parity_abs_error),
-                            ("max_parity_mean_error", "mean_abs", b.max_parity_mean_error)):
-        if limit is None:
-            continue
-        vals = [r.get(col) for r in rows]
-        v = None if not vals or any(x is None for x in vals) else max(vals)
-        add(key, v, f"<= {limit:g}", v is not None and v <= limit, f"worst output {col.replace('_', ' ')} error")
-    if policy.require_parity_ok:
-        par = report.parity
-        v = None if not par or not rows else bool(par.get("ok")) and all(r.get("ok") for r in rows)
-        add("parity", v, "every output within the report's atol/rtol", v,
-            f"parity vs {(par or {}).get('reference', '?')}")
+    b = policy.budgets
+    checks = [_measurement_check(report)]
+    if policy.device:
+        checks.append(_device_check(policy.device, report.fingerprint))
+    checks += _speed_checks(b, report)
+    checks += _quality_checks(b, report.quality)
+    checks += _parity_checks(b, report.parity, policy.require_parity_ok)
     if b.max_timing_drift is not None:
-        v = (report.timing or {}).get("drift")
-        add("max_timing_drift", v, f"|drift| <= {b.max_timing_drift:g}", v is not None and abs(v) <= b.max_timing_drift,
-            "baseline re-timed at the end moved by")
+        limit = b.max_timing_drift
+        checks.append(_budget("max_timing_drift", read_number(report.timing, ("drift",), prefix="timing"),
+                              f"|drift| <= {limit:g}", lambda v: abs(v) <= limit, "baseline re-timed at the end moved by"))
     return Verdict(policy.name, report_name, checks)
 
 
-def _device(policy: Policy, report: VerifyReport, checks: list[Check]) -> None:
-    if not policy.device:
-        return
-    fp = report.fingerprint
+def _measurement_check(report: VerifyReport) -> Check:
+    ok = report.status == "ok" and report.error is None
+    if ok:
+        return Check("measurement", True, report.status, "status ok", "measurement completed")
+    error = report.error if isinstance(report.error, str) and report.error else None
+    why = error or (f"error {_short(report.error)}" if report.error is not None else f"status {report.status!r}")
+    return Check("measurement", False, report.status, "status ok", f"measurement errored: {why}")
+
+
+def _speed_checks(b: Budgets, report: VerifyReport) -> list[Check]:
+    sp, checks = report.speedup, []
+    if b.max_latency_ms is not None:
+        limit, stat = b.max_latency_ms, sp.get("statistic", "p25")
+        reading = (read_number(report.candidate, ("latency", stat), prefix="candidate", lo=0) if isinstance(stat, str)
+                   else Reading(None, f"speedup.statistic must be a string such as 'p25', got {_short(stat)}"))
+        checks.append(_budget("max_latency_ms", reading, f"<= {limit:g} ms", lambda v: v <= limit,
+                              f"candidate latency ({stat if isinstance(stat, str) else '?'}, ms)"))
+    if b.min_speedup is not None:
+        limit = b.min_speedup
+        checks.append(_budget("min_speedup", read_number(sp, ("measured",), prefix="speedup", lo=0, lo_open=True),
+                              f">= {limit:g}x", lambda v: v >= limit, "measured speedup"))
+    if b.max_target_shortfall is not None:
+        limit = b.max_target_shortfall
+        checks.append(_budget("max_target_shortfall", read_number(sp, ("target_deviation",), prefix="speedup"),
+                              f">= -{limit:g} (measured/target - 1)", lambda v: v >= -limit,
+                              f"deviation from the target {_fmt(sp.get('target'))}x"))
+    for name, key, what in (("max_prediction_error", "prediction_error", "speedup prediction error (measured/predicted - 1)"),
+                            ("max_latency_prediction_error", "latency_prediction_error", "latency prediction error")):
+        limit = getattr(b, name)
+        if limit is not None:
+            checks.append(_budget(name, read_number(sp, (key,), prefix="speedup"), f"|error| <= {limit:g}",
+                                  lambda v, limit=limit: abs(v) <= limit, what))
+    return checks
+
+
+def _quality_checks(b: Budgets, quality: Any) -> list[Check]:
+    checks = []
+    if b.max_perplexity_increase is not None:
+        limit = b.max_perplexity_increase
+        reading = _quality_reading(quality, "perplexity", lambda base, cand: cand / base - 1, lo=0, lo_open=True)
+        checks.append(_budget("max_perplexity_increase", reading, f"<= {limit:g} (relative)", lambda v: v <= limit,
+                              "perplexity increase over the baseline"))
+    if b.max_accuracy_drop is not None:
+        limit = b.max_accuracy_drop
+        reading = _quality_reading(quality, "accuracy", lambda base, cand: base - cand, lo=0, hi=1)
+        checks.append(_budget("max_accuracy_drop", reading, f"<= {limit:g}", lambda v: v <= limit,
+                              "accuracy drop vs the baseline"))
+    return checks
+
+
+def _quality_reading(quality: Any, metric: str, combine: Callable[[float, float], float], **bounds: Any) -> Reading:
+    """``combine(baseline, candidate)`` of a quality block of ``metric``, both values finite and in ``bounds``."""
+    if quality is None:
+        return Reading(None, NOT_MEASURED)
+    if not isinstance(quality, dict):
+        return Reading(None, f"quality must be an object, got {_short(quality)}")
+    if quality.get("metric") != metric:
+        got = quality.get("metric")
+        return Reading(None, NOT_MEASURED if got is None else f"quality.metric is {_short(got)}, not {metric!r}")
+    values = [read_number(quality, (role,), prefix="quality", **bounds) for role in ("baseline", "candidate")]
+    failed = next((r for r in values if r.value is None), None)
+    if failed:
+        return failed
+    return _bounded(combine(values[0].value, values[1].value), f"{metric} change")
+
+
+def _parity_rows(parity: Any) -> tuple[list[Any], Reading | None]:
+    """The parity block's output rows, or the reason there are none to judge."""
+    if parity is None:
+        return [], Reading(None, NOT_MEASURED)
+    if not isinstance(parity, dict):
+        return [], Reading(None, f"parity must be an object, got {_short(parity)}")
+    rows = parity.get("outputs")
+    if rows is None or rows == []:
+        return [], Reading(None, NOT_MEASURED)
+    if not isinstance(rows, list):
+        return [], Reading(None, f"parity.outputs must be a list, got {_short(rows)}")
+    return rows, None
+
+
+def _parity_checks(b: Budgets, parity: Any, require_ok: bool) -> list[Check]:
+    checks = []
+    rows, problem = _parity_rows(parity)
+    for name, col, limit in (("max_parity_abs_error", "max_abs", b.max_parity_abs_error),
+                             ("max_parity_mean_error", "mean_abs", b.max_parity_mean_error)):
+        if limit is None:
+            continue
+        readings = [read_number(r, (col,), prefix=f"parity.outputs[{i}]", lo=0) for i, r in enumerate(rows)]
+        worst = problem or next((r for r in readings if r.value is None), None) or Reading(max(r.value for r in readings))
+        checks.append(_budget(name, worst, f"<= {limit:g}", lambda v, limit=limit: v <= limit,
+                              f"worst output {col.replace('_', ' ')} error"))
+    if require_ok:
+        checks.append(_parity_ok_check(parity, rows, problem))
+    return checks
+
+
+def _parity_ok_check(parity: Any, rows: list[Any], problem: Reading | None) -> Check:
+    """Only a JSON ``true`` passes: parity.ok and every row's ok (a string "false", 1 or null never does)."""
+    allowed = "every output within the report's atol/rtol"
+    reference = parity.get("reference", "?") if isinstance(parity, dict) else "?"
+    what = f"parity vs {reference if isinstance(reference, str) else _short(reference)}"
+    if problem:
+        return _budget("parity", problem, allowed, bool, what)
+    mistyped = [] if isinstance(parity.get("ok"), bool) else [f"parity.ok must be true or false, got {_short(parity.get('ok'))}"]
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            mistyped.append(f"parity.outputs[{i}] must be an object, got {_short(row)}")
+        elif not isinstance(row.get("ok"), bool):
+            mistyped.append(f"parity.outputs[{i}].ok must be true or false, got {_short(row.get('ok'))}")
+    if mistyped:
+        return Check("parity", False, mistyped[0], allowed, f"{what}: {'; '.join(mistyped)} (the gate fails closed)")
+    failed = [str(row.get("name", i)) for i, row in enumerate(rows) if not row["ok"]]
+    if parity["ok"] and not failed:
+        return Check("parity", True, True, allowed, f"{what}: measured True, allowed {allowed}")
+    detail = f"outputs out of tolerance: {', '.join(failed)}" if failed else "parity.ok is false"
+    return Check("parity", False, False, allowed, f"{what}: {detail}, allowed {allowed}")
+
+
+def _device_check(wanted: dict[str, Any], fp: Any) -> Check:
+    allowed = "fingerprint matches the policy"
+    if fp is None:
+        return Check("device", False, None, allowed, "device: the report has no fingerprint (the gate fails closed)")
     if not isinstance(fp, dict):
-        checks.append(Check("device", False, None, "fingerprint matches the policy",
-                            "device: the report has no fingerprint (the gate fails closed)"))
-        return
-    diffs = [f"{k}: policy {v!r} != measured {fp.get(k)!r}" for k, v in policy.device.items() if fp.get(k) != v]
-    checks.append(Check("device", not diffs, {k: fp.get(k) for k in policy.device}, "fingerprint matches the policy",
-                        "device fingerprint matches" if not diffs else "device mismatch: " + "; ".join(diffs)))
+        return Check("device", False, f"fingerprint must be an object, got {_short(fp)}", allowed,
+                     f"device: fingerprint must be an object, got {_short(fp)} (the gate fails closed)")
+    diffs = [f"{k}: policy {v!r} != measured {_short(fp[k]) if k in fp else 'missing'}"
+             for k, v in wanted.items() if k not in fp or not _same(fp[k], v)]
+    return Check("device", not diffs, {k: fp.get(k) for k in wanted}, allowed,
+                 "device fingerprint matches" if not diffs else "device mismatch: " + "; ".join(diffs))
+
+
+def _same(measured: Any, wanted: Any) -> bool:
+    """Equal and, for bools and strings, of the same type: True is not 1, "1" is not 1, NaN equals nothing."""
+    if isinstance(measured, (bool, str)) or isinstance(wanted, (bool, str)):
+        return type(measured) is type(wanted) and measured == wanted
+    return measured == wanted

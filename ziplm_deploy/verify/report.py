@@ -20,7 +20,9 @@ JSON form (version 1)::
 
 MODEL: {"source", "kind": "directory"|"onnx"|"engine", "file", "sha256", "bytes", "params", "shape",
 "latency": {"p25","p50","p90","n"} | null, "manifest": {...metrics...} | null}.
-Fields that could not be measured are null: the gate treats null as a failure, never as a pass.
+Fields that could not be measured are null: the gate treats null as a failure, never as a pass, and so
+is a non-finite (NaN, Infinity), out-of-range or mistyped measurement. ``from_json`` refuses only a
+malformed structure (exit 2, one line naming the file and key): see ``check_structure``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..core.checks import mapping, typed
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json, check_header, read_json
 
@@ -68,17 +71,8 @@ class VerifyReport:
 
     @staticmethod
     def from_json(payload: Any, source: str = "verify report") -> "VerifyReport":
-        check_header(payload, VERIFY_FORMAT, (VERIFY_VERSION,), source)
-        unknown = set(payload) - set(_KEYS) - {"format", "version"}
-        missing = {"status", "baseline", "candidate", "speedup"} - set(payload)
-        if unknown or missing:
-            raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
-                            "regenerate it with `ziplm-deploy verify`")
-        if payload["status"] not in ("ok", "error"):
-            raise UserError(f"{source}: status must be 'ok' or 'error', got {payload['status']!r}")
-        for key in ("baseline", "candidate", "speedup"):
-            if not isinstance(payload[key], dict):
-                raise UserError(f"{source}: '{key}' must be an object")
+        """A report whose structure is sound (exit 2 otherwise); its measurements are judged by the gate."""
+        check_structure(payload, source)
         return VerifyReport(**{k: payload[k] for k in _KEYS if k in payload})
 
     def save(self, path: str | os.PathLike) -> None:
@@ -87,3 +81,26 @@ class VerifyReport:
     @staticmethod
     def load(path: str | os.PathLike) -> "VerifyReport":
         return VerifyReport.from_json(read_json(path, "verify report"), source=str(path))
+
+
+def check_structure(payload: Any, source: str) -> None:
+    """Refuse a malformed report with one line naming the file and key: not a verify report, a version
+    that is not the integer 1, unknown or missing keys, a status other than ok/error, sections of the
+    wrong type. Measurements inside the sections (numbers, flags) are the gate's to judge: a wrong one
+    fails its check (exit 1), it does not make the report unreadable."""
+    check_header(payload, VERIFY_FORMAT, (VERIFY_VERSION,), source)
+    if type(payload["version"]) is not int:  # true == 1 and 1.0 == 1 in Python
+        raise UserError(f"{source}: version must be the integer {VERIFY_VERSION}, got {payload['version']!r}",
+                        "regenerate it with `ziplm-deploy verify`")
+    unknown = set(payload) - set(_KEYS) - {"format", "version"}
+    missing = {"status", "baseline", "candidate", "speedup"} - set(payload)
+    if unknown or missing:
+        raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
+                        "regenerate it with `ziplm-deploy verify`")
+    if not isinstance(payload["status"], str) or payload["status"] not in ("ok", "error"):
+        raise UserError(f"{source}: status must be 'ok' or 'error', got {payload['status']!r}")
+    for key in ("baseline", "candidate", "speedup"):
+        mapping(payload[key], source, key)
+    for key in ("parity", "quality", "runtime", "inputs", "protocol"):
+        if payload.get(key) is not None:
+            typed(payload[key], dict, source, key, "a JSON object or null")
