@@ -1,4 +1,5 @@
-"""ONNX export of dense and pruned models: ORT matches PyTorch; the with-past graphs decode like generate()."""
+"""ONNX export of dense and pruned models: ORT matches PyTorch; the with-past graphs decode like generate();
+every graph has its export reference beside it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 
 from families import PLANS, greedy_ort, model_output as _out, ort_session, tiny_model
 from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.core.manifest import file_sha256
+from ziplm_deploy.core.parity import load_reference, reference_path
 from ziplm_deploy.export import ExportValidationError, export_onnx
 from ziplm_deploy.export.onnx import compare_outputs
 from ziplm_deploy.models import LayerPlan, adapter_for, shrink
@@ -34,6 +37,8 @@ def test_export_matches_pytorch_on_new_batch_and_length(family, pruned, tmp_path
     assert np.abs(got - _out(model, ids).numpy()).max() < 1e-4
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(meta["ziplm_shape"]) == adapter_for(model).shape_of(model).to_json()
+    assert "ziplm_source" not in meta  # no source directory given
+    _check_references(result, [sess], ["decoder" if "position_ids" in names else "encoder"])
     axes = [d for d in onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim]
     assert [a.dim_param for a in axes] == ["batch", "sequence"]
 
@@ -62,6 +67,20 @@ def test_with_past_graphs_decode_like_generate(family, tmp_path):
     want = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0).numpy()
     got = greedy_ort(prefill, decode, ids.numpy(), 8, n_attn)
     assert np.array_equal(got, want)
+    _check_references(result, [prefill, decode], ["prefill", "decode"])
+
+
+def _check_references(result, sessions, graphs):
+    """Beside each graph: its export reference (inputs, PyTorch outputs, the file's hash), nothing else."""
+    assert result.references == [reference_path(p) for p in result.paths]
+    assert sorted(result.paths[0].parent.iterdir()) == sorted(result.paths + result.references)  # no temporaries
+    for path, sess, graph in zip(result.paths, sessions, graphs):
+        ref = load_reference(reference_path(path))
+        assert ref.graph == graph and ref.onnx_sha256 == file_sha256(path)
+        assert list(ref.inputs) == [i.name for i in sess.get_inputs()]
+        assert list(ref.outputs) == [o.name for o in sess.get_outputs()]
+        for got, (name, want) in zip(sess.run(None, ref.inputs), ref.outputs.items()):
+            assert np.abs(got - want).max() <= 1e-4 + 1e-3 * np.abs(want).max(), name
 
 
 def test_with_past_on_an_encoder_is_a_user_error(tmp_path):

@@ -61,3 +61,29 @@ def cli(env: dict[str, str], *args: str):
 
     return subprocess.run([sys.executable, "-m", "ziplm_deploy", *args], env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(tmp_path_factory) -> Path:
+    """FILE.onnx of a pruned 2-layer random GPT-2 exported without a source directory (so verify's parity
+    reference is the export reference beside it). Tests use it as baseline and candidate alike."""
+    from families import PLANS, tiny_model
+
+    from ziplm_deploy.export import export_onnx
+    from ziplm_deploy.models import shrink
+
+    out = tmp_path_factory.mktemp("exported") / "pruned.onnx"
+    export_onnx(shrink(tiny_model("gpt2", layers=2), PLANS["gpt2"][:2]), out)
+    return out
+
+
+def copy_onnx(src: Path, dst: Path, reference: bool = True) -> Path:
+    """Copy an exported ONNX file (and its export reference) under another name."""
+    import shutil
+
+    from ziplm_deploy.core.parity import reference_path
+
+    shutil.copy(src, dst)
+    if reference:
+        shutil.copy(reference_path(src), reference_path(dst))
+    return dst

@@ -3,12 +3,17 @@
 Measures both models end to end in the deployment runtime (shared protocol), checks the candidate's
 output parity, and compares the measured speedup with the target and the latency table's prediction.
 Exit 0: measured, parity within tolerance and the target (if any) met within --tolerance;
-1: a check failed or a measurement errored (the report is still written, with the error); 2: bad input.
+1: a check failed, parity could not be checked or a measurement errored (the report is still written);
+2: bad input, refused before any timing (no report written).
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int, ranged
+
+below_one = ranged(0, 1, hi_open=True)  # a tolerance in [0, 1): 1 would accept any measured speedup
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,30 +21,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidate", required=True, help="pruned model: directory, .onnx, or .plan engine")
     p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt (default ort-cpu)")
     p.add_argument("--report", required=True, help="write verify.json here")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--seq", type=positive_int, default=128, help="sequence length (default 128)")
+    p.add_argument("--threads", type=nonneg_int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--opt-level", default="all", help="graph optimisation level (default all)")
-    p.add_argument("--target", type=float, help="speedup target (default: the candidate manifest's)")
-    p.add_argument("--tolerance", type=float, default=0.05,
+    p.add_argument("--target", type=positive_float, help="speedup target (default: the candidate manifest's)")
+    p.add_argument("--tolerance", type=below_one, default=0.05,
                    help="the target counts as met at >= target * (1 - tolerance) (default 0.05)")
     p.add_argument("--table", help="latency table: also report its prediction and the prediction error")
-    p.add_argument("--atol", type=float, default=1e-4, help="parity: absolute tolerance (default 1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="parity: tolerance relative to max|reference| (default 1e-3)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=50, help="interleaved timing rounds (default 50)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--retries", type=int, default=1,
+    p.add_argument("--atol", type=nonneg_float, default=1e-4, help="parity: absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=nonneg_float, default=1e-3, help="parity: tolerance relative to max|reference| (default 1e-3)")
+    p.add_argument("--warmup", type=nonneg_int, default=5)
+    p.add_argument("--rounds", type=positive_int, default=50, help="interleaved timing rounds (default 50)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--retries", type=nonneg_int, default=1,
                    help="measure again (up to N times) when the re-timed baseline moved: a busy machine (default 1)")
     p.add_argument("--eval-data", help="also measure quality of both directories on this data (needs torch)")
-    p.add_argument("--eval-windows", type=int, default=8, help="LM windows for --eval-data (default 8)")
-    p.add_argument("--eval-seq", type=int, default=128, help="LM window length for --eval-data (default 128)")
+    p.add_argument("--eval-windows", type=positive_int, default=8, help="LM windows for --eval-data (default 8)")
+    p.add_argument("--eval-seq", type=positive_int, default=128, help="LM window length for --eval-data (default 128)")
     p.add_argument("--cache", help="folder for exports of model directories (default: onnx-cache beside --report)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from ..core.checks import check_output_path
     from ..verify.measure import VerifyOptions, verify
 
     opts = VerifyOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, threads=args.threads,
@@ -47,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
                          atol=args.atol, rtol=args.rtol, warmup=args.warmup, rounds=args.rounds, seed=args.seed,
                          retries=args.retries,
                          eval_data=args.eval_data, eval_windows=args.eval_windows, eval_seq=args.eval_seq)
-    out = Path(args.report)
-    cache = Path(args.cache) if args.cache else out.parent / "onnx-cache"
+    out = check_output_path(args.report, "--report")
+    cache = check_output_path(args.cache if args.cache else out.parent / "onnx-cache", "--cache", directory=True)
     report = verify(args.baseline, args.candidate, opts, cache)
     report.save(out)
     print(format_summary(report))
@@ -57,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAILED: {report.error}")
         return 1
     problems = []
-    if report.parity and not report.parity["ok"]:
-        problems.append("output parity out of tolerance")
+    if not report.parity or report.parity.get("reference") == "none":
+        problems.append(f"output parity not checkable: {(report.parity or {}).get('note') or 'no reference'}")
+    elif not report.parity["ok"]:
+        problems.append(f"output parity vs {report.parity['reference']} out of tolerance")
     if report.speedup.get("meets_target") is False:
         problems.append(f"measured speedup {report.speedup['measured']:.2f}x below target {report.speedup['target']:g}x "
                         f"(tolerance {report.speedup['tolerance']:.0%})")
@@ -82,7 +88,9 @@ def format_summary(report) -> str:
         lines.append(line)
     if report.timing.get("interference"):
         lines.append(f"warning: the baseline moved by {report.timing['drift']:+.1%} during timing: the machine was busy")
-    if report.parity:
+    if report.parity and report.parity.get("reference") == "none":
+        lines.append(f"parity: not checkable ({report.parity.get('note')})")
+    elif report.parity:
         for r in report.parity["outputs"]:
             mx = "inf" if r["max_abs"] is None else f"{r['max_abs']:.2e}"
             lines.append(f"parity vs {report.parity['reference']}: {r['name']} max|diff| {mx} "

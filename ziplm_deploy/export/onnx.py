@@ -11,13 +11,18 @@ Graphs and their I/O names:
 Every export is validated on inputs of another batch size and length than the export sample; the
 per-output max/mean abs diffs are returned, and an ``ExportValidationError`` lists every output over
 tolerance. The model's per-layer shape and dense architecture are stored in the ONNX metadata
-(``ziplm_shape``, ``ziplm_config``) so ONNX files can be inspected and verified without the weights.
+(``ziplm_shape``, ``ziplm_config``) so ONNX files can be inspected and verified without the weights;
+with a known source directory also ``ziplm_source`` and its content hash ``ziplm_source_sha256``.
+Beside each graph goes ``FILE.onnx.reference.npz`` (``core.parity``): the validation inputs, PyTorch's
+outputs for them and the hashes of the file and the data, so ``verify`` has an independent reference
+without torch. Both files are renamed into place together, the reference first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,8 +34,10 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..core.checks import TEMP_PREFIX
 from ..core.errors import UserError
-from ..core.parity import OutputDiff, output_diff
+from ..core.manifest import file_sha256
+from ..core.parity import OutputDiff, output_diff, reference_path, save_reference
 from ..models import adapter_for
 
 OPSET = 18
@@ -52,6 +59,7 @@ class ExportResult:
     paths: list[Path]
     diffs: list[OutputDiff] = field(default_factory=list)
     seconds: float = 0.0
+    references: list[Path] = field(default_factory=list)  # FILE.onnx.reference.npz beside each path
 
     @property
     def max_abs(self) -> float:
@@ -127,7 +135,7 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes)
     onnx.save_model(proto, str(path))
 
 
-def _add_metadata(path: Path, model: nn.Module, graph: str) -> None:
+def _add_metadata(path: Path, model: nn.Module, graph: str, origin: dict[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
@@ -137,6 +145,7 @@ def _add_metadata(path: Path, model: nn.Module, graph: str) -> None:
         "ziplm_graph": graph,
         "ziplm_config": json.dumps(_dense_config(model)),
         "ziplm_shape": json.dumps(adapter.shape_of(model).to_json()),
+        **origin,
     }
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -167,8 +176,13 @@ def compare_outputs(graph: str, names: list[str], got: list[np.ndarray], want: l
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = False, atol: float = 1e-4,
-                rtol: float = 1e-3, validate: bool = True) -> ExportResult:
-    """Export ``model`` (eval mode, CPU) to ``out``; with ``with_past`` also the decode graph. Atomic."""
+                rtol: float = 1e-3, validate: bool = True, source: str | os.PathLike | None = None,
+                source_sha256: str | None = None) -> ExportResult:
+    """Export ``model`` (eval mode, CPU) to ``out``; with ``with_past`` also the decode graph. Atomic.
+
+    Beside every graph goes its export reference (``FILE.onnx.reference.npz``: the validation inputs and
+    PyTorch's outputs for them, hashed). ``source``: the model directory the weights came from, recorded
+    with its content hash in the metadata so ``verify`` can compare the file with PyTorch on it later."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"output file {out} must end in .onnx")
@@ -179,36 +193,56 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = Fals
     model = model.eval()
     if next(model.parameters()).device.type != "cpu":
         model = model.cpu()
+    origin = _source_metadata(source, source_sha256)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.stem}.", dir=out.parent))
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     try:
-        jobs = _plan_graphs(model, arch, out, with_past, gen)
         written, diffs = [], []
-        for name, final, module, args, in_names, out_names, dyn, check_args in jobs:
-            tmp = tmpdir / final.name
-            _export(module, args, tmp, in_names, out_names, dyn)
-            _add_metadata(tmp, model, name)
-            if validate:
-                sess = _ort_session(tmp)
-                feeds = {n: t.numpy() for n, t in zip(in_names, _flatten(check_args))}
-                got = sess.run(out_names, feeds)
-                with torch.no_grad():
-                    ref = module(*check_args)
-                ref = list(ref) if isinstance(ref, tuple) else [ref]
-                diffs += compare_outputs(name, out_names, got, [r.detach().float().numpy() for r in ref], atol, rtol)
-            written.append((tmp, final))
+        for job in _plan_graphs(model, arch, out, with_past, gen):
+            onnx_tmp, ref_tmp, job_diffs = _export_graph(job, model, tmpdir, origin, validate, atol, rtol)
+            diffs += job_diffs
+            written.append((onnx_tmp, ref_tmp, job[1]))
         failures = [d for d in diffs if not d.ok]
         if failures:
             raise ExportValidationError(failures)
-        for tmp, final in written:
-            os.replace(tmp, final)
+        for onnx_tmp, ref_tmp, final in written:  # the reference first: a file never lacks its reference
+            os.replace(ref_tmp, reference_path(final))
+            os.replace(onnx_tmp, final)
     finally:
-        for f in tmpdir.iterdir():
-            f.unlink()
-        tmpdir.rmdir()
-    return ExportResult([final for _, final in written], diffs, time.perf_counter() - started)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    finals = [final for _, _, final in written]
+    return ExportResult(finals, diffs, time.perf_counter() - started, [reference_path(f) for f in finals])
+
+
+def _source_metadata(source: str | os.PathLike | None, source_sha256: str | None) -> dict[str, str]:
+    if source is None:
+        return {}
+    from ..verify.measure import dir_digest  # torch-free; the same content hash verify checks against
+
+    src = Path(source).resolve()
+    return {"ziplm_source": str(src), "ziplm_source_sha256": source_sha256 or dir_digest(src)}
+
+
+def _export_graph(job, model: nn.Module, tmpdir: Path, origin: dict[str, str], validate: bool, atol: float,
+                  rtol: float) -> tuple[Path, Path, list[OutputDiff]]:
+    """One graph into ``tmpdir`` with its metadata and export reference; its diffs vs PyTorch when validated."""
+    name, final, module, args, in_names, out_names, dyn, check_args = job
+    tmp = tmpdir / final.name
+    _export(module, args, tmp, in_names, out_names, dyn)
+    _add_metadata(tmp, model, name, origin)
+    feeds = {n: t.numpy() for n, t in zip(in_names, _flatten(check_args))}
+    with torch.no_grad():
+        ref = module(*check_args)
+    want = [r.detach().float().numpy() for r in (list(ref) if isinstance(ref, tuple) else [ref])]
+    ref_tmp = reference_path(tmp)
+    save_reference(ref_tmp, name, feeds, dict(zip(out_names, want)), file_sha256(tmp), f"ziplm-deploy {__version__}")
+    diffs = []
+    if validate:
+        got = _ort_session(tmp).run(out_names, feeds)
+        diffs = compare_outputs(name, out_names, got, want, atol, rtol)
+    return tmp, ref_tmp, diffs
 
 
 def _flatten(args) -> list[torch.Tensor]:

@@ -4,13 +4,19 @@
    cache folder keyed by the directory's content hash; a TensorRT engine is used with its sidecar;
 2. time both with the shared protocol (``runtime.measure.time_models``: interleaved shuffled rounds,
    percentiles, the baseline re-timed at the end to detect interference);
-3. parity of the candidate in the runtime against PyTorch (directory) or against unoptimised ONNX
-   Runtime CPU (ONNX file / engine), per output;
+3. parity of the candidate in the runtime against an independent reference, per output: PyTorch on the
+   model directory (a directory, or an ONNX file whose recorded source directory is here unchanged and
+   torch importable); else the export reference stored beside the ONNX file (``FILE.onnx.reference.npz``:
+   inputs and PyTorch's outputs, hashed; torch-free); an engine against its source ONNX in unoptimised
+   ONNX Runtime CPU. With no reference, parity is recorded as not checkable (``reference: "none"``,
+   ``ok: false``): the gate fails closed, a file is never compared with itself;
 4. measured speedup vs the target and vs the latency table's prediction (or the manifest's);
 5. optionally quality of both (``eval_data``; needs directories and torch).
 
-Anything that fails after the inputs were validated is recorded in the report (``status: error``),
-never silently dropped: the gate fails closed on it.
+Bad input is refused before any timing (``UserError``, exit 2): unreadable or incomplete ONNX files, a
+latency table of another model, a corrupted export reference. Anything that fails after the inputs
+were validated is recorded in the report (``status: error``), never silently dropped: the gate fails
+closed on it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +33,13 @@ from typing import Any, Callable
 from .. import __version__
 from ..core.errors import UserError
 from ..core.manifest import MANIFEST_FILE, file_sha256, now_utc
+from ..core.parity import ExportReference, load_reference, reference_path
 from .report import VerifyReport
 
 ENGINE_SUFFIXES = (".plan", ".engine")
 VERIFY_RUNTIMES = ("ort-cpu", "ort-cuda", "ort-trt", "trt")  # deployment runtimes of ONNX files / engines
 FALLBACK_VOCAB = 16  # token ids for graphs without ziplm metadata: small enough for any vocabulary
+PLAIN_GRAPHS = ("encoder", "decoder", "prefill")  # graphs PyTorch can be run on without a KV cache
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,12 @@ class VerifyOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0 or self.warmup < 0 or self.retries < 0:
             raise UserError("--threads, --warmup and --retries must be >= 0")
-        if self.target is not None and self.target <= 0:
-            raise UserError(f"--target must be > 0, got {self.target}")
+        if self.target is not None and not (math.isfinite(self.target) and self.target > 0):
+            raise UserError(f"--target must be a finite number > 0, got {self.target}")
         if not 0 <= self.tolerance < 1:
             raise UserError(f"--tolerance is a fraction in [0, 1), got {self.tolerance}")
-        if self.atol < 0 or self.rtol < 0:
-            raise UserError("--atol and --rtol must be >= 0")
+        if not (math.isfinite(self.atol) and math.isfinite(self.rtol) and self.atol >= 0 and self.rtol >= 0):
+            raise UserError(f"--atol and --rtol must be finite numbers >= 0, got {self.atol}, {self.rtol}")
         return self
 
 
@@ -110,44 +119,69 @@ def kind_of(path: str | os.PathLike, role: str) -> str:
     raise UserError(f"--{role} {p}: unknown kind of file", "expected a model directory, FILE.onnx or FILE.plan")
 
 
+@dataclass(frozen=True)
+class OnnxInfo:
+    metadata: dict[str, str]
+    params: int
+    opset: int
+    inputs: tuple[str, ...]
+
+
 @functools.lru_cache(maxsize=16)
-def _onnx_info(path: str, mtime_ns: int) -> tuple[dict[str, str], int, int]:
-    """(metadata, parameter count, opset) of an ONNX file, read once (weights stay on disk when external)."""
+def _onnx_info(path: str, mtime_ns: int, size: int) -> OnnxInfo:
+    """What verify reads of an ONNX file, read once (weights stay on disk when external); an empty,
+    truncated or garbage file is a ``UserError``."""
     import onnx
 
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception as e:  # onnx raises DecodeError & co for a broken file
-        raise UserError(f"{path} is not a readable ONNX file: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise UserError(f"{path} is not a readable ONNX file: {str(e).splitlines()[0] if str(e) else e!r}",
+                        "re-export it, or copy it again (the file may be truncated)") from None
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    missing = [what for what, present in (("an IR version", proto.ir_version > 0), ("an opset", opset > 0),
+                                          ("graph nodes", len(proto.graph.node) > 0),
+                                          ("graph outputs", len(proto.graph.output) > 0)) if not present]
+    if missing:
+        raise UserError(f"{path} is not a complete ONNX model (no {', no '.join(missing)}; {size} bytes)",
+                        "re-export it, or copy it again (the file may be empty or truncated)")
     params = 0
     for init in proto.graph.initializer:
         n = 1
         for d in init.dims:
             n *= int(d)
         params += n
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    return {p.key: p.value for p in proto.metadata_props}, params, opset
+    feeds = {i.name for i in proto.graph.initializer}
+    inputs = tuple(i.name for i in proto.graph.input if i.name not in feeds)
+    return OnnxInfo({p.key: p.value for p in proto.metadata_props}, params, opset, inputs)
 
 
-def onnx_info(path: Path) -> tuple[dict[str, str], int, int]:
-    return _onnx_info(str(path), path.stat().st_mtime_ns)
+def onnx_info(path: Path) -> OnnxInfo:
+    st = Path(path).stat()
+    return _onnx_info(str(path), st.st_mtime_ns, st.st_size)
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    return dict(onnx_info(Path(path))[0])
+    return dict(onnx_info(Path(path)).metadata)
 
 
 def onnx_params(path: Path) -> int:
-    return onnx_info(Path(path))[1]
+    return onnx_info(Path(path)).params
 
 
-def dir_digest(model_dir: Path) -> str:
-    """Content hash of a model directory's config and weights (the export cache key)."""
+def dir_digest(model_dir: str | os.PathLike) -> str:
+    """Content hash of a model directory's config and weights (the export cache key, the source check)."""
+    files = sorted(f for f in Path(model_dir).iterdir()
+                   if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+    return _dir_digest(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.lru_cache(maxsize=32)
+def _dir_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
-    for f in sorted(model_dir.iterdir()):
-        if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")):
-            h.update(f.name.encode())
-            h.update(file_sha256(f).encode())
+    for name, _, _ in files:
+        h.update(Path(name).name.encode())
+        h.update(file_sha256(name).encode())
     return h.hexdigest()
 
 
@@ -161,7 +195,8 @@ def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], atol: f
     from ..export import export_onnx  # torch: only for directories
     from ..models import load_model
 
-    export_onnx(load_model(model_dir), out, atol=atol, rtol=max(rtol, 1e-3))
+    export_onnx(load_model(model_dir), out, atol=atol, rtol=max(rtol, 1e-3), source=model_dir,
+                source_sha256=dir_digest(model_dir))
     return out
 
 
@@ -188,32 +223,44 @@ def resolve(path: str, role: str, runtime: str, cache: Path, log: Callable[[str]
 
 
 def _arch_and_shape(r: Resolved) -> tuple[Any, Any]:
+    return _metadata_arch_and_shape(r.metadata or {}, r.source)
+
+
+def _metadata_arch_and_shape(meta: dict[str, str], source: str) -> tuple[Any, Any]:
     from ..core.arch import arch_from_config
     from ..core.shape import ModelShape
 
-    meta = r.metadata or {}
     if "ziplm_config" not in meta or "ziplm_shape" not in meta:
         return None, None
-    return (arch_from_config(json.loads(meta["ziplm_config"]), source=f"{r.source} metadata"),
-            ModelShape.from_json(json.loads(meta["ziplm_shape"]), source=f"{r.source} metadata"))
+    try:
+        config, shape = json.loads(meta["ziplm_config"]), json.loads(meta["ziplm_shape"])
+    except json.JSONDecodeError as e:
+        raise UserError(f"{source}: ziplm metadata is not valid JSON ({e})", "re-export it") from None
+    return (arch_from_config(config, source=f"{source} metadata"),
+            ModelShape.from_json(shape, source=f"{source} metadata"))
 
 
 def _opset(path: Path | None) -> int:
-    return onnx_info(path)[2] if path is not None else 0
+    return onnx_info(path).opset if path is not None else 0
 
 
 def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
            log: Callable[[str], None] = print) -> VerifyReport:
-    """Measure, compare and predict; the returned report carries ``status: error`` if a step failed."""
+    """Measure, compare and predict; the returned report carries ``status: error`` if a step failed.
+
+    Bad input raises ``UserError`` before any work (nothing exported, nothing timed)."""
     from ..runtime import get_backend
     from ..runtime.timing import Protocol
 
     opts.validate()
-    kinds = {role: kind_of(p, role) for role, p in (("baseline", baseline), ("candidate", candidate))}
+    paths = {"baseline": baseline, "candidate": candidate}
+    kinds = {role: kind_of(p, role) for role, p in paths.items()}
     for role, kind in kinds.items():
         if kind == "engine" and opts.runtime != "trt":
-            raise UserError(f"--{role} {baseline if role == 'baseline' else candidate} is a TensorRT engine",
-                            "use --runtime trt for engines")
+            raise UserError(f"--{role} {paths[role]} is a TensorRT engine", "use --runtime trt for engines")
+    if opts.eval_data and "directory" not in kinds.values():
+        raise UserError("--eval-data needs model directories", "pass --baseline/--candidate as directories")
+    plan = preflight(paths, kinds, opts)
     protocol = Protocol(warmup=opts.warmup, rounds=opts.rounds, seed=opts.seed)
     report = VerifyReport(
         producer=f"ziplm-deploy {__version__}", created=now_utc(),
@@ -222,23 +269,116 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
         baseline={"source": baseline, "kind": kinds["baseline"], "latency": None},
         candidate={"source": candidate, "kind": kinds["candidate"], "latency": None},
     )
-    if opts.eval_data and "directory" not in kinds.values():
-        raise UserError("--eval-data needs model directories", "pass --baseline/--candidate as directories")
     backend = get_backend(opts.runtime, threads=opts.threads, opt_level=opts.opt_level)
+    if plan.reference == "none":
+        log(f"warning: parity cannot be checked: {plan.note}")
     try:
-        models = {role: resolve(p, role, opts.runtime, cache, log, opts)
-                  for role, p in (("baseline", baseline), ("candidate", candidate))}
+        models = {role: resolve(p, role, opts.runtime, cache, log, opts) for role, p in paths.items()}
         for role, r in models.items():
             setattr(report, role, r.describe())
         _measure(report, backend, models, opts, protocol, log)
         _predict(report, models, opts)
-        report.parity = _parity(backend, models["candidate"], opts, log)
+        report.parity = _parity(backend, models["candidate"], plan, opts, log)
         if opts.eval_data:
             report.quality = _quality(models, opts, log)
     except UserError as e:
         log(f"error: {e}")
         report.fail(str(e))
     return report
+
+
+# --- checks before any work -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParityPlan:
+    """The candidate's parity reference, chosen (and its files checked) before timing."""
+
+    reference: str  # "pytorch" | "export-reference" | "onnxruntime-cpu-unoptimised" | "none"
+    path: str | None = None  # model directory / reference file / source ONNX
+    sha256: str | None = None  # its content hash
+    note: str = ""  # why this reference (why not PyTorch), or why none
+    stored: ExportReference | None = None
+
+
+def preflight(paths: dict[str, str], kinds: dict[str, str], opts: VerifyOptions) -> ParityPlan:
+    """Refuse bad input before any export or timing: unreadable or incomplete ONNX files, model
+    directories without a readable config, a latency table of another model, a corrupted export
+    reference. Returns the candidate's parity reference."""
+    from ..core.arch import arch_from_dir
+
+    for role, kind in kinds.items():
+        if kind == "onnx":
+            onnx_info(Path(paths[role]))
+        elif kind == "directory":
+            arch_from_dir(paths[role])
+    if opts.table:
+        _check_table(opts.table, paths["candidate"], kinds["candidate"])
+    return plan_parity(paths["candidate"], kinds["candidate"])
+
+
+def _check_table(table_path: str, candidate: str, kind: str) -> None:
+    """The table must describe the candidate's dense architecture (and fit its recorded shape)."""
+    from ..core.arch import arch_from_dir
+    from ..core.table import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    if kind == "directory":
+        arch, shape = arch_from_dir(candidate), None
+    else:
+        if kind == "engine":
+            from ..runtime.tensorrt import load_engine_metadata
+
+            meta = dict(load_engine_metadata(candidate).get("onnx_metadata") or {})
+        else:
+            meta = onnx_metadata(Path(candidate))
+        arch, shape = _metadata_arch_and_shape(meta, candidate)
+        if arch is None:
+            raise UserError(f"{candidate} carries no ziplm_shape/ziplm_config metadata",
+                            "export it with `ziplm-deploy export`, or drop --table")
+    table.check_arch(arch, candidate)
+    if shape is not None:
+        shape.validate(table.arch, source=f"{candidate} metadata")
+
+
+def plan_parity(candidate: str, kind: str) -> ParityPlan:
+    """PyTorch when the model (or the ONNX file's recorded, unchanged source directory) is here with torch;
+    else the export reference beside the ONNX file (its hash checked: a mismatch is a ``UserError``); else none."""
+    p = Path(candidate)
+    if kind == "engine":
+        return ParityPlan("onnxruntime-cpu-unoptimised", note="the engine vs its source ONNX file in ONNX Runtime CPU")
+    if kind == "directory":
+        return ParityPlan("pytorch", str(p), dir_digest(p), "the candidate directory in PyTorch")
+    info = onnx_info(p)
+    source, why_not = _torch_source(info.metadata)
+    if source is not None:
+        return ParityPlan("pytorch", str(source), info.metadata["ziplm_source_sha256"],
+                          "the source model directory recorded at export, unchanged since")
+    ref_file = reference_path(p)
+    if not ref_file.is_file():
+        return ParityPlan("none", note=f"no export reference {ref_file.name} beside {p} and {why_not}")
+    stored = load_reference(ref_file)
+    if set(stored.inputs) != set(info.inputs):
+        raise UserError(f"export reference {ref_file} was written for inputs {sorted(stored.inputs)}, "
+                        f"but {p} takes {sorted(info.inputs)}",
+                        "keep each FILE.onnx with its own FILE.onnx.reference.npz, or re-export")
+    return ParityPlan("export-reference", str(ref_file), file_sha256(ref_file), why_not, stored)
+
+
+def _torch_source(meta: dict[str, str]) -> tuple[Path | None, str]:
+    """(the source directory to run in PyTorch, or None and why not)."""
+    src = meta.get("ziplm_source")
+    if not src:
+        return None, "no source model directory recorded in its metadata"
+    if meta.get("ziplm_graph") not in PLAIN_GRAPHS:
+        return None, f"its {meta.get('ziplm_graph')!r} graph needs a KV cache PyTorch is not run with"
+    if not (Path(src) / "config.json").is_file():
+        return None, f"its source directory {src} is not here"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "torch is not installed"
+    if dir_digest(src) != meta.get("ziplm_source_sha256"):
+        return None, f"its source directory {src} changed since export"
+    return Path(src), ""
 
 
 def _measure(report: VerifyReport, backend: Any, models: dict[str, Resolved], opts: VerifyOptions, protocol: Any,
@@ -321,32 +461,59 @@ def _predict(report: VerifyReport, models: dict[str, Resolved], opts: VerifyOpti
         sp["prediction_error"] = round(measured / sp["predicted"] - 1, 5)
 
 
-def _parity(backend: Any, cand: Resolved, opts: VerifyOptions, log: Callable[[str], None]) -> dict[str, Any]:
+def _parity(backend: Any, cand: Resolved, plan: ParityPlan, opts: VerifyOptions,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """Per-output parity of the candidate in the runtime against ``plan``'s reference (never against itself)."""
+    from .parity import compare
+
+    extra: dict[str, Any] = {"file_matches_export": None}
+    if plan.reference == "none":
+        return _parity_block(plan, opts, [], extra)
+    if plan.reference == "export-reference":
+        log(f"parity: candidate in the runtime vs the export reference {plan.path}")
+        with backend.load(cand.file) as session:
+            got = session.run(plan.stored.inputs)
+        want = plan.stored.outputs
+        extra["file_matches_export"] = file_sha256(cand.file) == plan.stored.onnx_sha256
+        if not extra["file_matches_export"]:
+            log(f"warning: {cand.file} changed since export (its sha256 differs from the reference's)")
+    else:
+        got, want, plan = _run_against(backend, cand, plan, opts, log)
+    rows = compare(got, want, opts.atol, opts.rtol)
+    if not rows:
+        raise UserError("parity: the reference has no outputs")
+    return _parity_block(plan, opts, rows, extra)
+
+
+def _run_against(backend: Any, cand: Resolved, plan: ParityPlan, opts: VerifyOptions,
+                 log: Callable[[str], None]) -> tuple[dict, dict, ParityPlan]:
+    """Synthetic inputs of the verify shape through the candidate and through PyTorch / the source ONNX."""
     from ..runtime import get_backend
     from ..runtime.feeds import synthetic_feeds
-    from .parity import compare, torch_outputs
+    from .parity import torch_outputs
 
     arch, _ = _arch_and_shape(cand)
     dims = {"batch": opts.batch, "seq": opts.seq, "past": 0, "total": opts.seq}
     with backend.load(cand.file) as session:
         feeds = synthetic_feeds(session.inputs, dims, arch.vocab if arch else FALLBACK_VOCAB, seed=opts.seed + 1)
         got = session.run(feeds)
-    if cand.kind == "directory":
-        log("parity: candidate in the runtime vs PyTorch")
-        reference, want = "pytorch", torch_outputs(cand.source, feeds)
-    else:
-        if cand.onnx is None:
-            raise UserError(f"no source ONNX for {cand.source}: parity cannot be checked",
-                            "keep the engine's source ONNX (recorded in its sidecar) next to it")
-        log("parity: candidate in the runtime vs ONNX Runtime CPU without graph optimisations")
-        with get_backend("ort-cpu", threads=1, opt_level="disabled").load(cand.onnx) as ref:
-            want = ref.run(feeds)
-        reference = "onnxruntime-cpu-unoptimised"
-    rows = compare(got, want, opts.atol, opts.rtol)
-    if not rows:
-        raise UserError("parity: the runtime and the reference share no output names")
-    return {"reference": reference, "atol": opts.atol, "rtol": opts.rtol, "ok": all(r["ok"] for r in rows),
-            "outputs": rows}
+    if plan.reference == "pytorch":
+        log(f"parity: candidate in the runtime vs PyTorch on {plan.path}")
+        return got, torch_outputs(plan.path, feeds), plan
+    if cand.onnx is None:
+        raise UserError(f"no source ONNX for {cand.source}: parity cannot be checked",
+                        "keep the engine's source ONNX (recorded in its sidecar) next to it")
+    log("parity: candidate in the runtime vs ONNX Runtime CPU without graph optimisations")
+    with get_backend("ort-cpu", threads=1, opt_level="disabled").load(cand.onnx) as ref:
+        want = ref.run(feeds)
+    return got, want, ParityPlan(plan.reference, str(cand.onnx), file_sha256(cand.onnx), plan.note)
+
+
+def _parity_block(plan: ParityPlan, opts: VerifyOptions, rows: list[dict[str, Any]],
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    return {"reference": plan.reference, "reference_path": plan.path, "reference_sha256": plan.sha256,
+            "note": plan.note, "atol": opts.atol, "rtol": opts.rtol, "ok": bool(rows) and all(r["ok"] for r in rows),
+            "outputs": rows, **extra}
 
 
 def _quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[str], None]) -> dict[str, Any]:
