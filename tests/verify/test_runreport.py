@@ -120,3 +120,41 @@ def test_report_of_an_empty_or_missing_run(tmp_path, capsys):
     assert "run directory not found" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "has no family-*.json and no verify reports" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,value", [
+    (("speedup", "measured"), "1.9"), (("speedup", "measured"), float("inf")), (("speedup", "candidate_ms"), [1.0]),
+    (("speedup", "predicted"), "2"), (("quality",), {"metric": "perplexity", "baseline": "10", "candidate": float("nan")}),
+    (("quality",), {"baseline": 10.0, "candidate": 11.0}), (("candidate", "source"), ["a"]),
+    (("candidate", "manifest"), "x"), (("baseline", "shape"), [1]), (("candidate", "shape"), {"layers": [{"ffn": "9"}]}),
+])
+def test_report_never_crashes_or_plots_a_bad_value(run, tmp_path, field, value):
+    """A verify report with a mistyped or non-finite value is shown without it (with a warning), never a traceback."""
+    rep = json.loads((run / "ziplm-2x.verify.json").read_text())
+    node = rep
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = value
+    (run / "ziplm-2x.verify.json").write_text(json.dumps(rep))
+    data = collect(run)
+    for row in data.rows:
+        for x in (row.measured_speedup, row.measured_ms, row.predicted_speedup, row.quality):
+            assert x is None or (isinstance(x, float) and x == x and abs(x) != float("inf"))
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+
+
+def test_report_shows_parity_false_as_a_failure(run):
+    rep = json.loads((run / "ziplm-2x.verify.json").read_text())
+    rep["parity"]["ok"] = "false"  # a string, not JSON false: not a pass
+    (run / "ziplm-2x.verify.json").write_text(json.dumps(rep))
+    row = next(r for r in collect(run).rows if r.name == "ziplm-2x")
+    assert row.parity_ok is False
+
+
+def test_report_skips_a_family_whose_members_are_not_a_list(run):
+    fam = json.loads((run / "family-magnitude.json").read_text())
+    fam["members"] = "all of them"
+    (run / "family-magnitude.json").write_text(json.dumps(fam))
+    data = collect(run)
+    assert any("members must be a list" in w for w in data.warnings)
+    assert not any(r.method == "magnitude" and r.verify is None for r in data.rows)

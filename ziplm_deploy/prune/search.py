@@ -96,22 +96,25 @@ class SearchResult:
 
 
 def module_options(db: Database, table: LatencyTable, loss: str = "relative",
-                   coefficients: dict[int, float] | None = None) -> list[tuple[int, str, list[Option]]]:
+                   coefficients: dict[int, float] | None = None,
+                   costs: dict[tuple[int, str], Sequence[float]] | None = None) -> list[tuple[int, str, list[Option]]]:
     """The options of every module of the database, timed by the table; ``coefficients`` (per layer)
-    scale the losses (SPDY's randomised search)."""
+    scale the losses (SPDY's randomised search); ``costs`` ((layer, kind) -> one cost per level, e.g.
+    measured end-to-end sensitivities) replace the OBS losses."""
     arch = table.arch
     per_unit = arch.group_size if arch.kv_heads != arch.heads else 1
     gqa = arch.kv_heads != arch.heads
     out = []
     for m in db.modules:
         opts = []
-        for lv in m.levels:
+        measured = (costs or {}).get((m.layer, m.kind))
+        for j, lv in enumerate(m.levels):
             if m.kind == "attn":
                 heads = lv.units * per_unit
                 t = table.attention_ms(heads, lv.units if gqa else None)
             else:
                 t = table.ffn_ms(lv.units)
-            cost = lv.rel_loss if loss == "relative" else lv.loss
+            cost = measured[j] if measured is not None else lv.rel_loss if loss == "relative" else lv.loss
             opts.append(Option(lv.units, t, cost * (coefficients or {}).get(m.layer, 1.0)))
         out.append((m.layer, m.kind, opts))
     return out
@@ -130,11 +133,12 @@ def shape_from_units(db: Database, table: LatencyTable, units: dict[tuple[int, s
 
 
 def search(db: Database, table: LatencyTable, targets: Sequence[float], loss: str = "relative",
-           uniform: bool = False, buckets: int = 10000, coefficients: dict[int, float] | None = None) -> list[SearchResult]:
+           uniform: bool = False, buckets: int = 10000, coefficients: dict[int, float] | None = None,
+           costs: dict[tuple[int, str], Sequence[float]] | None = None) -> list[SearchResult]:
     """One result per speedup target: the least-loss shape whose predicted latency meets ``T_dense / target``."""
     if any(t < 1.0 for t in targets):
         raise UserError(f"speedup targets must be >= 1, got {list(targets)}")
-    modules = module_options(db, table, loss, coefficients)
+    modules = module_options(db, table, loss, coefficients, costs)
     layers = {m.layer for m in db.modules}
     if db.arch.get("num_layers", len(layers)) != table.arch.num_layers or max(layers) >= table.arch.num_layers:
         raise UserError("the database covers another number of layers than the table's model",

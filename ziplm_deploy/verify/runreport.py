@@ -80,14 +80,22 @@ def collect(run: str | os.PathLike) -> RunData:
         fam = _read_json(f, data)
         if not isinstance(fam, dict) or fam.get("format") != FAMILY_FORMAT:
             continue
-        _dense_from_model(data, fam.get("model"))
-        for m in fam.get("members", []):
-            if not m.get("reachable") or not m.get("path"):
+        _dense_from_model(data, _text(fam.get("model")))
+        members = fam.get("members")
+        if not isinstance(members, list):
+            data.warnings.append(f"skipped {f.name}: members must be a list, got {members!r:.60}")
+            continue
+        for i, m in enumerate(members):
+            where = f"{f.name}: members[{i}]"
+            if not isinstance(m, dict) or m.get("reachable") is not True or not _text(m.get("path")):
                 continue
-            row = ModelRow(Path(m["path"]).name, fam.get("method", "?"), m["path"], m.get("target"),
-                           m.get("predicted_speedup"), m.get("predicted_ms"), shape=m.get("shape"))
-            if m.get("calibration_ppl") is not None:
-                row.quality, row.quality_metric, row.quality_source = m["calibration_ppl"], "perplexity", "calibration"
+            row = ModelRow(Path(m["path"]).name, _text(fam.get("method")) or "?", m["path"],
+                           _num(data, where, m, ("target",), lo=0, lo_open=True),
+                           _num(data, where, m, ("predicted_speedup",), lo=0, lo_open=True),
+                           _num(data, where, m, ("predicted_ms",), lo=0, lo_open=True), shape=_shape(m.get("shape")))
+            ppl = _num(data, where, m, ("calibration_ppl",), lo=0)
+            if ppl is not None:
+                row.quality, row.quality_metric, row.quality_source = ppl, "perplexity", "calibration"
             data.rows.append(row)
             by_path[_key(m["path"])] = row
     for f in sorted(run.rglob("*verify*.json")):
@@ -118,45 +126,102 @@ def _dense_from_model(data: RunData, model_dir: str | None) -> None:
         pass
 
 
+def _num(data: RunData, where: str, root: Any, path: tuple[str, ...], **bounds: Any) -> float | None:
+    """A finite number from a report, or None; a present but invalid value (a string, NaN, a list...)
+    becomes a warning, never a plotted point."""
+    from .policy import NOT_MEASURED, read_number
+
+    reading = read_number(root, path, **bounds)
+    if reading.value is None and reading.problem != NOT_MEASURED:
+        data.warnings.append(f"{where}: {'.'.join(path)}: {reading.problem}; not shown")
+    return reading.value
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _parity_ok(parity: Any) -> bool | None:
+    """True only when the block and every row say a real JSON true; None when there is no parity."""
+    if not isinstance(parity, dict):
+        return None
+    rows = parity.get("outputs")
+    rows_ok = isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) and r.get("ok") is True for r in rows)
+    return parity.get("ok") is True and rows_ok
+
+
 def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport, f: Path) -> None:
-    cand = rep.candidate or {}
-    row = by_path.get(_key(cand.get("source")))
+    where = str(f.relative_to(data.run))
+    cand = _obj(rep.candidate)
+    source = _text(cand.get("source"))
+    row = by_path.get(_key(source))
     if row is None:
-        manifest = cand.get("manifest") or {}
-        metrics = manifest.get("metrics") or {}
-        row = ModelRow(Path(str(cand.get("source", f.stem))).name, manifest.get("method") or "verified",
-                       cand.get("source"), metrics.get("target_speedup"), shape=cand.get("shape"))
+        manifest = _obj(cand.get("manifest"))
+        row = ModelRow(Path(source or f.stem).name, _text(manifest.get("method")) or "verified", source,
+                       _num(data, where, manifest, ("metrics", "target_speedup"), lo=0, lo_open=True),
+                       shape=_shape(cand.get("shape")))
         data.rows.append(row)
-        by_path[_key(cand.get("source"))] = row
-    sp = rep.speedup or {}
-    row.verify = str(f.relative_to(data.run))
+        by_path[_key(source)] = row
+    sp = rep.speedup
+    row.verify = where
     if rep.ok:
-        row.measured_speedup, row.measured_ms = sp.get("measured"), sp.get("candidate_ms")
-        row.baseline_ms = sp.get("baseline_ms")
+        row.measured_speedup = _num(data, where, sp, ("measured",), lo=0, lo_open=True)
+        row.measured_ms = _num(data, where, sp, ("candidate_ms",), lo=0, lo_open=True)
+        row.baseline_ms = _num(data, where, sp, ("baseline_ms",), lo=0, lo_open=True)
     else:
-        data.warnings.append(f"{row.verify}: measurement errored: {rep.error}")
-    if sp.get("predicted") is not None:
-        row.predicted_speedup, row.predicted_ms = sp["predicted"], sp.get("predicted_ms") or row.predicted_ms
+        data.warnings.append(f"{where}: measurement errored: {rep.error}")
+    predicted = _num(data, where, sp, ("predicted",), lo=0, lo_open=True)
+    if predicted is not None:
+        row.predicted_speedup = predicted
+        row.predicted_ms = _num(data, where, sp, ("predicted_ms",), lo=0, lo_open=True) or row.predicted_ms
     if row.target is None:
-        row.target = sp.get("target")
-    if rep.parity:
-        row.parity_ok = bool(rep.parity.get("ok"))
-    if rep.quality and rep.quality.get("candidate") is not None:
-        row.quality, row.quality_metric, row.quality_source = rep.quality["candidate"], rep.quality["metric"], "eval"
+        row.target = _num(data, where, sp, ("target",), lo=0, lo_open=True)
+    parity_ok = _parity_ok(rep.parity)
+    if parity_ok is not None:
+        row.parity_ok = parity_ok
+    quality = _obj(rep.quality)
+    metric = _text(quality.get("metric"))
+    candidate_quality = _num(data, where, quality, ("candidate",), lo=0)
+    if metric and candidate_quality is not None:
+        row.quality, row.quality_metric, row.quality_source = candidate_quality, metric, "eval"
     if row.shape is None:
-        row.shape = cand.get("shape")
+        row.shape = _shape(cand.get("shape"))
+    baseline = _obj(rep.baseline)
     if rep.ok and not any(r.method == "baseline" for r in data.rows):  # the reference point of the plots
-        q = rep.quality or {}
-        base = ModelRow("baseline", "baseline", (rep.baseline or {}).get("source"), 1.0, 1.0,
-                        sp.get("predicted_baseline_ms"), 1.0, sp.get("baseline_ms"), sp.get("baseline_ms"),
-                        q.get("baseline"), q.get("metric"), "eval" if q else None, shape=(rep.baseline or {}).get("shape"),
+        base_quality = _num(data, where, quality, ("baseline",), lo=0) if metric else None
+        base = ModelRow("baseline", "baseline", _text(baseline.get("source")), 1.0, 1.0,
+                        _num(data, where, sp, ("predicted_baseline_ms",), lo=0, lo_open=True), 1.0,
+                        row.baseline_ms, row.baseline_ms, base_quality, metric if base_quality is not None else None,
+                        "eval" if base_quality is not None else None, shape=_shape(baseline.get("shape")),
                         verify=row.verify)
         data.rows.insert(0, base)
-    base_shape = (rep.baseline or {}).get("shape")
-    if not data.dense and base_shape:
-        layers = [lay for lay in base_shape.get("layers", []) if not lay.get("dropped")]
-        if layers:
-            data.dense = {"heads": max(lay["heads"] for lay in layers), "ffn": max(lay["ffn"] for lay in layers)}
+    _dense_from_shape(data, _shape(baseline.get("shape")))
+
+
+def _shape(value: Any) -> dict[str, Any] | None:
+    """A shape dict whose layers are objects with integer heads / ffn, else None (not plotted)."""
+    if not isinstance(value, dict) or not isinstance(value.get("layers"), list):
+        return None
+    for lay in value["layers"]:
+        if not isinstance(lay, dict):
+            return None
+        for key in ("heads", "ffn"):
+            v = lay.get(key, 0)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                return None
+    return value
+
+
+def _dense_from_shape(data: RunData, shape: dict[str, Any] | None) -> None:
+    if data.dense or not shape:
+        return
+    layers = [lay for lay in shape["layers"] if not lay.get("dropped")]
+    if layers:
+        data.dense = {"heads": max(lay.get("heads", 0) for lay in layers), "ffn": max(lay.get("ffn", 0) for lay in layers)}
 
 
 # --- plots --------------------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Measured end-to-end sensitivities: real stitched tiny models scored against the dense one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from families import tiny_model
+from ziplm_deploy.models import adapter_for
+from ziplm_deploy.prune.database import Level, ModuleDb, build_database
+from ziplm_deploy.prune.hessian import collect_hessians
+from ziplm_deploy.prune.sensitivity import Probe, level_costs, measure_probes, probe_levels, sensitivity_costs
+
+
+def _module(units):
+    levels = tuple(Level(u, tuple(range(u)), 0.0, (units[0] - u) / units[0]) for u in units)
+    return ModuleDb(0, "ffn", "neuron", 1, 1.0, levels)
+
+
+def test_probe_levels_pick_distinct_levels_near_the_fractions():
+    assert probe_levels(_module([4, 3, 2, 1, 0])) == [3, 2, 1, 0]  # few levels: every non-dense one
+    picked = probe_levels(_module(list(range(64, -1, -8))))
+    assert picked == [48, 32, 16, 0]
+
+
+def test_level_costs_interpolate_measured_damage_and_never_decrease():
+    m = _module(list(range(64, -1, -8)))
+    probes = [Probe(48, 0.25, 0.2), Probe(32, 0.5, 0.1), Probe(16, 0.75, 0.9), Probe(0, 1.0, 3.0)]
+    costs = level_costs(m, probes)
+    assert costs[0] == 0.0  # dense
+    assert costs[1] == pytest.approx(0.1)  # 56 units: halfway to the 48-unit probe (0.2)
+    assert costs[2] == pytest.approx(0.2)  # measured
+    assert costs[4] == pytest.approx(0.2)  # measured 0.1 but removing more never costs less
+    assert costs[-1] == pytest.approx(3.0)
+    assert costs == sorted(costs)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_measured_probes_are_zero_for_dense_and_grow_with_removal(family):
+    model = tiny_model(family).eval()
+    adapter = adapter_for(model)
+    windows = torch.randint(0, 120, (4, 16), generator=torch.Generator().manual_seed(0))
+    hessians = collect_hessians(model, windows, progress=False)
+    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
+    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    probes = measure_probes(model, db, hessians, windows, progress=False)
+    assert set(probes) == {(m.layer, m.kind) for m in db.modules}
+    for m in db.modules:
+        ps = probes[(m.layer, m.kind)]
+        assert ps and all(p.damage >= 0 for p in ps)
+        removed = [p for p in ps if p.units == 0]
+        assert removed and removed[0].damage > 0  # removing a whole module of a random model changes its output
+    costs = sensitivity_costs(db, probes)
+    for m in db.modules:
+        assert len(costs[(m.layer, m.kind)]) == len(m.levels) and costs[(m.layer, m.kind)][0] == 0.0

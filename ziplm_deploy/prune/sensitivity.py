@@ -1,0 +1,99 @@
+"""Measured end-to-end sensitivity of each module's levels: the search's loss, calibrated on the model itself.
+
+The OBS database ranks levels *within* a module well, but its per-module losses (relative output
+error of one projection) do not compare *across* modules on decoders with massive activations: a
+layer whose output energy sits in a few tokens looks cheap and is cut first (issue #16). Here each
+module is pruned alone to a few probe levels (stitched with its OBS reconstruction, every other
+module dense) and scored end to end by the KL divergence of the model's next-token distribution from
+the dense model's on calibration windows (output MSE for encoders). The cost of every level of the
+module is then the measured KL interpolated in the level's OBS loss (monotone, 0 at the dense level),
+and the DP sums those: a first-order, additive model of end-to-end damage.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .database import Database, ModuleDb
+
+PROBE_FRACTIONS = (0.75, 0.5, 0.25, 0.0)  # kept fraction of the module's units at which it is measured
+
+
+@dataclass(frozen=True)
+class Probe:
+    units: int
+    rel_loss: float
+    damage: float  # end-to-end KL (or relative output MSE) with only this module at this level
+
+
+def probe_levels(module: ModuleDb, fractions: Sequence[float] = PROBE_FRACTIONS) -> list[int]:
+    """The distinct non-dense levels nearest to each kept fraction (every level when there are few)."""
+    full = module.levels[0].units
+    candidates = [lv.units for lv in module.levels[1:]]
+    if len(candidates) <= len(fractions):
+        return candidates
+    picked = {min(candidates, key=lambda u: abs(u - f * full)) for f in fractions}
+    return sorted(picked, reverse=True)
+
+
+@torch.no_grad()
+def _outputs(model, windows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    outs = []
+    for start in range(0, len(windows), batch_size):
+        out = model(input_ids=windows[start : start + batch_size])
+        if "logits" in out:
+            outs.append(torch.log_softmax(out["logits"].float(), dim=-1))
+        else:
+            outs.append(out["last_hidden_state"].float())
+    return outs
+
+
+def damage(reference: list[torch.Tensor], got: list[torch.Tensor], decoder: bool) -> float:
+    """Mean per-token KL(reference || got) for log-probabilities; relative MSE for hidden states."""
+    if decoder:
+        kl = sum(float((r.exp() * (r - g)).sum()) for r, g in zip(reference, got))
+        tokens = sum(r.shape[0] * r.shape[1] for r in reference)
+        return max(0.0, kl / tokens)
+    err = sum(float(((r - g) ** 2).sum()) for r, g in zip(reference, got))
+    return err / max(sum(float((r**2).sum()) for r in reference), 1e-30)
+
+
+@torch.no_grad()
+def measure_probes(dense, db: Database, hessians, windows: torch.Tensor, batch_size: int = 4,
+                   fractions: Sequence[float] = PROBE_FRACTIONS, progress: bool = True) -> dict[tuple[int, str], list[Probe]]:
+    """End-to-end damage of each module alone at its probe levels (every other module dense)."""
+    from .stitch import stitch
+
+    reference = _outputs(dense, windows, batch_size)
+    decoder = "logits" in dense(input_ids=windows[:1])
+    jobs = [(m, units) for m in db.modules for units in probe_levels(m, fractions)]
+    probes: dict[tuple[int, str], list[Probe]] = {(m.layer, m.kind): [] for m in db.modules}
+    for m, units in tqdm(jobs, desc="sensitivity probes", unit="probe", disable=not progress):
+        model = stitch(copy.deepcopy(dense), db, hessians, {(m.layer, m.kind): units})
+        hurt = damage(reference, _outputs(model, windows, batch_size), decoder)
+        probes[(m.layer, m.kind)].append(Probe(units, m.level(units).rel_loss, hurt))
+        del model
+    return probes
+
+
+def level_costs(module: ModuleDb, probes: Sequence[Probe]) -> list[float]:
+    """A cost for every level of ``module``: measured damage interpolated in OBS loss, non-decreasing as
+    units are removed, 0 at the dense level."""
+    measured = {p.units: p.damage for p in probes}
+    xs = [module.levels[0].rel_loss] + [p.rel_loss for p in sorted(probes, key=lambda p: p.rel_loss)]
+    ys = [0.0] + [p.damage for p in sorted(probes, key=lambda p: p.rel_loss)]
+    costs = []
+    for lv in module.levels:  # descending units: rel_loss ascending (nested greedy levels)
+        cost = measured.get(lv.units)
+        costs.append(float(np.interp(lv.rel_loss, xs, ys)) if cost is None else cost)
+    return list(np.maximum.accumulate(np.asarray(costs, dtype=np.float64)))
+
+
+def sensitivity_costs(db: Database, probes: dict[tuple[int, str], list[Probe]]) -> dict[tuple[int, str], list[float]]:
+    return {(m.layer, m.kind): level_costs(m, probes.get((m.layer, m.kind), [])) for m in db.modules}
