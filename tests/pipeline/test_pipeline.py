@@ -109,6 +109,25 @@ def test_run_skips_unchanged_stages_and_gates(tiny_lm, tmp_path, capsys):
     assert "gate FAILED for ziplm-1.08x" in capsys.readouterr().out
 
 
+def test_an_unreachable_target_fails_its_gate_and_the_reachable_one_is_still_verified(tiny_lm, tmp_path, capsys):
+    prune = {"targets": [1.05, 50], "windows": 4, "seq_len": 16, "calib": str(tiny_lm / "calib.txt")}
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm, prune=prune, report=False))
+    run = tmp_path / "run"
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert "add a verify section" not in out + err and "Traceback" not in err
+    assert "[gate] ziplm-1.05x: PASSED" in out and "gate FAILED for ziplm-50x" in out
+    assert "[gate] ziplm-50x: FAILED (target 50x is unreachable with ziplm: the table predicts at most" in out
+    assert (run / "prune" / "verify" / "ziplm-1.05x.verify.json").is_file()  # the reachable member was verified
+    assert ET_parses(run / "gate" / "ziplm-50x.xml") and "target_reachable" in (run / "gate" / "ziplm-50x.md").read_text()
+    # every target unreachable: nothing to verify, and still a gate failure (exit 1), not a spec error (exit 2)
+    prune["targets"] = [50]
+    pipeline = _write(tmp_path / "p.yaml", _spec(tiny_lm, prune=prune))
+    assert main(["run", str(pipeline), "--out", str(tmp_path / "none"), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "gate FAILED for ziplm-50x" in out and "[report] skipped" in out
+
+
 def ET_parses(path: Path) -> bool:
     import xml.etree.ElementTree as ET
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .checks import mapping, number, typed
+from .errors import UserError
+from .fingerprint import DeviceFingerprint
 from .jsonio import atomic_write_json, check_header, read_json
+from .shape import ModelShape
 
 MANIFEST_FORMAT = "ziplm-deploy/manifest"
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+_OPTIONAL = ("table_sha256", "fingerprint")  # written only by the methods that have them
 
 
 @dataclass(frozen=True)
@@ -23,18 +28,43 @@ class ModelManifest:
     parent_config_sha256: str
     shape: dict[str, Any]  # ModelShape JSON
     options: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # predicted latency, params, losses...
+    metrics: dict[str, float | None] = field(default_factory=dict)  # predicted latency, params, losses...
     producer: str = ""
     created: str = ""
+    table_sha256: str | None = None  # prune: the latency table that judged the model
+    fingerprint: dict[str, Any] | None = None  # prune: that table's device fingerprint
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **asdict(self)}
+        body = {k: v for k, v in asdict(self).items() if k not in _OPTIONAL or v is not None}
+        return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **body}
 
     @staticmethod
     def from_json(payload: Any, source: str = "manifest") -> "ModelManifest":
+        """Every field checked (names the file and key): strings, the shape and fingerprint by their own
+        readers, metrics finite numbers (or null); unknown keys are refused."""
         check_header(payload, MANIFEST_FORMAT, (MANIFEST_VERSION,), source)
-        fields = {k: v for k, v in payload.items() if k not in ("format", "version")}
-        return ModelManifest(**fields)
+        names = {f.name for f in fields(ModelManifest)}
+        unknown = sorted(set(payload) - names - {"format", "version"})
+        missing = sorted(f.name for f in fields(ModelManifest)
+                         if f.default is MISSING and f.default_factory is MISSING and f.name not in payload)
+        if unknown or missing:
+            raise UserError(f"{source}: manifest has unknown keys {unknown} / missing keys {missing}",
+                            "regenerate the model directory with ziplm-deploy")
+        values = {k: v for k, v in payload.items() if k in names}
+        for key in ("method", "parent", "parent_config_sha256", "producer", "created"):
+            if key in values:
+                typed(values[key], str, source, key, "a string")
+        if values.get("table_sha256") is not None:
+            typed(values["table_sha256"], str, source, "table_sha256", "a string")
+        ModelShape.from_json(values["shape"], source=f"{source}: shape")
+        typed(values.get("options", {}), dict, source, "options", "a JSON object")
+        metrics = mapping(values.get("metrics", {}), source, "metrics")
+        for key, value in metrics.items():
+            if value is not None:
+                number(value, source, f"metrics.{key}")
+        if values.get("fingerprint") is not None:
+            DeviceFingerprint.from_json(values["fingerprint"], source)
+        return ModelManifest(**values)
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_json())

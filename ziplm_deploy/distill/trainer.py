@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..core.checks import TEMP_PREFIX, sweep_temporaries
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json
 from .losses import LossWeights, distill_loss
@@ -330,9 +331,9 @@ def _save_checkpoint(accelerator, out: Path, step: int, config: TrainConfig, his
     """model + optimizer + scheduler + RNG states (accelerate) and the step, written to a temp folder
     and renamed, so an interruption never leaves a half-written checkpoint that looks complete."""
     folder = out / CHECKPOINTS
-    tmp, final = folder / f".tmp-step-{step:08d}", folder / f"step-{step:08d}"
+    tmp, final = folder / f"{TEMP_PREFIX}step-{step:08d}", folder / f"step-{step:08d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        sweep_temporaries(folder)  # this step's and any other half-written checkpoint of a killed run
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=False)

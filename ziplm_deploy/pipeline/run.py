@@ -16,12 +16,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.checks import check_output_path, mapping, number, sweep_temporaries, typed
 from ..core.errors import UserError
-from ..core.jsonio import atomic_write_json, read_json
+from ..core.jsonio import atomic_write_json, check_header, read_json
 from .spec import PipelineSpec
 
 STATE_FILE = "state.json"
 STATE_FORMAT = "ziplm-deploy/run-state"
+STAGES = ("profile", "prune", "distill", "export", "engine", "verify")
+# folders of the run directory where a killed run can leave a temporary (``TEMP_PREFIX``*) behind
+WORK_FOLDERS = (".", "prune", "prune/verify", "onnx", "distill", "engines", "gate")
 
 
 @dataclass
@@ -57,11 +61,7 @@ def _content_hash(path: str | os.PathLike) -> str:
 class _State:
     def __init__(self, run_dir: Path):
         self.path = run_dir / STATE_FILE
-        self.stages: dict[str, Any] = {}
-        if self.path.is_file():
-            payload = read_json(self.path, "run state")
-            if payload.get("format") == STATE_FORMAT:
-                self.stages = payload.get("stages", {})
+        self.stages: dict[str, Any] = _read_state(self.path) if self.path.is_file() else {}
 
     def done(self, stage: str, key: str) -> Any:
         entry = self.stages.get(stage)
@@ -74,16 +74,55 @@ class _State:
         atomic_write_json(self.path, {"format": STATE_FORMAT, "version": 1, "stages": self.stages})
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """The recorded stages of ``state.json``, every field checked; a damaged file is a one-line error
+    saying how to start over (the finished models and the OBS database are reused either way)."""
+    source = str(path)
+    try:
+        payload = read_json(path, "run state")
+        check_header(payload, STATE_FORMAT, (1,), source)
+        stages = mapping(payload.get("stages"), source, "stages")
+        for name, entry in stages.items():
+            _check_stage_entry(name, entry, source)
+    except UserError as e:
+        raise UserError(e.message, f"delete {path} to start the run over") from None
+    return stages
+
+
+def _check_stage_entry(name: str, entry: Any, source: str) -> None:
+    from ..prune.family import member_from_json
+
+    if name not in STAGES:
+        raise UserError(f"{source}: stages.{name} is not a stage (stages: {', '.join(STAGES)})")
+    key = f"stages.{name}"
+    entry = mapping(entry, source, key)
+    typed(entry.get("key"), str, source, f"{key}.key", "a string")
+    outputs = typed(entry.get("outputs"), list, source, f"{key}.outputs", "a list of paths")
+    for i, p in enumerate(outputs):
+        typed(p, str, source, f"{key}.outputs[{i}]", "a path")
+    number(entry.get("finished"), source, f"{key}.finished", lo=0.0)
+    result = entry.get("result")
+    if name == "prune":
+        for i, m in enumerate(typed(result, list, source, f"{key}.result", "a list of members")):
+            member_from_json(m, source, f"{key}.result[{i}]")
+        return
+    for k, v in mapping(result, source, f"{key}.result").items():  # name -> path
+        typed(v, str, source, f"{key}.result.{k}", "a path")
+
+
 def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[str], None] = print,
                  progress: bool = True) -> RunResult:
     started = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = check_output_path(run_dir, "run directory", directory=True)
     if spec.engine is not None:
         from ..runtime.tensorrt import _import_trt
 
         _import_trt()  # a clear error before any work where TensorRT is missing
+    state = _State(run_dir)  # a damaged state.json is refused before any work
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = _State(run_dir)
+    for folder in WORK_FOLDERS:
+        for stale in sweep_temporaries(run_dir / folder):
+            log(f"removed the temporary {stale} of an interrupted run")
     result = RunResult(str(run_dir))
     model_key = _content_hash(spec.model)
 
@@ -217,26 +256,12 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
 
     # gate (always re-judged: cheap, and its verdict is the run's exit code) --------------------
     if spec.gate is not None:
-        from ..verify.output import junit_xml, markdown
-        from ..verify.policy import Policy, judge
-        from ..verify.report import VerifyReport
-
-        policy = Policy.load(spec.gate.policy)
-        if not verify_reports:
-            raise UserError("the gate needs verify reports", "add a verify section to the pipeline file")
-        for name, path in verify_reports.items():
-            verdict = judge(policy, VerifyReport.load(path), report_name=path)
-            gate_dir = run_dir / "gate"
-            gate_dir.mkdir(exist_ok=True)
-            (gate_dir / f"{name}.xml").write_bytes(junit_xml(verdict))
-            (gate_dir / f"{name}.md").write_text(markdown(verdict))
-            status = "PASSED" if verdict.passed else "FAILED"
-            log(f"[gate] {name}: {status}")
-            if not verdict.passed:
-                result.gate_failures.append(name)
+        result.gate_failures = _gate(spec, verify_reports, members, run_dir / "gate", log)
 
     # report ----------------------------------------------------------------------------------
-    if spec.report:
+    if spec.report and not reached:
+        log("[report] skipped: no target was reached, so there is no model to report on")
+    elif spec.report:
         from ..verify.runreport import collect, render_html, render_markdown
 
         data = collect(run_dir / "prune")
@@ -245,6 +270,35 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         log(f"[report] {run_dir / 'report.html'}")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
+
+
+def _gate(spec: PipelineSpec, verify_reports: dict[str, str], members: list[dict[str, Any]], gate_dir: Path,
+          log: Callable[[str], None]) -> list[str]:
+    """Judge every verified member; an unreachable target fails its gate too (it has no model to verify).
+    Writes JUnit XML and Markdown per member; returns the names that failed."""
+    from ..verify.output import junit_xml, markdown
+    from ..verify.policy import Check, Policy, Verdict, judge
+    from ..verify.report import VerifyReport
+
+    policy = Policy.load(spec.gate.policy)
+    verdicts = {name: judge(policy, VerifyReport.load(path), report_name=path) for name, path in verify_reports.items()}
+    for m in members:
+        if not m["reachable"]:
+            name = f"{spec.prune.method}-{m['target']:g}x"
+            why = (f"target {m['target']:g}x is unreachable with {spec.prune.method}: the table predicts at most "
+                   f"{m['max_speedup']:.2f}x")
+            verdicts[name] = Verdict(policy.name, "(none: no model reaches the target)",
+                                     [Check("target_reachable", False, m["max_speedup"], f">= {m['target']:g}x", why)])
+    gate_dir.mkdir(exist_ok=True)
+    failed = []
+    for name, verdict in verdicts.items():
+        (gate_dir / f"{name}.xml").write_bytes(junit_xml(verdict))
+        (gate_dir / f"{name}.md").write_text(markdown(verdict))
+        log(f"[gate] {name}: {'PASSED' if verdict.passed else 'FAILED'}"
+            + ("" if verdict.passed else f" ({verdict.failures[0].message})"))
+        if not verdict.passed:
+            failed.append(name)
+    return failed
 
 
 def _engines(spec: PipelineSpec, exported: dict[str, str], out: Path,
@@ -271,10 +325,9 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, key: 
     anything left by other options is removed first."""
     import shutil
 
-    from ..core.jsonio import read_json
     from ..core.manifest import MANIFEST_FILE
     from ..distill.losses import LossWeights
-    from ..distill.trainer import TrainConfig, latest_checkpoint, save_student, train, warmup_steps
+    from ..distill.trainer import CHECKPOINTS, TrainConfig, latest_checkpoint, save_student, train, warmup_steps
     from ..models import load_model
     from ..models.tokenizer import load_tokenizer
     from ..prune.data import train_heldout_windows
@@ -296,7 +349,7 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, key: 
         trained[name] = str(model_dir)
         work = out / f"{name}.train"
         if (model_dir / MANIFEST_FILE).is_file():
-            if read_json(model_dir / MANIFEST_FILE, "manifest").get("options", {}).get("stage_key") == key:
+            if _stage_key_of(model_dir / MANIFEST_FILE) == key:
                 log(f"  {name}: trained earlier, kept")
                 continue
             shutil.rmtree(model_dir)
@@ -304,6 +357,8 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, key: 
         if work.exists() and (not stale.is_file() or stale.read_text() != key):
             shutil.rmtree(work)  # checkpoints of other options, data or pruned models
         work.mkdir(parents=True, exist_ok=True)
+        for folder in (work, work / CHECKPOINTS):  # half-written checkpoints of a killed run
+            sweep_temporaries(folder)
         stale.write_text(key)
         student = load_model(m["path"])
         res = train(student, windows, work, config, weights, teacher=teacher, eval_windows=held,
@@ -317,3 +372,14 @@ def _distill(spec: PipelineSpec, members: list[dict[str, Any]], out: Path, key: 
         log(f"  {name}: held-out perplexity {metrics['heldout_ppl_before']:.2f} -> {metrics['heldout_ppl_after']:.2f} "
             f"after {res.steps} steps")
     return list(trained.values()), trained
+
+
+def _stage_key_of(manifest: Path) -> str | None:
+    """The distill stage key a trained model was saved under; None for a manifest that does not load
+    (the model is trained again)."""
+    from ..core.manifest import ModelManifest
+
+    try:
+        return ModelManifest.load(manifest).options.get("stage_key")
+    except UserError:
+        return None

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -135,6 +136,9 @@ class PipelineSpec:
     report: bool = True
 
     def __post_init__(self) -> None:
+        if self.gate is not None and self.verify is None:
+            raise UserError("the gate judges verify reports, and this pipeline has no verify section",
+                            "add a verify section (e.g. 'verify: {}') or drop the gate")
         if self.engine is None:
             return
         if self.export is None:
@@ -223,4 +227,31 @@ def _value(tp: Any, value: Any, key: str, source: str) -> Any:
     allowed, words = checks[tp]
     if (isinstance(value, bool) and tp is not bool) or not isinstance(value, allowed):
         raise UserError(f"{source}: '{key}' must be {words}, got {value!r}")
+    if tp in (int, float):
+        _check_range(value, key, source)
     return float(value) if tp is float else value
+
+
+# Lower bounds of numeric options, by key path (list indices dropped): (bound, strictly above it).
+_LOWER = {
+    "profile.batch": (1, False), "profile.seq": (1, False), "profile.threads": (0, False),
+    "profile.ffn_step": (1, False), "profile.rounds": (1, False),
+    "prune.targets": (1, False), "prune.windows": (1, False), "prune.seq_len": (8, False), "prune.seed": (0, False),
+    "prune.ffn_step": (1, False), "prune.damp": (0, False), "prune.spdy_samples": (0, False),
+    "distill.lr": (0, True), "distill.warmup": (0, False), "distill.grad_accum": (1, False),
+    "distill.temperature": (0, True), "distill.kd_weight": (0, False), "distill.hidden_weight": (0, False),
+    "distill.task_weight": (0, False), "distill.eval_windows": (1, False), "distill.save_every": (0, False),
+    "distill.seed": (0, False),
+    "export.atol": (0, False), "export.rtol": (0, False), "engine.workspace_mb": (1, False),
+    "verify.threads": (0, False), "verify.batch": (1, False), "verify.seq": (1, False), "verify.rounds": (1, False),
+    "verify.tolerance": (0, False),
+}
+
+
+def _check_range(value: float, key: str, source: str) -> None:
+    """Finite, and above the option's lower bound: NaN, inf and negative counts never reach a stage."""
+    if not math.isfinite(value):
+        raise UserError(f"{source}: '{key}' must be a finite number, got {value!r}")
+    lo, strict = _LOWER.get(key.split("[")[0], (None, False))
+    if lo is not None and (value <= lo if strict else value < lo):
+        raise UserError(f"{source}: '{key}' must be {'>' if strict else '>='} {lo}, got {value!r}")

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.arch import ArchSpec
+from ..core.checks import TEMP_PREFIX, integer, mapping, number, typed
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json, check_header, read_json
 from .hessian import LayerHessians
@@ -28,6 +29,7 @@ DB_FORMAT = "ziplm-deploy/obs-database"
 DB_VERSION = 1
 DB_FILE = "database.json"
 HESSIANS_FILE = "hessians.safetensors"
+REBUILD = "delete the database folder to rebuild it"
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,44 @@ class Database:
 
     @staticmethod
     def from_json(payload: Any, source: str) -> "Database":
-        check_header(payload, DB_FORMAT, (DB_VERSION,), source)
-        modules = tuple(
-            ModuleDb(m["layer"], m["kind"], m["unit"], m["unit_cols"], m["energy"],
-                     tuple(Level(lv["units"], tuple(lv["kept"]), lv["loss"], lv["rel_loss"]) for lv in m["levels"]))
-            for m in payload["modules"])
-        return Database(payload["arch"], modules, payload["calibration"], payload["damp"])
+        """The level index with every field checked (types, finite losses, integer unit counts and indices)."""
+        try:
+            check_header(payload, DB_FORMAT, (DB_VERSION,), source)
+            modules = typed(payload.get("modules"), list, source, "modules", "a list of module objects")
+            return Database(mapping(payload.get("arch"), source, "arch"),
+                            tuple(_module_from_json(m, source, f"modules[{i}]") for i, m in enumerate(modules)),
+                            mapping(payload.get("calibration"), source, "calibration"),
+                            number(payload.get("damp"), source, "damp", lo=0.0))
+        except UserError as e:  # our own cache: rebuilding it is always the fix
+            raise UserError(e.message, REBUILD) from None
+
+
+def _module_from_json(m: Any, source: str, key: str) -> ModuleDb:
+    m = mapping(m, source, key)
+    missing = [k for k in ("layer", "kind", "unit", "unit_cols", "energy", "levels") if k not in m]
+    if missing:
+        raise UserError(f"{source}: {key} lacks {', '.join(missing)}", REBUILD)
+    if m["kind"] not in ("attn", "ffn") or m["unit"] not in ("head", "kv_group", "neuron"):
+        raise UserError(f"{source}: {key}: kind {m['kind']!r} / unit {m['unit']!r} is not attn/ffn / "
+                        "head, kv_group or neuron", REBUILD)
+    levels = typed(m["levels"], list, source, f"{key}.levels", "a list of levels")
+    return ModuleDb(integer(m["layer"], source, f"{key}.layer", lo=0), m["kind"], m["unit"],
+                    integer(m["unit_cols"], source, f"{key}.unit_cols", lo=1),
+                    number(m["energy"], source, f"{key}.energy", lo=0.0),
+                    tuple(_level_from_json(lv, source, f"{key}.levels[{j}]") for j, lv in enumerate(levels)))
+
+
+def _level_from_json(lv: Any, source: str, key: str) -> Level:
+    lv = mapping(lv, source, key)
+    missing = [k for k in ("units", "kept", "loss", "rel_loss") if k not in lv]
+    if missing:
+        raise UserError(f"{source}: {key} lacks {', '.join(missing)}", REBUILD)
+    kept = typed(lv["kept"], list, source, f"{key}.kept", "a list of unit indices")
+    units = integer(lv["units"], source, f"{key}.units", lo=0)
+    if len(kept) != units:
+        raise UserError(f"{source}: {key} keeps {len(kept)} units but says units={units}", REBUILD)
+    return Level(units, tuple(integer(k, source, f"{key}.kept[{i}]", lo=0) for i, k in enumerate(kept)),
+                 number(lv["loss"], source, f"{key}.loss"), number(lv["rel_loss"], source, f"{key}.rel_loss"))
 
 
 def ffn_levels(width: int, step: int) -> list[int]:
@@ -145,26 +179,32 @@ def save_database(db: Database, hessians: list[LayerHessians], folder: str | os.
             tensors[f"{i}.attn"] = h.attn.contiguous()
         if h.ffn is not None:
             tensors[f"{i}.ffn"] = h.ffn.contiguous()
-    tmp = folder / f".{HESSIANS_FILE}.tmp"
+    tmp = folder / f"{TEMP_PREFIX}{HESSIANS_FILE}"
     save_file(tensors, str(tmp), metadata={"tokens": str(hessians[0].tokens)})
     os.replace(tmp, folder / HESSIANS_FILE)
     atomic_write_json(folder / DB_FILE, db.to_json())
 
 
 def load_database(folder: str | os.PathLike) -> tuple[Database, list[LayerHessians]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     folder = Path(folder)
     db = Database.from_json(read_json(folder / DB_FILE, "OBS database"), source=str(folder / DB_FILE))
     if not (folder / HESSIANS_FILE).is_file():
-        raise UserError(f"{folder} has no {HESSIANS_FILE}", "rebuild the database (delete the folder)")
+        raise UserError(f"{folder} has no {HESSIANS_FILE}", REBUILD)
+    if not db.modules:
+        raise UserError(f"{folder / DB_FILE}: 'modules' is empty", REBUILD)
     layers = 1 + max(m.layer for m in db.modules)
-    with safe_open(str(folder / HESSIANS_FILE), framework="pt") as f:
-        keys = set(f.keys())
-        tokens = int((f.metadata() or {}).get("tokens", 0))
-        hessians = [LayerHessians(f.get_tensor(f"{i}.attn") if f"{i}.attn" in keys else None,
-                                  f.get_tensor(f"{i}.ffn") if f"{i}.ffn" in keys else None, tokens)
-                    for i in range(layers)]
+    try:
+        with safe_open(str(folder / HESSIANS_FILE), framework="pt") as f:
+            keys = set(f.keys())
+            tokens = int((f.metadata() or {}).get("tokens", 0))
+            hessians = [LayerHessians(f.get_tensor(f"{i}.attn") if f"{i}.attn" in keys else None,
+                                      f.get_tensor(f"{i}.ffn") if f"{i}.ffn" in keys else None, tokens)
+                        for i in range(layers)]
+    except (SafetensorError, OSError, ValueError) as e:  # a truncated or garbled file
+        raise UserError(f"{folder / HESSIANS_FILE} is not a readable safetensors file ({str(e).splitlines()[0]})",
+                        REBUILD) from None
     return db, hessians
 
 

@@ -9,15 +9,18 @@ from the same table, so methods compare at equal predicted speed.
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
+from ..core.checks import check_output_path, mapping, number, sweep_temporaries, typed
 from ..core.errors import UserError
-from ..core.jsonio import atomic_write_json
-from ..core.manifest import MANIFEST_FILE, new_manifest
+from ..core.fingerprint import DeviceFingerprint
+from ..core.jsonio import atomic_write_json, check_header, read_json
+from ..core.manifest import MANIFEST_FILE, ModelManifest, new_manifest
 from ..core.shape import ModelShape
 from ..core.table import LatencyTable
 
@@ -47,12 +50,22 @@ class PruneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}")
-        if not self.targets or any(t < 1.0 for t in self.targets):
-            raise UserError(f"speedup targets must be >= 1, got {list(self.targets)}")
+        if not self.targets or any(not _finite(t) or t < 1.0 for t in self.targets):
+            raise UserError(f"speedup targets must be finite numbers >= 1, got {list(self.targets)}",
+                            "pass targets such as 1.5 2 3")
+        if self.ffn_step is not None and (isinstance(self.ffn_step, bool) or self.ffn_step < 1):
+            raise UserError(f"the FFN step must be a positive integer, got {self.ffn_step!r}", "omit it for width // 32")
+        if not _finite(self.damp) or self.damp < 0 or self.spdy_samples < 0 or self.buckets < 1:
+            raise UserError(f"damp must be a finite number >= 0 (got {self.damp!r}), spdy_samples >= 0 "
+                            f"(got {self.spdy_samples!r}) and buckets >= 1 (got {self.buckets!r})")
         if self.loss not in ("relative", "absolute"):
             raise UserError(f"unknown loss {self.loss!r}", "choose relative or absolute")
         if self.windows < 1 or self.seq_len < 8:
             raise UserError("need at least 1 calibration window of at least 8 tokens")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass
@@ -89,22 +102,72 @@ class FamilyReport:
     def to_json(self) -> dict[str, Any]:
         return {"format": FAMILY_FORMAT, "version": 1, **asdict(self)}
 
+    @staticmethod
+    def from_json(payload: Any, source: str) -> "FamilyReport":
+        """A family file with every field checked; errors name the file and the key path."""
+        check_header(payload, FAMILY_FORMAT, (1,), source)
+        _known_keys(payload, {f.name for f in fields(FamilyReport)} | {"format", "version"}, source, "")
+        for key in ("method", "model", "table_sha256"):
+            typed(payload.get(key), str, source, key, "a string")
+        members = typed(payload.get("members"), list, source, "members", "a list of member objects")
+        return FamilyReport(
+            payload["method"], payload["model"], payload["table_sha256"],
+            DeviceFingerprint.from_json(payload.get("fingerprint"), source).to_json(),
+            mapping(payload.get("config"), source, "config"),
+            [member_from_json(m, source, f"members[{i}]") for i, m in enumerate(members)],
+            number(payload.get("dense_predicted_ms", 0.0), source, "dense_predicted_ms", lo=0.0),
+            number(payload.get("seconds", 0.0), source, "seconds", lo=0.0))
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "FamilyReport":
+        return FamilyReport.from_json(read_json(path, "family file"), str(path))
+
+
+def _known_keys(d: dict[str, Any], known: set[str], source: str, key: str) -> None:
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"{source}: {key + '.' if key else ''}{unknown[0]} is not a known key",
+                        f"allowed: {', '.join(sorted(known))}")
+
+
+def member_from_json(d: Any, source: str, key: str) -> FamilyMember:
+    d = mapping(d, source, key)
+    _known_keys(d, {f.name for f in fields(FamilyMember)}, source, key)
+    for name in ("target", "reachable", "max_speedup"):
+        if name not in d:
+            raise UserError(f"{source}: {key}.{name} is missing", "regenerate the family with `ziplm-deploy prune`")
+
+    def opt_number(name: str, lo: float | None = 0.0) -> float | None:
+        v = d.get(name)
+        return None if v is None else number(v, source, f"{key}.{name}", lo=lo)
+
+    shape = d.get("shape")
+    if shape is not None:
+        ModelShape.from_json(shape, f"{source}: {key}.shape")
+    path = d.get("path")
+    if path is not None:
+        typed(path, str, source, f"{key}.path", "a string or null")
+    return FamilyMember(
+        number(d["target"], source, f"{key}.target", lo=1.0), typed(d["reachable"], bool, source, f"{key}.reachable",
+                                                                    "true or false"),
+        number(d["max_speedup"], source, f"{key}.max_speedup", lo=0.0), path,
+        opt_number("predicted_ms") or 0.0, opt_number("predicted_speedup") or 0.0,
+        opt_number("search_loss", lo=None) or 0.0, shape, opt_number("calibration_ppl"))
+
 
 def _member_dir(out: Path, method: str, target: float) -> Path:
     return out / f"{method}-{target:g}x"
 
 
 def _finished_member(path: Path, config: PruneConfig, table_sha: str, shape: dict[str, Any]) -> dict[str, Any] | None:
-    """The metrics of a model this exact run configuration already saved at ``path``, else None."""
-    manifest = path / MANIFEST_FILE
-    if not manifest.is_file():
-        return None
+    """The metrics of a model this exact run configuration already saved at ``path``, else None (no
+    manifest, or one that does not load: the model is built again)."""
     try:
-        m = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
+        m = ModelManifest.load(path / MANIFEST_FILE)
+    except UserError:
         return None
-    same = m.get("options") == json.loads(json.dumps(asdict(config))) and m.get("table_sha256") == table_sha
-    return m.get("metrics", {}) if same and m.get("shape") == shape else None
+    same = m.options == json.loads(json.dumps(asdict(config))) and m.table_sha256 == table_sha
+    return m.metrics if same and m.shape == shape else None
 
 
 def _fault_point(name: str) -> None:
@@ -128,7 +191,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
     from .data import calibration_windows
 
     started = time.perf_counter()
-    out = Path(out)
+    out = check_output_path(out, "prune output folder", directory=True)
     raw = read_model_config(model_dir)
     if raw.get(SHAPE_CONFIG_KEY):
         raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
@@ -139,6 +202,8 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
         raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
     windows = calibration_windows(tokenizer, calib, config.seq_len, config.windows, config.seed)
     log(f"calibration: {len(windows)} windows of {config.seq_len} tokens from {calib}")
+    for stale in sweep_temporaries(out):  # what a killed run was writing (a half-saved model, a JSON)
+        log(f"removed the temporary {stale} of an interrupted run")
     dense = load_model(model_dir)
     if ModelShape.from_model(dense).has_ranks:
         raise UserError(f"{model_dir} has FLOP-factorised FFN Linears; pruning works on unfactorised models",
@@ -172,14 +237,11 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
             "target_speedup": target, "predicted_ms": member.predicted_ms, "predicted_speedup": member.predicted_speedup,
             "dense_predicted_ms": report.dense_predicted_ms, "search_loss": loss,
             **({"calibration_ppl": member.calibration_ppl} if member.calibration_ppl is not None else {}),
-        })
+        }, table_sha256=report.table_sha256, fingerprint=report.fingerprint)
         from ..models import save_model
 
-        payload = manifest.to_json()
-        payload["table_sha256"] = report.table_sha256
-        payload["fingerprint"] = report.fingerprint
         save_model(model, path, tokenizer=tokenizer, overwrite=True,
-                   extra_files={MANIFEST_FILE: json.dumps(payload, indent=2) + "\n"})
+                   extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n"})
         member.path = str(path)
         log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
             + (f", calibration ppl {member.calibration_ppl:.2f}" if member.calibration_ppl is not None else "")
@@ -274,6 +336,7 @@ def _database(dense, windows, config: PruneConfig, model_dir, out: Path, log, pr
                    "tokens_sha256": token_hash(windows)}
     key = database_key(read_model_config(model_dir), calibration, _ffn_step(config, arch.ffn), config.damp)
     folder = out / "database" / key
+    sweep_temporaries(folder)  # a Hessians file a killed run was writing
     if (folder / "database.json").is_file():
         log(f"reusing OBS database {folder}")
         return load_database(folder)
