@@ -288,3 +288,17 @@ def test_pipeline_numbers_are_finite_and_in_range_before_any_work(tiny, tmp_path
     proc = cli(capsys, "run", str(_pipeline(tiny, tmp_path, **overrides)), "--out", str(run), "--no-progress")
     one_line_error(proc, key)
     assert not run.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--targets", "nan"], "a speedup target must be a finite number, got 'nan'"),
+    (["--targets", "0.5"], "--targets"),
+    (["--windows", "-1"], "--windows: must be >= 1, got -1"),
+])
+def test_demo_options_are_refused_at_parse_time(tmp_path, capsys, args, message):
+    from ziplm_deploy.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "demo").exists()

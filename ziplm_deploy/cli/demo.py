@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from . import argtypes
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0], help="speedup targets (1.5 2 3)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
-    p.add_argument("--seq", type=int, default=128, help="sequence length for timing (default 128)")
-    p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
-    p.add_argument("--windows", type=int, default=16, help="calibration windows of 128 tokens (default 16)")
+    p.add_argument("--targets", type=argtypes.speedup, nargs="+", default=[1.5, 2.0, 3.0],
+                   help="speedup targets (1.5 2 3)")
+    p.add_argument("--threads", type=argtypes.nonneg_int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    p.add_argument("--seq", type=argtypes.positive_int, default=128, help="sequence length for timing (default 128)")
+    p.add_argument("--rounds", type=argtypes.positive_int, default=20, help="interleaved timing rounds (default 20)")
+    p.add_argument("--windows", type=argtypes.positive_int, default=16,
+                   help="calibration windows of 128 tokens (default 16)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -407,7 +407,8 @@ def _entries(payload: dict[str, Any], key: str, required: tuple[str, ...], sourc
     return items
 
 
-def _block_entries(payload: dict[str, Any], source: str) -> tuple[list[AttentionEntry], list[FfnEntry], list[RankEntry]]:
+def _block_entries(payload: dict[str, Any],
+                   source: str) -> tuple[list[AttentionEntry], list[FfnEntry], list[RankEntry]]:
     att = [AttentionEntry(integer(d["heads"], source, f"attention[{i}].heads", lo=0),
                           integer(d["kv_heads"], source, f"attention[{i}].kv_heads", lo=0),
                           Stats.from_json(d, source, f"attention[{i}]"))
@@ -415,7 +416,8 @@ def _block_entries(payload: dict[str, Any], source: str) -> tuple[list[Attention
     ffn = [FfnEntry(integer(d["ffn"], source, f"ffn[{i}].ffn", lo=0), Stats.from_json(d, source, f"ffn[{i}]"))
            for i, d in enumerate(_entries(payload, "ffn", ("ffn",), source))]
     lowrank = [RankEntry(typed(d["linear"], str, source, f"lowrank[{i}].linear", "\"in\" or \"out\""),
-                         integer(d["rank"], source, f"lowrank[{i}].rank", lo=1), Stats.from_json(d, source, f"lowrank[{i}]"))
+                         integer(d["rank"], source, f"lowrank[{i}].rank", lo=1),
+                         Stats.from_json(d, source, f"lowrank[{i}]"))
                for i, d in enumerate(_entries(payload, "lowrank", ("linear", "rank"), source, optional=True))]
     return att, ffn, lowrank
 
@@ -426,7 +428,8 @@ def _calibration_from_json(cal: Any, source: str) -> Calibration:
     if missing:
         raise UserError(f"{source}: calibration lacks {', '.join(missing)}", "regenerate the table")
     return Calibration(number(cal["alpha"], source, "calibration.alpha", lo=0.0, lo_open=True),
-                       number(cal["beta"], source, "calibration.beta"), number(cal["drift"], source, "calibration.drift"))
+                       number(cal["beta"], source, "calibration.beta"),
+                       number(cal["drift"], source, "calibration.drift"))
 
 
 def _arch_from_json(d: Any, source: str) -> ArchSpec:
