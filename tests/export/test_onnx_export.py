@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from families import PLANS, greedy_ort, model_output as _out, ort_session, tiny_model
+from ziplm_deploy.core.checks import TEMP_PREFIX
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.manifest import file_sha256
 from ziplm_deploy.core.parity import load_reference, reference_path
@@ -99,7 +100,11 @@ def test_compare_outputs_flags_every_failing_output():
 
 
 def test_failed_validation_leaves_no_file(tmp_path, monkeypatch):
-    """A graph that disagrees with PyTorch is never written (here: the tolerance is made impossible)."""
+    """A graph that disagrees with PyTorch is never written (here: the tolerance is made impossible); the
+    temporary folder a killed export of the same file left is swept."""
+    stale = tmp_path / f"{TEMP_PREFIX}m.k1ll3d"
+    stale.mkdir()
+    (stale / "m.onnx").write_bytes(b"half")
     with pytest.raises(ExportValidationError):
         export_onnx(tiny_model("gpt2"), tmp_path / "m.onnx", atol=-1.0, rtol=0.0)
     assert list(tmp_path.iterdir()) == []

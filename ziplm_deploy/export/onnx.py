@@ -195,6 +195,8 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = Fals
         model = model.cpu()
     origin = _source_metadata(source, source_sha256)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{TEMP_PREFIX}{out.stem}.*"):  # what a killed export of this file left
+        shutil.rmtree(stale, ignore_errors=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.stem}.", dir=out.parent))
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
