@@ -128,11 +128,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} already has training checkpoints", "pass --resume to continue, or another --out")
     check_mixed_precision(args)
-    tokenizer = _tokenizer(args.student)
     check_model(args.student, "distill", args.seq_len)
     if args.teacher:
-        _tokenizer(args.teacher)
         check_model(args.teacher, "distill", args.seq_len)
+        _tokenizer(args.teacher)
+    tokenizer = _tokenizer(args.student)
     windows, held = training_windows(tokenizer, args, args.data)
     say = _main_print()
     say(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")

@@ -26,25 +26,27 @@ def run(args: argparse.Namespace) -> int:
     from ..prune.evaluate import accuracy, perplexity, read_labelled
 
     arch = check_model_dir(args.model)
+    if arch.is_decoder:
+        check_seq_len(args.model, args.seq_len)
+    elif arch.architecture and "ForSequenceClassification" not in arch.architecture:
+        raise UserError(f"{args.model} is a {arch.architecture} without a classification head",
+                        "evaluate a sequence-classification model, or a causal LM for perplexity")
+    labelled = None if arch.is_decoder else read_labelled(args.data)
     tokenizer = load_tokenizer(args.model)
     if tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer files", "copy the tokenizer into the model directory")
-    if arch.is_decoder:
+    if labelled is None:
         from ..prune.data import eval_windows
 
-        check_seq_len(args.model, args.seq_len)
         windows = eval_windows(tokenizer, args.data, args.seq_len, args.max_windows)
         result = {"metric": "perplexity", "value": perplexity(load_model(args.model), windows),
                   "tokens": int(windows.numel())}
     else:
-        if arch.architecture and "ForSequenceClassification" not in arch.architecture:
-            raise UserError(f"{args.model} is a {arch.architecture} without a classification head",
-                            "evaluate a sequence-classification model, or a causal LM for perplexity")
-        texts, labels = read_labelled(args.data)
         model = load_model(args.model)
         if not hasattr(model, "classifier"):
             raise UserError(f"{args.model} is a {type(model).__name__} without a classification head",
                             "evaluate a sequence-classification model, or a causal LM for perplexity")
+        texts, labels = labelled
         result = {"metric": "accuracy", "value": accuracy(model, tokenizer, texts, labels), "examples": len(labels)}
     if args.json:
         print(json.dumps(result))

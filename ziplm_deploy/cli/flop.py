@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, "output directory", directory=True)
     if out.exists() and not args.overwrite:
         raise UserError(f"output directory {out} already exists", "choose another --out or pass --overwrite")
-    tokenizer = _tokenizer(args.model)
     arch = check_model(args.model, "flop", args.seq_len)
+    tokenizer = _tokenizer(args.model)
     raw = read_model_config(args.model)
     recorded = raw.get(SHAPE_CONFIG_KEY)
     shape = ModelShape.from_json(recorded, f"{args.model}/config.json") if recorded else ModelShape.dense(arch)

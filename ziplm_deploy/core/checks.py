@@ -25,21 +25,27 @@ def _where(source: str, key: str) -> str:
     return f"{source}: {key}" if key else source
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut short: a whole mistyped file must not flood the one-line error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def number(value: Any, source: str, key: str, *, lo: float | None = None, hi: float | None = None,
            lo_open: bool = False, integer: bool = False) -> float:
     """A finite real (never a bool, a string or null), optionally an integer and within [lo, hi]."""
     kind = "an integer" if integer else "a finite number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
+        raise UserError(f"{_where(source, key)} must be {kind}, got {_shown(value)}", "regenerate or fix the file")
     if not math.isfinite(value):
-        raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
+        raise UserError(f"{_where(source, key)} must be {kind}, got {_shown(value)}", "regenerate or fix the file")
     if integer and value != int(value):
-        raise UserError(f"{_where(source, key)} must be {kind}, got {value!r}", "regenerate or fix the file")
+        raise UserError(f"{_where(source, key)} must be {kind}, got {_shown(value)}", "regenerate or fix the file")
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise UserError(f"{_where(source, key)} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}",
+        raise UserError(f"{_where(source, key)} must be {'>' if lo_open else '>='} {lo:g}, got {_shown(value)}",
                         "regenerate or fix the file")
     if hi is not None and value > hi:
-        raise UserError(f"{_where(source, key)} must be <= {hi:g}, got {value!r}", "regenerate or fix the file")
+        raise UserError(f"{_where(source, key)} must be <= {hi:g}, got {_shown(value)}", "regenerate or fix the file")
     return int(value) if integer else float(value)
 
 
@@ -51,7 +57,7 @@ def typed(value: Any, types: type | tuple[type, ...], source: str, key: str, wha
     """``value`` if it is one of ``types`` (a bool is never accepted as a number), else a UserError."""
     bad_bool = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
     if bad_bool or not isinstance(value, types):
-        raise UserError(f"{_where(source, key)} must be {what}, got {value!r}", "regenerate or fix the file")
+        raise UserError(f"{_where(source, key)} must be {what}, got {_shown(value)}", "regenerate or fix the file")
     return value
 
 
