@@ -13,7 +13,8 @@ JSON form (version 1)::
                  "target_deviation": -0.05, "predicted": 2.0, "predicted_ms": 40.1,
                  "prediction_error": -0.05, "latency_prediction_error": 0.03, "prediction_source": "table"|"manifest",
                  "table": {"path", "sha256", "fingerprint_differences": [...]}},
-     "parity": {"reference": "pytorch" | "onnxruntime-cpu-unoptimised", "atol", "rtol", "ok",
+     "parity": {"reference": "pytorch" | "export-reference" | "onnxruntime-cpu-unoptimised" (engines) | "none",
+                "reference_path", "reference_sha256", "note", "file_matches_export", "atol", "rtol", "ok",
                 "outputs": [{"name", "max_abs", "mean_abs", "ref_max", "tolerance", "ok"}]},
      "quality": null | {"metric": "perplexity" | "accuracy", "baseline": 12.1, "candidate": 13.0,
                         "data": ..., "source": "eval" | "manifest"}}
