@@ -108,7 +108,7 @@ def _listing(root: Path) -> list[str]:
 
 
 def refused(capsys, argv: list[str], *words: str, root: Path | None = None, limit_s: float = 1.0) -> str:
-    """``main(argv)`` exits 2 within ``limit_s`` with one stderr line holding ``words``; nothing appears under ``root``."""
+    """``main(argv)`` exits 2 within ``limit_s``, one stderr line holding ``words``; nothing new under ``root``."""
     before = _listing(root) if root else None
     capsys.readouterr()
     started = time.perf_counter()
@@ -408,7 +408,8 @@ def _data_files(root: Path) -> dict[str, tuple[Path, str]]:
 def _data_argv(command: str, data: Path, tiny: dict[str, Path], out: Path) -> list[str]:
     llama, table = str(tiny["llama"]), str(tiny["table.json"])
     return {
-        "prune": ["prune", "--model", llama, "--table", table, "--calib", str(data), "--windows", "2", "--out", str(out)],
+        "prune": ["prune", "--model", llama, "--table", table, "--calib", str(data), "--windows", "2",
+                  "--out", str(out)],
         "eval": ["eval", "--model", llama, "--data", str(data), "--seq-len", "16"],
         "distill": ["distill", "--student", llama, "--data", str(data), "--seq-len", "16", "--out", str(out)],
         "distill-eval": ["distill", "--student", llama, "--data", str(tiny["text.txt"]), "--eval-data", str(data),

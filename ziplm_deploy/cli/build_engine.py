@@ -26,8 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt", default="1x128", help="shapes TensorRT tunes for (default 1x128)")
     p.add_argument("--max", help="largest input shapes of the optimisation profile")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (read if present, then updated)")
-    p.add_argument("--workspace-mb", type=argtypes.positive_int, default=4096, help="builder workspace (default 4096 MB)")
-    p.add_argument("--opt-level", default="3", choices=tuple("012345"), help="builder optimisation level 0..5 (default 3)")
+    p.add_argument("--workspace-mb", type=argtypes.positive_int, default=4096,
+                   help="builder workspace (default 4096 MB)")
+    p.add_argument("--opt-level", default="3", choices=tuple("012345"),
+                   help="builder optimisation level 0..5 (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine")
 
 

@@ -15,22 +15,28 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-data", help="held-out text (default: hold out --eval-windows windows of --data)")
     p.add_argument("--eval-windows", type=argtypes.positive_int, default=16, help="held-out windows (default 16)")
     p.add_argument("--steps", type=argtypes.positive_int, default=200, help="optimizer steps (default 200)")
-    p.add_argument("--lr", type=argtypes.positive_float, default=5e-5, help="peak learning rate of AdamW (default 5e-5)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=5e-5,
+                   help="peak learning rate of AdamW (default 5e-5)")
     p.add_argument("--weight-decay", type=argtypes.nonneg_float, default=0.0)
     p.add_argument("--warmup", type=argtypes.nonneg_int, default=None, help="warmup steps (default 5%% of --steps)")
-    p.add_argument("--batch-size", type=argtypes.positive_int, default=4, help="windows per micro-batch per process (default 4)")
-    p.add_argument("--grad-accum", type=argtypes.positive_int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=4,
+                   help="windows per micro-batch per process (default 4)")
+    p.add_argument("--grad-accum", type=argtypes.positive_int, default=1,
+                   help="micro-batches per optimizer step (default 1)")
     p.add_argument("--seq-len", type=argtypes.seq_len, default=128, help="window length in tokens (default 128)")
     p.add_argument("--temperature", type=argtypes.positive_float, default=2.0, help="KD temperature (default 2)")
-    p.add_argument("--kd-weight", type=argtypes.nonneg_float, default=None, help="logit KD weight (default 1 with a teacher)")
+    p.add_argument("--kd-weight", type=argtypes.nonneg_float, default=None,
+                   help="logit KD weight (default 1 with a teacher)")
     p.add_argument("--hidden-weight", type=argtypes.nonneg_float, default=None,
                    help="hidden-state loss weight (default 1 with a teacher)")
     p.add_argument("--task-weight", type=argtypes.nonneg_float, default=None,
                    help="LM cross-entropy weight (default 0 with a teacher, 1 without)")
     p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="GPU mixed precision")
     p.add_argument("--max-grad-norm", type=argtypes.nonneg_float, default=1.0, help="gradient clipping (0: off)")
-    p.add_argument("--eval-every", type=argtypes.nonneg_int, default=0, help="held-out perplexity every N steps (and at the end)")
-    p.add_argument("--save-every", type=argtypes.nonneg_int, default=50, help="checkpoint every N steps (0: never; default 50)")
+    p.add_argument("--eval-every", type=argtypes.nonneg_int, default=0,
+                   help="held-out perplexity every N steps (and at the end)")
+    p.add_argument("--save-every", type=argtypes.nonneg_int, default=50,
+                   help="checkpoint every N steps (0: never; default 50)")
     p.add_argument("--seed", type=argtypes.nonneg_int, default=0)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     p.add_argument("--no-progress", action="store_true")
@@ -39,7 +45,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", required=True, help="model directory to train (typically a pruned one)")
     p.add_argument("--teacher", help="dense model directory the student was pruned from (omit: plain LM loss)")
-    p.add_argument("--data", required=True, help="training text: .txt, .jsonl ('text'), a saved HF dataset dir, or 'wikipedia'")
+    p.add_argument("--data", required=True,
+                   help="training text: .txt, .jsonl ('text'), a saved HF dataset dir, or 'wikipedia'")
     p.add_argument("--out", required=True, help="output folder: model/, train.json, checkpoints/")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     add_training_arguments(p)

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True,
                    help="LM: text (.txt/.jsonl/dataset dir/'wikipedia'); classifier: .jsonl with 'text' and 'label'")
     p.add_argument("--seq-len", type=argtypes.seq_len, default=512, help="LM window length (default 512)")
-    p.add_argument("--max-windows", type=argtypes.positive_int, default=32, help="LM: evaluate at most this many windows (default 32)")
+    p.add_argument("--max-windows", type=argtypes.positive_int, default=32,
+                   help="LM: evaluate at most this many windows (default 32)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from . import argtypes
 
@@ -18,18 +17,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (dense, or pruned by ziplm-deploy)")
     p.add_argument("--data", required=True,
                    help="training text: .txt, .jsonl ('text'), a saved HF dataset dir, or 'wikipedia'")
-    p.add_argument("--target-sparsity", type=argtypes.ranged(0, 1, lo_open=True, hi_open=True, what="target sparsity"), required=True,
+    sparsity = argtypes.ranged(0, 1, lo_open=True, hi_open=True, what="target sparsity")
+    p.add_argument("--target-sparsity", type=sparsity, required=True,
                    help="fraction of the FFN Linears' parameters to remove, in (0, 1), e.g. 0.5")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--steps", type=argtypes.positive_int, default=200, help="training steps (default 200)")
-    p.add_argument("--warmup", type=argtypes.nonneg_int, default=None, help="steps over which the target ramps up (default steps/2)")
+    p.add_argument("--warmup", type=argtypes.nonneg_int, default=None,
+                   help="steps over which the target ramps up (default steps/2)")
     p.add_argument("--rank", type=argtypes.positive_int, default=None,
                    help="initial rank of every factorised Linear (default: in*out/(in+out), parameter-neutral)")
     p.add_argument("--init-drop", type=argtypes.open_unit, default=0.5,
                    help="initial drop rate of the rank gates (default 0.5 as in FLOP; small values start near the dense model)")
     p.add_argument("--lr", type=argtypes.positive_float, default=1e-4, help="weight learning rate (default 1e-4)")
     p.add_argument("--gate-lr", type=argtypes.positive_float, default=0.1, help="gate learning rate (default 0.1)")
-    p.add_argument("--lambda-lr", type=argtypes.positive_float, default=0.01, help="Lagrange multiplier learning rate (default 0.01)")
+    p.add_argument("--lambda-lr", type=argtypes.positive_float, default=0.01,
+                   help="Lagrange multiplier learning rate (default 0.01)")
     p.add_argument("--batch-size", type=argtypes.positive_int, default=4, help="windows per step (default 4)")
     p.add_argument("--seq-len", type=argtypes.seq_len, default=128, help="window length in tokens (default 128)")
     p.add_argument("--eval-data", help="held-out text (default: hold out --eval-windows windows of --data)")

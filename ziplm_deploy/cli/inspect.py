@@ -16,7 +16,8 @@ from . import argtypes
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="model directory or .onnx file")
-    p.add_argument("--seq", type=argtypes.positive_int, default=128, help="sequence length for the FLOP count (default 128)")
+    p.add_argument("--seq", type=argtypes.positive_int, default=128,
+                   help="sequence length for the FLOP count (default 128)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -25,12 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intra-op threads (default 1; 0: the runtime's default)")
     p.add_argument("--opt-level", default="all", help="graph optimisation level: disabled|basic|extended|all")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8-dynamic"),
+                   help="deployment precision: every graph is quantized as `export --precision` quantizes the model "
+                        "(int8-dynamic: ONNX Runtime quantize_dynamic, QInt8 weights; ort-cpu) (default fp32)")
+    p.add_argument("--per-channel", action="store_true", help="with int8-dynamic: per-channel weight scales")
     p.add_argument("--ffn-step", type=argtypes.positive_int, default=32, help="FFN width grid step (default 32)")
     p.add_argument("--rank-step", type=argtypes.nonneg_int, default=0, metavar="R",
                    help="also time FLOP-factorised FFN Linears on a rank grid of step R (default 0: off)")
     p.add_argument("--warmup", type=argtypes.nonneg_int, default=5, help="warm-up calls per entry (default 5)")
     p.add_argument("--rounds", type=argtypes.positive_int, default=50, help="shuffled round-robin rounds (default 50)")
-    p.add_argument("--check", type=argtypes.nonneg_int, default=0, metavar="N", help="also time N random non-uniform shapes end to end")
+    p.add_argument("--check", type=argtypes.nonneg_int, default=0, metavar="N",
+                   help="also time N random non-uniform shapes end to end")
     p.add_argument("--check-rounds", type=argtypes.positive_int, default=20, help="rounds for --check (default 20)")
     p.add_argument("--check-out", help="write the --check report (JSON) here")
     p.add_argument("--seed", type=argtypes.nonneg_int, default=0)
@@ -45,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import UserError
     from ..core.jsonio import atomic_write_json
     from ..core.table import LatencyTable
-    from ..profiling.profiler import ProfileOptions, check, profile, random_shapes
+    from ..profiling.profiler import ProfileOptions, check, check_precision, profile, random_shapes
+    from ..runtime.quantize import Precision
     from ..runtime.timing import Protocol
 
     if not args.out and not (args.check and args.table):
@@ -53,11 +59,13 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--out", args.out), ("--check-out", args.check_out)):
         if path is not None:
             check_output_path(path, option)
+    precision = Precision(args.precision, args.per_channel)
+    check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
                           threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
-                          rank_step=args.rank_step, protocol=protocol)
+                          rank_step=args.rank_step, protocol=protocol, precision=precision)
     progress = not args.no_progress
     if args.out:
         table = profile(arch, opts, progress=progress)
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         low = f" + {len(table.lowrank)} low-rank" if table.lowrank else ""
         print(f"latency table: {args.out} ({len(table.attention)} attention + {len(table.ffn)} FFN{low} entries, "
               f"{table.fingerprint.runtime} {table.fingerprint.runtime_version} {table.fingerprint.provider}, "
-              f"{table.fingerprint.mode})")
+              f"{table.fingerprint.mode}, {table.fingerprint.precision})")
         print(f"dense {refs['dense'].get(st):.3f} ms, all-removed {refs['removed'].get(st):.3f} ms ({st}); "
               f"calibration alpha={cal.alpha:.4f} beta={cal.beta:.4f} ms")
         if abs(cal.drift) > protocol.max_drift:

@@ -12,19 +12,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", required=True, help="latency table measured for this model (ziplm-deploy profile)")
     p.add_argument("--calib", required=True,
                    help="calibration text: .txt, .jsonl ('text' field), a saved HF dataset dir, or 'wikipedia'")
-    p.add_argument("--targets", type=argtypes.speedup, nargs="+", default=[1.5, 2.0, 3.0], help="speedup targets (default 1.5 2 3)")
+    p.add_argument("--targets", type=argtypes.speedup, nargs="+", default=[1.5, 2.0, 3.0],
+                   help="speedup targets (default 1.5 2 3)")
     p.add_argument("--method", default="ziplm", choices=("ziplm", "magnitude", "uniform", "layerchop"))
     p.add_argument("--out", required=True, help="run directory: one model directory per target + family JSON")
-    p.add_argument("--seq-len", type=argtypes.ranged(8, integer=True), default=128, help="calibration window length (default 128)")
+    p.add_argument("--seq-len", type=argtypes.ranged(8, integer=True), default=128,
+                   help="calibration window length (default 128)")
     p.add_argument("--windows", type=argtypes.positive_int, default=64, help="calibration windows (default 64)")
     p.add_argument("--seed", type=argtypes.nonneg_int, default=0)
     p.add_argument("--ffn-step", type=argtypes.positive_int, help="FFN level grid step (default FFN width / 32)")
-    p.add_argument("--damp", type=argtypes.positive_float, default=0.01, help="Hessian dampening, fraction of mean diagonal (0.01)")
+    p.add_argument("--damp", type=argtypes.positive_float, default=0.01,
+                   help="Hessian dampening, fraction of mean diagonal (0.01)")
     p.add_argument("--loss", default="relative", choices=("relative", "absolute"),
                    help="per-module OBS loss, normalised by the module's output energy (default) or raw")
     p.add_argument("--uniform", action="store_true", help="ziplm: same heads / FFN width in every layer")
     p.add_argument("--layerchop-rule", default="influence", choices=("influence", "top", "indices"))
-    p.add_argument("--layers", type=argtypes.nonneg_int, nargs="*", default=[], help="layerchop --layerchop-rule indices: layers to drop")
+    p.add_argument("--layers", type=argtypes.nonneg_int, nargs="*", default=[],
+                   help="layerchop --layerchop-rule indices: layers to drop")
     p.add_argument("--no-eval", action="store_true", help="skip the calibration perplexity of each model")
     p.add_argument("--spdy-samples", type=argtypes.nonneg_int, default=0,
                    help="ziplm: refine each target with SPDY's randomised per-layer loss coefficients (e.g. 20)")

@@ -77,7 +77,8 @@ def _shards(path: Path, index_name: str) -> list[Path]:
     """The shard files an index names (its ``weight_map`` values), checked to be a mapping of file names."""
     index = checks.mapping(read_json(path / index_name, "weights index"), str(path / index_name))
     weight_map = checks.mapping(index.get("weight_map"), str(path / index_name), "weight_map")
-    names = {checks.typed(v, str, str(path / index_name), f"weight_map.{k}", "a file name") for k, v in weight_map.items()}
+    source = str(path / index_name)
+    names = {checks.typed(v, str, source, f"weight_map.{k}", "a file name") for k, v in weight_map.items()}
     return [path / name for name in sorted(names)]
 
 
