@@ -1,7 +1,9 @@
 """The device and runtime a latency table (or a measurement) was taken on.
 
 A table only predicts the deployment it was measured in: same CPU/GPU, runtime and version, provider,
-optimisation level, threads, dtype and input sizes. ``differences`` lists what does not match.
+optimisation level, threads, dtype, precision and input sizes. ``differences`` lists what does not match.
+``precision`` (``fp32``, ``int8-dynamic``, ``int8-dynamic/per-channel``: the graphs were quantized so) came
+later: a fingerprint without it was measured in fp32.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from .checks import integer, typed
 from .errors import UserError
 
 _INT_FIELDS = ("cores", "threads", "batch", "seq", "kv_len", "opset")
+DEFAULT_PRECISION = "fp32"  # of fingerprints written before precisions existed
+PRECISION_LABELS = ("fp32", "int8-dynamic", "int8-dynamic/per-channel")  # runtime.quantize.Precision.label
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class DeviceFingerprint:
     opset: int
     platform: str  # OS / machine
     producer: str  # "ziplm-deploy X.Y.Z"
+    precision: str = DEFAULT_PRECISION  # how the graphs were quantized (runtime.quantize labels)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,14 +47,20 @@ class DeviceFingerprint:
         if not isinstance(d, dict):
             raise UserError(f"{source}: 'fingerprint' must be an object")
         names = {f.name for f in fields(DeviceFingerprint)}
-        missing = names - set(d)
+        missing = names - set(d) - {"precision"}
         unknown = set(d) - names
         if missing or unknown:
             raise UserError(
                 f"{source}: fingerprint has missing {sorted(missing)} / unknown {sorted(unknown)} keys",
                 "regenerate the table with `ziplm-deploy profile`",
             )
-        return DeviceFingerprint(**{name: _field(name, d[name], source) for name in sorted(names)})
+        return DeviceFingerprint(**{name: _field(name, d[name], source) for name in sorted(names & set(d))})
+
+    def precision_mismatch(self, precision: str, what: str) -> str | None:
+        """A one-line reason when ``what`` (a model, a measurement) is in another precision than this table."""
+        if precision == self.precision:
+            return None
+        return f"the latency table was measured in precision {self.precision}, but {what} is {precision}"
 
     def differences(self, other: "DeviceFingerprint", ignore: tuple[str, ...] = ("producer",)) -> list[str]:
         """``key: mine != theirs`` for every field that differs (``ignore``d fields excepted)."""
@@ -67,6 +78,12 @@ def _field(name: str, value: Any, source: str) -> Any:
     key = f"fingerprint.{name}"
     if name in _INT_FIELDS:
         return integer(value, source, key, lo=0)
+    if name == "precision":
+        label = typed(value, str, source, key, "a string")
+        if label not in PRECISION_LABELS:
+            raise UserError(f"{source}: {key} must be one of {', '.join(PRECISION_LABELS)}, got {label!r}",
+                            "regenerate the table with `ziplm-deploy profile`")
+        return label
     if name == "gpu":
         return typed(value, (str, type(None)), source, key, "a string or null")
     return typed(value, str, source, key, "a string")

@@ -4,6 +4,11 @@
 them all, time them together with the one protocol (``runtime.timing``), re-time the dense reference
 at the end, and fit the two-point calibration. ``check``: build random non-uniform shapes of the
 model, time them end to end beside the dense model, and compare with the table's prediction.
+
+With a quantized ``precision`` every graph (blocks, references, checked shapes) goes through
+``runtime.quantize.quantize_graph`` before it is loaded: the one function the exporter quantizes the
+model with, so the table predicts the quantized model. Such a table also times the fp32 dense model
+(``references["dense_fp32"]``): speedups of quantized members over the fp32 model they replace.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from ..core.table import AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stat
 from ..runtime import Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
 from ..runtime.fingerprint import fingerprint
+from ..runtime.quantize import FP32, Precision, quantize_graph
 from ..runtime.timing import Protocol, drift, recheck, round_robin, stats_of
 from .blocks import OPSET, Sizes, block_graph, linear_graph, model_graph
 from .grid import attention_grid, ffn_grid, random_shape, rank_grid
+
+FP32_DENSE = "dense_fp32"  # reference of a quantized table: the fp32 dense model, timed in the same run
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class ProfileOptions:
     ffn_step: int = 32
     rank_step: int = 0  # > 0: also time FLOP-factorised FFN Linears on this rank grid
     protocol: Protocol = field(default_factory=Protocol)
+    precision: Precision = FP32  # graphs are quantized so before loading
 
     @property
     def sizes(self) -> Sizes:
@@ -49,7 +58,25 @@ class ProfileOptions:
         if self.runtime == "torch":
             raise UserError("profiling times ONNX block graphs; runtime torch runs torch programs only",
                             "profile with --runtime ort-cpu, ort-cuda, ort-trt or trt")
+        check_precision(self.precision, self.runtime, self.dtype)
         return get_backend(self.runtime, threads=self.threads, opt_level=self.opt_level, dtype=self.dtype)
+
+
+def check_precision(precision: Precision, runtime: str, dtype: str) -> None:
+    """Refuse a precision the runtime cannot run as quantized (before any graph is built)."""
+    if not precision.quantized:
+        return
+    if runtime != "ort-cpu":
+        raise UserError(f"precision {precision.label} is ONNX Runtime CPU quantization; runtime {runtime} does not "
+                        "run it", "profile int8-dynamic with --runtime ort-cpu, or use --precision fp32")
+    if dtype != "float32":
+        raise UserError(f"precision {precision.label} quantizes float32 graphs, not {dtype}", "drop --dtype")
+
+
+def precision_fingerprint(backend: Backend, opts: "ProfileOptions") -> Any:
+    sizes = opts.sizes
+    return fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
+                       kv_len=sizes.kv_len, opset=OPSET, precision=opts.precision.label)
 
 
 @contextlib.contextmanager
@@ -63,19 +90,20 @@ def _bar(enabled: bool, total: int, desc: str, unit: str) -> Iterator[Callable[[
         yield bar.update
 
 
-def _load(backend: Backend, model: Any, sizes: Sizes, vocab: int) -> Session:
-    session = backend.load(model.SerializeToString())
+def _load(backend: Backend, model: Any, sizes: Sizes, vocab: int, precision: Precision = FP32) -> Session:
+    session = backend.load(quantize_graph(model, precision))
     session.bind(synthetic_feeds(session.inputs, sizes.dims, vocab))
     return session
 
 
 def _load_all(backend: Backend, builders: dict[str, Callable[[], Any]], sizes: Sizes, vocab: int,
-              progress: bool) -> dict[str, Session]:
+              progress: bool, precision: Precision = FP32) -> dict[str, Session]:
+    """Every graph loaded in ``precision``; names starting ``fp32:`` are loaded unquantized."""
     sessions: dict[str, Session] = {}
     try:
         with _bar(progress, len(builders), "building", "graph") as update:
             for name, build in builders.items():
-                sessions[name] = _load(backend, build(), sizes, vocab)
+                sessions[name] = _load(backend, build(), sizes, vocab, FP32 if name.startswith("fp32:") else precision)
                 update(1)
     except BaseException:
         _close(sessions)
@@ -115,7 +143,9 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     builders["ref:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
     removed = LatencyTable.removed_shape_of(arch)
     builders["ref:removed"] = lambda: model_graph(arch, removed, sizes, opts.dtype)
-    sessions = _load_all(backend, builders, sizes, arch.vocab, progress)
+    if opts.precision.quantized:
+        builders["fp32:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
+    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision)
     try:
         samples = _time(sessions, opts.protocol, progress)
         samples["ref:dense_recheck"] = recheck(sessions["ref:dense"].run_bound, opts.protocol.recheck)
@@ -128,8 +158,9 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     lowrank = [RankEntry(kind, rank, stats[f"rank:{kind}/{rank}"]) for kind, rank in ranks]
     if ranks:
         refs.update({f"linear:{kind}": stats[f"ref:linear:{kind}"] for kind in LINEAR_KINDS})
-    fp = fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
-                     kv_len=sizes.kv_len, opset=OPSET)
+    if opts.precision.quantized:
+        refs[FP32_DENSE] = stats["fp32:dense"]
+    fp = precision_fingerprint(backend, opts)
     protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks"}
     if ranks:
         protocol["rank_step"] = opts.rank_step
@@ -204,8 +235,10 @@ def check(table: LatencyTable, shapes: list[ModelShape], opts: ProfileOptions, p
     sizes = opts.sizes
     protocol = protocol or Protocol(warmup=3, rounds=20, recheck=10)
     backend = opts.backend()
-    fp = fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
-                     kv_len=sizes.kv_len, opset=OPSET)
+    mismatch = table.fingerprint.precision_mismatch(opts.precision.label, "this check")
+    if mismatch:
+        raise UserError(mismatch, f"check with {Precision.parse(table.fingerprint.precision).cli_flags}")
+    fp = precision_fingerprint(backend, opts)
     diffs = table.fingerprint.differences(fp, ignore=("producer", "cores"))
     if diffs:
         raise UserError("the table was measured for another deployment: " + "; ".join(diffs),
@@ -214,7 +247,7 @@ def check(table: LatencyTable, shapes: list[ModelShape], opts: ProfileOptions, p
     builders: dict[str, Callable[[], Any]] = {"dense": lambda: model_graph(arch, ModelShape.dense(arch), sizes, opts.dtype)}
     for i, s in enumerate(shapes):
         builders[f"shape:{i}"] = (lambda s=s: model_graph(arch, s, sizes, opts.dtype))
-    sessions = _load_all(backend, builders, sizes, arch.vocab, progress)
+    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision)
     try:
         samples = _time(sessions, protocol, progress)
         samples["dense_recheck"] = recheck(sessions["dense"].run_bound, protocol.recheck)

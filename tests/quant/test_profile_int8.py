@@ -1,0 +1,86 @@
+"""``profile --precision int8-dynamic`` on the edge install (torch blocked): every graph quantized, the
+precision in the table's fingerprint, ``--check`` quantizes its shapes the same way, and a table of
+another precision is refused with one line naming both."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 32,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 100}
+FAST = ["--rounds", "4", "--warmup", "1", "--ffn-step", "32", "--seq", "8", "--no-progress"]
+
+
+def cli(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ziplm_deploy", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for f in fragments:
+        assert f in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny_llama")
+    (d / "config.json").write_text(json.dumps(TINY_LLAMA))
+    return d
+
+
+@pytest.fixture(scope="module")
+def int8_table(no_torch_env, model_dir, tmp_path_factory) -> Path:
+    table = tmp_path_factory.mktemp("int8") / "int8.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--precision", "int8-dynamic", "--out", str(table),
+            "--check", "2", "--check-rounds", "3", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "prefill, int8-dynamic)" in r.stdout and "speedup error: median" in r.stdout
+    return table
+
+
+def test_int8_table_records_its_precision_and_the_fp32_dense_model(int8_table):
+    from ziplm_deploy.core.table import LatencyTable
+
+    table = LatencyTable.load(int8_table)
+    assert table.fingerprint.precision == "int8-dynamic"
+    assert {"dense", "removed", "dense_recheck", "dense_fp32"} <= set(table.references)
+    assert json.loads(int8_table.read_text())["fingerprint"]["precision"] == "int8-dynamic"
+
+
+def test_check_of_an_int8_table_quantizes_the_shapes(no_torch_env, model_dir, int8_table, tmp_path):
+    out = tmp_path / "check.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--table", str(int8_table), "--precision",
+            "int8-dynamic", "--check", "2", "--check-rounds", "3", "--check-out", str(out), *FAST)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(out.read_text())["shapes"]) == 2
+
+
+@pytest.mark.parametrize("flags,mine", [([], "fp32"), (["--precision", "int8-dynamic", "--per-channel"],
+                                                       "int8-dynamic/per-channel")])
+def test_check_refuses_a_table_of_another_precision(no_torch_env, model_dir, int8_table, tmp_path, flags, mine):
+    out = tmp_path / "check.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--table", str(int8_table), "--check", "1",
+            "--check-out", str(out), *flags, *FAST)
+    one_line_error(r, "measured in precision int8-dynamic", f"this check is {mine}", "--precision int8-dynamic")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--per-channel"], "--per-channel needs a quantized precision"),
+    (["--precision", "int8-dynamic", "--runtime", "ort-cuda"], "runtime ort-cuda does not run it"),
+    (["--precision", "int8-dynamic", "--dtype", "float16"], "quantizes float32 graphs, not float16"),
+    (["--precision", "int4"], "invalid choice: 'int4'"),
+])
+def test_bad_precision_options_exit_2_before_work(no_torch_env, model_dir, tmp_path, flags, message):
+    out = tmp_path / "t.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--out", str(out), *flags, *FAST)
+    one_line_error(r, message)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
