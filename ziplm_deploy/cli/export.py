@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import nonneg_float
+from .argtypes import nonneg_float, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (dense or pruned)")
-    p.add_argument("--out", required=True, help="output .onnx file (and FILE.onnx.reference.npz, the reference outputs "
-                   "verify compares with); --with-past also writes <stem>_with_past.onnx")
+    p.add_argument("--out", help="output .onnx file (and FILE.onnx.reference.npz, the reference outputs "
+                   "verify compares with); --with-past also writes <stem>_with_past.onnx. Or --genai OUTDIR")
     p.add_argument("--with-past", action="store_true",
                    help="decoders: prefill graph with present.* outputs plus a decode graph with past_key_values.* inputs")
     p.add_argument("--atol", type=nonneg_float, default=1e-4, help="validation: absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=nonneg_float, default=1e-3,
                    help="validation: tolerance relative to each output's max |value| (default 1e-3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--genai", metavar="OUTDIR", help="decoders: write an ONNX Runtime GenAI model folder instead of "
+                   "--out (one prefill+decode graph with past KV, genai_config.json, tokenizer, manifest), checked "
+                   "token-exact against transformers greedy generate")
+    p.add_argument("--genai-full-logits", action="store_true",
+                   help="--genai: logits for every position (scoring) instead of the last one (generation)")
+    p.add_argument("--genai-check-tokens", type=positive_int, metavar="N",
+                   help="--genai: greedy tokens per check prompt that must match transformers (default 16)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.genai is not None or args.out is None or args.genai_full_logits or args.genai_check_tokens is not None:
+        return _run_genai(args)
     from pathlib import Path
 
     from ..core.arch import arch_from_dir
@@ -51,4 +60,41 @@ def run(args: argparse.Namespace) -> int:
           f"ONNX Runtime matches PyTorch on all {len(result.diffs)} outputs "
           f"(worst {worst.graph}:{worst.name} {worst.max_abs:.2e} <= {worst.tolerance:.2e})")
     print(f"reference outputs for verify: {', '.join(map(str, result.references))}")
+    return 0
+
+
+def _run_genai(args: argparse.Namespace) -> int:
+    """``--genai OUTDIR``: every option checked before the model is loaded; exit 2 on a mismatch as well."""
+    from ..core.arch import arch_from_dir
+    from ..core.errors import UserError
+    from ..export.genai import DEFAULT_CHECK_TOKENS, check_genai_model, check_genai_target
+
+    if args.genai is None and args.out is not None:
+        raise UserError("--genai-full-logits and --genai-check-tokens need --genai OUTDIR", "add --genai OUTDIR or drop them")
+    if args.genai is None:
+        raise UserError("pass --out FILE.onnx or --genai OUTDIR", "see ziplm-deploy export --help")
+    if args.out is not None or args.with_past:
+        raise UserError(f"--genai cannot be combined with {'--out' if args.out is not None else '--with-past'}",
+                        "a --genai folder always has past KV; export the .onnx file in a separate call")
+    if getattr(args, "precision", None) not in (None, "fp32"):
+        raise UserError(f"--genai writes fp32 folders, not --precision {args.precision}", "drop --precision")
+    quant = [f"--{k.replace('_', '-')}" for k in ("per_channel", "min_top1", "eval_data", "max_ppl_increase")
+             if getattr(args, k, None) not in (None, False)]
+    if quant:
+        raise UserError(f"{', '.join(quant)} validate a quantized --out export, not a --genai folder", "drop them")
+    out = check_genai_target(args.genai, args.overwrite)
+    check_genai_model(arch_from_dir(args.model))
+    tokens = args.genai_check_tokens or DEFAULT_CHECK_TOKENS
+
+    from ..export.genai import export_genai
+    from ..models import load_model
+
+    result = export_genai(load_model(args.model), out, full_logits=args.genai_full_logits, check_tokens=tokens,
+                          overwrite=args.overwrite, source=args.model)
+    for n, (prompt, new) in enumerate(zip(result.prompts, result.outputs)):
+        print(f"  prompt {n} ({len(prompt)} tokens): {len(new)} generated tokens identical")
+    kv = ", ".join(f"{k.heads}x{k.head_dim}" for k in result.kv)
+    print(f"exported GenAI folder {result.folder} in {result.seconds:.1f}s (KV heads x head size per layer: {kv}; "
+          f"logits: {'all positions' if args.genai_full_logits else 'last position'}); GenAI greedy generation "
+          f"equals transformers on {len(result.prompts)} prompts x {tokens} tokens")
     return 0

@@ -1,0 +1,211 @@
+"""``export --genai``: ONNX Runtime GenAI folders that generate token-exact like ``transformers`` greedy
+``generate``, for dense and every pruned form; tampered folders and mismatches fail with one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+import torch
+
+from families import tiny_llama_for, tiny_model
+from ziplm_deploy.cli import main
+from ziplm_deploy.core.checks import TEMP_PREFIX
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.core.shape import LayerShape, ModelShape
+from ziplm_deploy.models import apply_shape, load_model, save_model
+
+og = pytest.importorskip("onnxruntime_genai")
+genai = pytest.importorskip("ziplm_deploy.export.genai")
+
+WORDS = ("the capital of france is paris once upon a time there was little girl who lived in village near forest "
+         "def add ( a , b ) : return + she liked to walk and sing every morning with her dog").split()
+
+# Per-layer shapes of a 3-layer tiny Llama (4 query heads in 2 KV groups, head_dim 8, FFN 64): one pruned
+# form each, in the middle layer (the KV layers GenAI must find: layers with attention, in order).
+FULL = LayerShape(4, 64, 2)
+FORMS = {
+    "dense": (FULL, FULL, FULL),
+    "zero-heads": (FULL, LayerShape(0, 64, 0), FULL),
+    "dropped": (FULL, LayerShape(dropped=True), FULL),
+    "ffn-0": (FULL, LayerShape(4, 0, 2), FULL),
+    "gqa-group-removed": (LayerShape(2, 64, 1), LayerShape(2, 48, 2), FULL),
+    "flop-ranks": (FULL, LayerShape(4, 64, 2, ranks=(("down", 6), ("gate", 5), ("up", 7))), FULL),
+}
+EXPECTED_KV = {"zero-heads": [[2, 8], [2, 8]], "dropped": [[2, 8], [2, 8]], "gqa-group-removed": [[1, 8], [2, 8], [2, 8]]}
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[UNK]", "<s>", "</s>", *dict.fromkeys(WORDS)]
+    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(96 - len(words))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+
+
+def _model_dir(root, form: str = "dense", seed: int = 0):
+    """A saved tiny Llama of ``form`` with a word-level tokenizer; weights scaled up so that greedy decoding
+    wanders over the vocabulary instead of repeating one token."""
+    tokenizer = _tokenizer()
+    model = tiny_llama_for(tokenizer, layers=3, seed=seed).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    if form != "dense":
+        apply_shape(model, ModelShape(FORMS[form]))
+    return save_model(model, root / f"{form}-{seed}", tokenizer=tokenizer)
+
+
+def _export(model_dir, out, *extra) -> int:
+    return main(["export", "--model", str(model_dir), "--genai", str(out), *extra])
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    """The dense tiny Llama's model directory and its GenAI folder, exported once through the CLI."""
+    root = tmp_path_factory.mktemp("genai")
+    model_dir = _model_dir(root)
+    assert _export(model_dir, root / "dense-genai") == 0
+    return model_dir, root / "dense-genai"
+
+
+def _tampered(dense, tmp_path, edit):
+    folder = tmp_path / "tampered"
+    shutil.copytree(dense[1], folder)
+    config = json.loads((folder / genai.GENAI_CONFIG).read_text())
+    edit(config)
+    (folder / genai.GENAI_CONFIG).write_text(json.dumps(config))
+    return folder
+
+
+def _logits_dims(folder):
+    out = next(o for o in onnx.load(str(folder / genai.GRAPH_FILE)).graph.output if o.name == "logits")
+    return [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("form", [f for f in FORMS if f != "dense"])
+def test_pruned_forms_generate_token_exact(form, tmp_path, capsys):
+    model_dir = _model_dir(tmp_path, form)
+    extra = ["--genai-full-logits", "--genai-check-tokens", "12"] if form == "dropped" else []
+    assert _export(model_dir, tmp_path / "out", *extra) == 0
+    assert "equals transformers on 5 prompts" in capsys.readouterr().out
+    folder = tmp_path / "out"
+    manifest = genai.read_genai_manifest(folder)
+    assert manifest["kv_layers"] == EXPECTED_KV.get(form, [[2, 8]] * 3)
+    assert manifest["shape"]["layers"] == [s.to_json() for s in FORMS[form]]
+    assert manifest["logits"] == ("full" if form == "dropped" else "last")
+    assert _logits_dims(folder)[1] == ("sequence" if form == "dropped" else 1)
+    # an independent run on a prompt the export did not check
+    prompt = [[5, 9, 14, 2, 30, 31, 7]]
+    model = load_model(model_dir)
+    want = genai.torch_generate(model, prompt, 10)[0]
+    want = want[: want.index(2)] if 2 in want else want  # GenAI stops on EOS (id 2) without returning it
+    assert genai.genai_generate(folder, prompt, 10) == [want]
+    assert not _leftovers(tmp_path)
+
+
+def test_dense_folder_contents(dense):
+    model_dir, folder = dense
+    assert {"model.onnx", "genai_config.json", "ziplm_genai.json", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in folder.iterdir()}
+    config = json.loads((folder / genai.GENAI_CONFIG).read_text())["model"]
+    assert config["type"] == "llama" and config["decoder"]["num_key_value_heads"] == 2
+    assert config["decoder"]["head_size"] == 8 and config["decoder"]["num_hidden_layers"] == 3
+    assert _logits_dims(folder) == ["batch", 1, config["vocab_size"]]  # trimmed prefill logits
+    manifest = genai.read_genai_manifest(folder)
+    assert manifest["source_sha256"] and manifest["source"] == str(model_dir.resolve())
+    assert manifest["check"]["tokens"] == 16 and len(manifest["check"]["prompts"]) == 5
+    outputs = manifest["check"]["outputs"]
+    assert sum(len(o) for o in outputs) > 40 and len({t for o in outputs for t in o}) > 8  # not one repeated token
+    assert not _leftovers(folder.parent)
+
+
+def test_mismatch_names_prompt_and_position_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    real = genai.torch_generate
+
+    def off_by_one(model, prompts, tokens):
+        out = real(model, prompts, tokens)
+        out[1][3] = (out[1][3] + 1) % model.config.vocab_size
+        return out
+
+    monkeypatch.setattr(genai, "torch_generate", off_by_one)
+    model_dir = _model_dir(tmp_path)
+    capsys.readouterr()
+    assert _export(model_dir, tmp_path / "out") == 2
+    err = "\n".join(line for line in capsys.readouterr().err.splitlines() if "it/s]" not in line)  # tqdm bars
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "differs from transformers on prompt 1" in err and "at generated position 3" in err
+    assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
+
+
+def test_folder_checks_a_different_model_fails(dense, tmp_path):
+    other = load_model(_model_dir(tmp_path, seed=1))
+    prompts = json.loads((dense[1] / genai.MANIFEST_FILE).read_text())["check"]["prompts"]
+    with pytest.raises(genai.GenaiValidationError, match=r"differs from transformers on prompt 0 .* position 0"):
+        genai.check_genai_folder(dense[1], other, prompts, 8)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"]["decoder"].update(filename="missing.onnx"),
+     r"model.decoder.filename names missing.onnx, which is missing from"),
+    (lambda c: c["model"]["decoder"].update(num_key_value_heads=3),
+     r"model.decoder.num_key_value_heads is 3, but model.onnx has 2 \(KV layers: 2x8, 2x8, 2x8\)"),
+    (lambda c: c["model"]["decoder"].update(head_size=16), r"model.decoder.head_size is 16, but model.onnx has 8"),
+    (lambda c: c["model"].update(vocab_size=7), r"model.vocab_size is 7, but model.onnx has 96"),
+    (lambda c: c["model"]["decoder"].update(num_hidden_layers=5), r"num_hidden_layers is 5, but model.onnx has 3"),
+    (lambda c: c["search"].update(foo=1), r"ONNX Runtime GenAI cannot run .*foo"),
+], ids=["missing-graph", "kv-heads", "head-size", "vocab", "layers", "unknown-key"])
+def test_tampered_folder_fails_validation(dense, tmp_path, edit, message):
+    folder = _tampered(dense, tmp_path, edit)
+    model = load_model(dense[0])
+    with pytest.raises(UserError, match=message) as info:
+        genai.check_genai_folder(folder, model, [[3, 4, 5]], 4)
+    assert "\n" not in str(info.value)
+
+
+def test_manifest_of_another_model_is_refused(dense, tmp_path):
+    folder = tmp_path / "swapped"
+    shutil.copytree(dense[1], folder)
+    manifest = json.loads((folder / genai.MANIFEST_FILE).read_text())
+    manifest["kv_layers"] = [[1, 8], [2, 8]]
+    (folder / genai.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"kv_layers \[\[1, 8\], \[2, 8\]\] do not match model.onnx's"):
+        genai.read_genai_manifest(folder)
+
+
+def _fails(argv, capsys, message):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and message in err, err
+
+
+def test_bad_input_exits_2_with_one_line_before_any_work(dense, tmp_path, capsys):
+    model_dir = dense[0]
+    bert = tmp_path / "bert"
+    save_model(tiny_model("bert"), bert)
+    _fails(["export", "--model", str(bert), "--genai", str(tmp_path / "b")], capsys, "needs a decoder")
+    (tmp_path / "file").write_text("x")
+    _fails(["export", "--model", str(model_dir), "--genai", str(tmp_path / "file")], capsys,
+           "exists and is not a folder")
+    _fails(["export", "--model", str(model_dir), "--genai", str(dense[1])], capsys, "exists and is not empty")
+    _fails(["export", "--model", str(model_dir), "--genai", str(tmp_path / "x"), "--out", str(tmp_path / "x.onnx")],
+           capsys, "--genai cannot be combined with --out")
+    _fails(["export", "--model", str(model_dir), "--genai", str(tmp_path / "x"), "--with-past"], capsys,
+           "--genai cannot be combined with --with-past")
+    _fails(["export", "--model", str(model_dir), "--out", str(tmp_path / "x.onnx"), "--genai-full-logits"], capsys,
+           "need --genai OUTDIR")
+    _fails(["export", "--model", str(model_dir)], capsys, "pass --out FILE.onnx or --genai OUTDIR")
+    _fails(["export", "--model", str(model_dir), "--genai", str(tmp_path / "x"), "--genai-check-tokens", "0"],
+           capsys, "must be >= 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "file"]
