@@ -53,3 +53,29 @@ def test_measured_probes_are_zero_for_dense_and_grow_with_removal(family):
     costs = sensitivity_costs(db, probes)
     for m in db.modules:
         assert len(costs[(m.layer, m.kind)]) == len(m.levels) and costs[(m.layer, m.kind)][0] == 0.0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_in_place_probe_equals_the_physically_stitched_model(family):
+    """The fast decoder path (output projection swapped, restored after) measures what stitching measures."""
+    import copy
+
+    from ziplm_deploy.prune.sensitivity import _stitched, _swapped, _outputs, damage
+
+    model = tiny_model(family).eval()
+    adapter = adapter_for(model)
+    windows = torch.randint(0, 120, (3, 12), generator=torch.Generator().manual_seed(1))
+    hessians = collect_hessians(model, windows, progress=False)
+    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
+    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    before = copy.deepcopy(model.state_dict())
+    reference = _outputs(model, windows, 4)
+    for m in [m for m in db.modules if m.layer in (0, max(x.layer for x in db.modules))]:
+        for units in probe_levels(m):
+            with _swapped(model, db, hessians, m, units) as swapped:
+                fast = damage(reference, _outputs(swapped, windows, 4), True)
+            with _stitched(model, db, hessians, m, units) as stitched:
+                slow = damage(reference, _outputs(stitched, windows, 4), True)
+            assert fast == pytest.approx(slow, rel=1e-4, abs=1e-7), (m.layer, m.kind, units)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # restored exactly

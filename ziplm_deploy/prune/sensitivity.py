@@ -12,9 +12,10 @@ and the DP sums those: a first-order, additive model of end-to-end damage.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -67,19 +68,65 @@ def damage(reference: list[torch.Tensor], got: list[torch.Tensor], decoder: bool
 @torch.no_grad()
 def measure_probes(dense, db: Database, hessians, windows: torch.Tensor, batch_size: int = 4,
                    fractions: Sequence[float] = PROBE_FRACTIONS, progress: bool = True) -> dict[tuple[int, str], list[Probe]]:
-    """End-to-end damage of each module alone at its probe levels (every other module dense)."""
-    from .stitch import stitch
+    """End-to-end damage of each module alone at its probe levels (every other module dense).
+
+    Decoders (pre-norm residual blocks): the level is applied in place by swapping the output projection
+    for its OBS reconstruction over the kept columns (removed columns zero; bias zeroed too when nothing
+    is kept), which computes exactly what the physically shrunk model computes, then restored. Other
+    models: a stitched copy (``stitch``)."""
+    from ..models import adapter_for
 
     reference = _outputs(dense, windows, batch_size)
-    decoder = "logits" in dense(input_ids=windows[:1])
+    decoder = adapter_for(dense).arch(dense).is_decoder
     jobs = [(m, units) for m in db.modules for units in probe_levels(m, fractions)]
     probes: dict[tuple[int, str], list[Probe]] = {(m.layer, m.kind): [] for m in db.modules}
     for m, units in tqdm(jobs, desc="sensitivity probes", unit="probe", disable=not progress):
-        model = stitch(copy.deepcopy(dense), db, hessians, {(m.layer, m.kind): units})
-        hurt = damage(reference, _outputs(model, windows, batch_size), decoder)
+        apply = _swapped if decoder else _stitched
+        with apply(dense, db, hessians, m, units) as model:
+            hurt = damage(reference, _outputs(model, windows, batch_size), decoder)
         probes[(m.layer, m.kind)].append(Probe(units, m.level(units).rel_loss, hurt))
-        del model
     return probes
+
+
+@contextlib.contextmanager
+def _stitched(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator[torch.nn.Module]:
+    from .stitch import stitch
+
+    model = stitch(copy.deepcopy(dense), db, hessians, {(m.layer, m.kind): units})
+    try:
+        yield model
+    finally:
+        del model
+
+
+@contextlib.contextmanager
+def _swapped(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator[torch.nn.Module]:
+    from ..models import adapter_for
+    from .obs import reconstruct
+    from .stitch import _cols
+
+    adapter = adapter_for(dense)
+    layer = list(adapter.layers(dense))[m.layer]
+    view = (adapter.attn_out_weight if m.kind == "attn" else adapter.ffn_out_weight)(layer)
+    proj = (adapter.attn_out_proj if m.kind == "attn" else adapter.ffn_out_proj)(layer)
+    bias = getattr(proj, "bias", None) if units == 0 else None
+    saved, saved_bias = view.detach().clone(), None if bias is None else bias.detach().clone()
+    h = hessians[m.layer].attn if m.kind == "attn" else hessians[m.layer].ffn
+    cols = _cols(m.level(units).kept, m.unit_cols)
+    full = torch.zeros_like(saved, dtype=torch.float32)
+    if cols:
+        full[:, cols] = reconstruct(saved.float(), h.float(), cols, db.damp)
+    try:
+        with torch.no_grad():
+            view.copy_(full.to(view.dtype))
+            if bias is not None:
+                bias.zero_()
+        yield dense
+    finally:
+        with torch.no_grad():
+            view.copy_(saved)
+            if bias is not None:
+                bias.copy_(saved_bias)
 
 
 def level_costs(module: ModuleDb, probes: Sequence[Probe]) -> list[float]:
