@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import nonneg_float, positive_int
+from .argtypes import fraction, nonneg_float, positive_int, seq_len
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +17,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", type=nonneg_float, default=1e-3,
                    help="validation: tolerance relative to each output's max |value| (default 1e-3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8-dynamic"),
+                   help="int8-dynamic: FILE.onnx is the ONNX Runtime quantize_dynamic graph (QInt8 weights), validated "
+                        "against the fp32 PyTorch model by top-1 agreement (and --eval-data perplexity), not 1e-3 parity")
+    p.add_argument("--per-channel", action="store_true", help="with int8-dynamic: per-channel weight scales")
+    p.add_argument("--min-top1", type=fraction, default=None,
+                   help="int8: least top-1 agreement with fp32 PyTorch on the validation inputs (default 0.9)")
+    p.add_argument("--eval-data", help="int8: also measure the perplexity of the quantized graph in ONNX Runtime against "
+                   "the fp32 model's on this text (.txt, .jsonl or wikipedia)")
+    p.add_argument("--eval-windows", type=positive_int, default=8, help="int8 --eval-data: windows (default 8)")
+    p.add_argument("--eval-seq", type=seq_len, default=128, help="int8 --eval-data: window length (default 128)")
+    p.add_argument("--max-ppl-increase", type=nonneg_float, default=None,
+                   help="int8 --eval-data: fail when perplexity rises by more than this fraction over fp32")
     p.add_argument("--genai", metavar="OUTDIR", help="decoders: write an ONNX Runtime GenAI model folder instead of "
                    "--out (one prefill+decode graph with past KV, genai_config.json, tokenizer, manifest), checked "
                    "token-exact against transformers greedy generate")
@@ -46,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise UserError(f"output exists: {', '.join(existing)}", "choose another --out or pass --overwrite")
+    if args.precision != "fp32" or args.per_channel or _quant_options(args):
+        return _run_quantized(args, out)
 
     from ..export import export_onnx
     from ..models import load_model
@@ -98,3 +112,55 @@ def _run_genai(args: argparse.Namespace) -> int:
           f"logits: {'all positions' if args.genai_full_logits else 'last position'}); GenAI greedy generation "
           f"equals transformers on {len(result.prompts)} prompts x {tokens} tokens")
     return 0
+
+
+def _quant_options(args: argparse.Namespace) -> list[str]:
+    return [name for name, given in (("--min-top1", args.min_top1 is not None), ("--eval-data", args.eval_data),
+                                     ("--max-ppl-increase", args.max_ppl_increase is not None)) if given]
+
+
+def _run_quantized(args: argparse.Namespace, out) -> int:
+    """``--precision int8-dynamic``: options and text checked before the model is loaded."""
+    from ..core.errors import UserError
+    from ..runtime.quantize import DEFAULT_MIN_TOP1, Precision
+
+    precision = Precision(args.precision, args.per_channel)
+    if not precision.quantized:
+        raise UserError(f"{', '.join(_quant_options(args))} validate a quantized export",
+                        "add --precision int8-dynamic, or drop them")
+    if args.max_ppl_increase is not None and not args.eval_data:
+        raise UserError("--max-ppl-increase needs --eval-data TEXT", "add --eval-data, or drop --max-ppl-increase")
+    if args.eval_data:
+        from ..core.arch import arch_from_dir
+
+        if not arch_from_dir(args.model).is_decoder:
+            raise UserError("--eval-data measures perplexity: it needs a decoder model", "drop --eval-data")
+    windows = _eval_windows(args) if args.eval_data else None
+
+    from ..export.quantize import export_quantized
+    from ..models import load_model
+
+    result = export_quantized(load_model(args.model), out, precision, with_past=args.with_past, atol=args.atol,
+                              rtol=args.rtol, source=args.model, windows=windows,
+                              min_top1=DEFAULT_MIN_TOP1 if args.min_top1 is None else args.min_top1,
+                              max_ppl_increase=args.max_ppl_increase)
+    for q in result.quality:
+        line = f"  {q.graph:8s} top-1 agreement with fp32 PyTorch {q.top1_agreement:.1%} of {q.positions} positions"
+        if q.perplexity is not None:
+            line += f"; perplexity {q.perplexity:.3f} vs fp32 {q.perplexity_fp32:.3f} ({q.ppl_increase:+.1%})"
+        print(line)
+    print(f"exported {', '.join(map(str, result.paths))} ({precision.label}); the fp32 graph matched PyTorch on all "
+          f"{len(result.fp32.diffs)} outputs before quantization")
+    print(f"reference outputs for verify: {', '.join(map(str, result.references))}")
+    return 0
+
+
+def _eval_windows(args: argparse.Namespace):
+    from ..core.errors import UserError
+    from ..models.tokenizer import load_tokenizer
+    from ..prune.data import eval_windows
+
+    tokenizer = load_tokenizer(args.model)
+    if tokenizer is None:
+        raise UserError(f"{args.model} has no tokenizer files", "--eval-data needs the tokenizer in the model directory")
+    return eval_windows(tokenizer, args.eval_data, args.eval_seq, args.eval_windows).numpy()

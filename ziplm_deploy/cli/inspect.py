@@ -40,7 +40,7 @@ def _metadata_json(meta: dict[str, str], key: str, path: Path) -> Any:
         raise UserError(f"{path}: metadata {key} is not valid JSON", "re-export it with ziplm-deploy export") from None
 
 
-def _onnx_info(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int, dict[str, str]]:
+def _onnx_info(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int, dict[str, str], dict[str, Any]]:
     import onnx
 
     from ..core.errors import UserError
@@ -62,7 +62,18 @@ def _onnx_info(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None
     config, shape = _metadata_json(meta, "ziplm_config", path), _metadata_json(meta, "ziplm_shape", path)
     io = {i.name: "input" for i in proto.graph.input}
     io.update({o.name: "output" for o in proto.graph.output})
-    return config, shape, params, io
+    return config, shape, params, io, _precision_info(meta, path)
+
+
+def _precision_info(meta: dict[str, str], path: Path) -> dict[str, Any]:
+    """The graph's precision (files without ``ziplm_precision`` are fp32) and how a quantized one was validated."""
+    from ..runtime.quantize import precision_of_metadata, quality_of_metadata
+
+    info: dict[str, Any] = {"precision": precision_of_metadata(meta, str(path)).label}
+    quality = quality_of_metadata(meta, str(path))
+    if quality is not None:
+        info["quantization_check"] = quality
+    return info
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     io: dict[str, str] = {}
+    precision: dict[str, Any] = {"precision": "fp32"}
     if path.is_dir():
         config = read_model_config(path)
         source = str(config_path(path))
@@ -81,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
         params = _safetensors_params(path)
         kind = "model directory"
     elif path.is_file():
-        config, shape_json, params, io = _onnx_info(path)
+        config, shape_json, params, io, precision = _onnx_info(path)
         source, shape_source, kind = f"{path}: ziplm_config", f"{path}: ziplm_shape", "ONNX file"
         if config is None:
-            print(f"{path}: ONNX file without ziplm-deploy metadata; {params / 1e6:.2f}M parameters in initializers")
+            print(f"{path}: ONNX file without ziplm-deploy metadata; {params / 1e6:.2f}M parameters in initializers; "
+                  f"precision {precision['precision']}")
             for name, role in io.items():
                 print(f"  {role}: {name}")
             return 0
@@ -99,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "path": str(path), "kind": kind, "family": arch.family, "architecture": arch.architecture,
         "parameters": params, "block_parameters": block_params(arch, shape),
         "dense_block_parameters": block_params(arch, dense), "flops": flops, "dense_flops": dense_flops,
-        "seq": args.seq, "shape": shape.to_json(),
+        "seq": args.seq, "shape": shape.to_json(), **precision,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -109,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if params:
         print(f"parameters: {params / 1e6:.2f}M total; transformer blocks {report['block_parameters'] / 1e6:.2f}M "
               f"of {report['dense_block_parameters'] / 1e6:.2f}M dense ({report['block_parameters'] / report['dense_block_parameters']:.1%})")
+    print(_precision_line(precision))
     print(f"FLOPs (batch 1, seq {args.seq}): {flops / 1e9:.2f} G of {dense_flops / 1e9:.2f} G dense "
           f"({flops / dense_flops:.1%})")
     gqa = arch.kv_heads != arch.heads
@@ -124,3 +138,17 @@ def run(args: argparse.Namespace) -> int:
     for name, role in io.items():
         print(f"  {role}: {name}")
     return 0
+
+
+def _precision_line(info: dict[str, Any]) -> str:
+    line = f"precision: {info['precision']}"
+    q = info.get("quantization_check")
+    if q:
+        agree, least = q.get("top1_agreement"), q.get("min_top1_agreement")
+        if isinstance(agree, (int, float)) and isinstance(least, (int, float)):
+            line += (f" (validated against fp32 PyTorch: top-1 agreement {agree:.1%} >= {least:.0%} on "
+                     f"{q.get('positions')} positions")
+            if isinstance(q.get("perplexity"), (int, float)) and isinstance(q.get("perplexity_fp32"), (int, float)):
+                line += f"; perplexity {q['perplexity']:.3f} vs fp32 {q['perplexity_fp32']:.3f}"
+            line += ")"
+    return line

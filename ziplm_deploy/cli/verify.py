@@ -92,6 +92,11 @@ def format_summary(report) -> str:
         lines.append(f"parity: not checkable ({report.parity.get('note')})")
     elif report.parity:
         for r in report.parity["outputs"]:
+            if "top1_agreement" in r:  # a quantized candidate: judged by top-1 agreement with fp32
+                lines.append(f"parity vs {report.parity['reference']} (fp32): {r['name']} top-1 agreement "
+                             f"{r['top1_agreement']:.1%} of {r['positions']} positions, tolerance >= "
+                             f"{r['min_top1_agreement']:.0%} {'ok' if r['ok'] else 'FAIL'}")
+                continue
             mx = "inf" if r["max_abs"] is None else f"{r['max_abs']:.2e}"
             lines.append(f"parity vs {report.parity['reference']}: {r['name']} max|diff| {mx} "
                          f"(mean {r['mean_abs'] if r['mean_abs'] is None else format(r['mean_abs'], '.2e')}) "

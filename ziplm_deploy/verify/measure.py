@@ -11,7 +11,13 @@
    ONNX Runtime CPU. With no reference, parity is recorded as not checkable (``reference: "none"``,
    ``ok: false``): the gate fails closed, a file is never compared with itself;
 4. measured speedup vs the target and vs the latency table's prediction (or the manifest's);
-5. optionally quality of both (``eval_data``; needs directories and torch).
+5. optionally quality of both (``eval_data``): in PyTorch when both are directories, else perplexity of
+   both ONNX files in ONNX Runtime itself (``verify.ort_quality``, torch-free).
+
+A quantized candidate (``ziplm_precision`` metadata, ``export --precision``) is judged for what it is:
+parity is top-1 agreement of its logits with the fp32 reference (``parity.tolerance.kind``
+"top1-agreement", at least ``min_top1``), never 1e-3 parity against fp32 outputs; a latency table of
+another precision than the candidate's is refused before any timing.
 
 Bad input is refused before any timing (``UserError``, exit 2): unreadable or incomplete ONNX files, a
 latency table of another model, a corrupted export reference. Anything that fails after the inputs
@@ -61,6 +67,8 @@ class VerifyOptions:
     eval_data: str | None = None
     eval_windows: int = 8
     eval_seq: int = 128
+    min_top1: float | None = None  # quantized candidates: least top-1 agreement with the fp32 reference; None:
+    # the tolerance the file was exported with (metadata ziplm_quality), else runtime.quantize.DEFAULT_MIN_TOP1
 
     def validate(self) -> "VerifyOptions":
         if self.runtime not in VERIFY_RUNTIMES:
@@ -76,6 +84,8 @@ class VerifyOptions:
             raise UserError(f"--tolerance is a fraction in [0, 1), got {self.tolerance}")
         if not (math.isfinite(self.atol) and math.isfinite(self.rtol) and self.atol >= 0 and self.rtol >= 0):
             raise UserError(f"--atol and --rtol must be finite numbers >= 0, got {self.atol}, {self.rtol}")
+        if self.min_top1 is not None and not 0 <= self.min_top1 <= 1:
+            raise UserError(f"the top-1 agreement tolerance is a fraction in [0, 1], got {self.min_top1}")
         return self
 
 
@@ -89,6 +99,13 @@ class Resolved:
     metadata: dict[str, str] | None = None
     manifest: dict[str, Any] | None = None
 
+    @property
+    def precision(self) -> str:
+        """The precision label of the graph (directories are exported in fp32)."""
+        from ..runtime.quantize import precision_of_metadata
+
+        return precision_of_metadata(self.metadata or {}, self.source).label
+
     def describe(self) -> dict[str, Any]:
         shape = json.loads(self.metadata["ziplm_shape"]) if self.metadata and "ziplm_shape" in self.metadata else None
         out: dict[str, Any] = {"source": self.source, "kind": self.kind, "file": str(self.file) if self.file else None,
@@ -98,6 +115,7 @@ class Resolved:
             out["sha256"], out["bytes"] = file_sha256(self.file), self.file.stat().st_size
         if self.onnx and self.onnx.is_file():
             out["params"] = onnx_params(self.onnx)
+        out["precision"] = self.precision
         if self.manifest:
             out["manifest"] = {k: self.manifest.get(k) for k in ("method", "parent", "metrics", "table_sha256")
                                if k in self.manifest}
@@ -258,8 +276,9 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
     for role, kind in kinds.items():
         if kind == "engine" and opts.runtime != "trt":
             raise UserError(f"--{role} {paths[role]} is a TensorRT engine", "use --runtime trt for engines")
-    if opts.eval_data and "directory" not in kinds.values():
-        raise UserError("--eval-data needs model directories", "pass --baseline/--candidate as directories")
+    if opts.eval_data and "engine" in kinds.values():
+        raise UserError("--eval-data measures directories or ONNX files, not TensorRT engines",
+                        "drop --eval-data, or verify the ONNX files")
     plan = preflight(paths, kinds, opts)
     protocol = Protocol(warmup=opts.warmup, rounds=opts.rounds, seed=opts.seed)
     report = VerifyReport(
@@ -280,7 +299,8 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
         _predict(report, models, opts)
         report.parity = _parity(backend, models["candidate"], plan, opts, log)
         if opts.eval_data:
-            report.quality = _quality(models, opts, log)
+            both_dirs = all(r.kind == "directory" for r in models.values())
+            report.quality = _quality(models, opts, log) if both_dirs else _ort_quality(models, opts, log)
     except UserError as e:
         log(f"error: {e}")
         report.fail(str(e))
@@ -321,6 +341,7 @@ def _check_table(table_path: str, candidate: str, kind: str) -> None:
     from ..core.table import LatencyTable
 
     table = LatencyTable.load(table_path)
+    meta: dict[str, str] = {}
     if kind == "directory":
         arch, shape = arch_from_dir(candidate), None
     else:
@@ -337,6 +358,19 @@ def _check_table(table_path: str, candidate: str, kind: str) -> None:
     table.check_arch(arch, candidate)
     if shape is not None:
         shape.validate(table.arch, source=f"{candidate} metadata")
+    _check_table_precision(table, meta, candidate)
+
+
+def _check_table_precision(table: Any, meta: dict[str, str], candidate: str) -> None:
+    """A table predicts the precision it was measured in: refuse a candidate of another one."""
+    from ..runtime.quantize import Precision, precision_of_metadata
+
+    precision = precision_of_metadata(meta, candidate)
+    mismatch = table.fingerprint.precision_mismatch(precision.label, f"--candidate {candidate}")
+    if mismatch:
+        table_flags = Precision.parse(table.fingerprint.precision).cli_flags
+        raise UserError(mismatch, f"pass a table profiled with `profile {precision.cli_flags}`, or a candidate "
+                                  f"exported with `export {table_flags}`")
 
 
 def plan_parity(candidate: str, kind: str) -> ParityPlan:
@@ -406,7 +440,8 @@ def _measure(report: VerifyReport, backend: Any, models: dict[str, Resolved], op
                      "attempts": attempt}
     dtype = "float16" if getattr(backend, "fp16", False) else "float32"
     report.fingerprint = fingerprint(backend, dtype=dtype, batch=opts.batch, seq=opts.seq, mode="prefill", kv_len=0,
-                                     opset=_opset(models["candidate"].onnx)).to_json()
+                                     opset=_opset(models["candidate"].onnx),
+                                     precision=models["candidate"].precision).to_json()
     base, cand = stats["baseline"].get(st), stats["candidate"].get(st)
     measured = base / cand
     target = opts.target
@@ -463,8 +498,9 @@ def _predict(report: VerifyReport, models: dict[str, Resolved], opts: VerifyOpti
 
 def _parity(backend: Any, cand: Resolved, plan: ParityPlan, opts: VerifyOptions,
             log: Callable[[str], None]) -> dict[str, Any]:
-    """Per-output parity of the candidate in the runtime against ``plan``'s reference (never against itself)."""
-    from .parity import compare
+    """Per-output parity of the candidate in the runtime against ``plan``'s reference (never against itself);
+    a quantized candidate against an fp32 reference is judged by top-1 agreement of its logits."""
+    from .parity import compare, compare_top1
 
     extra: dict[str, Any] = {"file_matches_export": None}
     if plan.reference == "none":
@@ -479,10 +515,38 @@ def _parity(backend: Any, cand: Resolved, plan: ParityPlan, opts: VerifyOptions,
             log(f"warning: {cand.file} changed since export (its sha256 differs from the reference's)")
     else:
         got, want, plan = _run_against(backend, cand, plan, opts, log)
-    rows = compare(got, want, opts.atol, opts.rtol)
+    top1 = cand.precision != "fp32" and plan.reference in ("pytorch", "export-reference")
+    if top1:
+        min_top1, source = _min_top1(cand, opts)
+        log(f"parity: the candidate is {cand.precision}: judged by top-1 agreement of its logits with the fp32 "
+            f"reference (at least {min_top1:.0%}, {source}), not by 1e-3 parity")
+        rows = compare_top1(got, want, min_top1)
+        if not rows:
+            raise UserError(f"parity: a quantized candidate is judged by top-1 agreement of its logits, but the "
+                            f"reference has no logits (outputs: {', '.join(want)})", "verify a causal LM or classifier")
+    else:
+        rows = compare(got, want, opts.atol, opts.rtol)
     if not rows:
         raise UserError("parity: the reference has no outputs")
+    extra["tolerance"] = ({"kind": "top1-agreement", "min_top1_agreement": min_top1, "source": source,
+                           "candidate": cand.precision, "reference_precision": "fp32",
+                           "judged": [r["name"] for r in rows]} if top1
+                          else {"kind": "max-abs", "atol": opts.atol, "rtol": opts.rtol})
     return _parity_block(plan, opts, rows, extra)
+
+
+def _min_top1(cand: Resolved, opts: VerifyOptions) -> tuple[float, str]:
+    """The top-1 tolerance of a quantized candidate and where it comes from."""
+    from ..core.checks import number
+    from ..runtime.quantize import DEFAULT_MIN_TOP1, quality_of_metadata
+
+    if opts.min_top1 is not None:
+        return opts.min_top1, "option"
+    record = quality_of_metadata(cand.metadata or {}, cand.source)
+    if record is None or "min_top1_agreement" not in record:
+        return DEFAULT_MIN_TOP1, "default"
+    value = number(record["min_top1_agreement"], cand.source, "metadata ziplm_quality.min_top1_agreement", lo=0.0, hi=1.0)
+    return value, "the tolerance it was exported with"
 
 
 def _run_against(backend: Any, cand: Resolved, plan: ParityPlan, opts: VerifyOptions,
@@ -542,3 +606,33 @@ def _quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[st
             metric, values[role] = "accuracy", accuracy(model, tokenizer, texts, labels)
     return {"metric": metric, "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
             "data": str(opts.eval_data), "source": "eval"}
+
+
+def _ort_quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """Perplexity of both ONNX graphs (a directory: its validated export) in ONNX Runtime on ``eval_data``,
+    tokenized with the candidate's tokenizer.json (torch-free): a quantized file is measured as shipped."""
+    from .ort_quality import ort_perplexity, read_texts, text_windows
+
+    tokenizer_dir = _tokenizer_dir(models["candidate"])
+    windows = text_windows(tokenizer_dir, read_texts(opts.eval_data), opts.eval_seq, opts.eval_windows)
+    values = {}
+    for role, r in models.items():
+        log(f"quality of the {role} ({r.precision}) in ONNX Runtime on {opts.eval_data}")
+        values[role] = ort_perplexity(r.onnx, windows, threads=opts.threads)
+    return {"metric": "perplexity", "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
+            "data": str(opts.eval_data), "source": "onnxruntime", "windows": int(len(windows)),
+            "seq": opts.eval_seq, "precision": {role: r.precision for role, r in models.items()}}
+
+
+def _tokenizer_dir(r: Resolved) -> Path:
+    """Where the tokenizer.json of a model is: its directory, the ONNX file's recorded source, or beside it."""
+    candidates = [Path(r.source)] if r.kind == "directory" else []
+    if r.metadata and r.metadata.get("ziplm_source"):
+        candidates.append(Path(r.metadata["ziplm_source"]))
+    if r.onnx is not None:
+        candidates.append(Path(r.source).parent if r.kind != "directory" else r.onnx.parent)
+    for d in candidates:
+        if (d / "tokenizer.json").is_file():
+            return d
+    raise UserError(f"no tokenizer.json for {r.source} (looked in {', '.join(map(str, candidates))})",
+                    "keep the model's tokenizer.json beside the ONNX file, or its source directory in place")

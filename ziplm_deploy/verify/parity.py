@@ -1,6 +1,7 @@
 """Output parity: per-output max / mean abs error against ``atol + rtol * max|reference|``.
 
-The rule itself is ``core.parity.output_diff``, shared with the exporter's self-validation.
+The rule itself is ``core.parity.output_diff``, shared with the exporter's self-validation. A quantized
+graph against fp32 outputs is judged by ``compare_top1`` instead: arg-max agreement of its logits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,23 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], atol:
         d = output_diff("", name, got[name], want[name], atol, rtol)
         rows.append({"name": name, "max_abs": _num(d.max_abs), "mean_abs": _num(d.mean_abs), "ref_max": d.ref_max,
                      "tolerance": d.tolerance, "ok": d.ok})
+    return rows
+
+
+def compare_top1(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray],
+                 min_top1: float) -> list[dict[str, Any]]:
+    """One row per ``logits`` reference output: top-1 agreement of the candidate's arg-max with the
+    reference's, ok at ``>= min_top1`` (a missing output, a shape mismatch or non-finite logits: 0);
+    max/mean abs error alongside for information. A reference without logits cannot be judged so: []."""
+    from .ort_quality import top1_agreement
+
+    rows = []
+    for name in (n for n in want if n == "logits"):
+        row = compare(got, {name: want[name]}, 0.0, 0.0)[0]
+        agreement = top1_agreement(got[name], want[name]) if name in got else 0.0
+        positions = int(np.prod(np.shape(want[name])[:-1]))
+        rows.append({**row, "tolerance": None, "top1_agreement": round(agreement, 6), "min_top1_agreement": min_top1,
+                     "positions": positions, "ok": bool(agreement >= min_top1)})
     return rows
 
 
