@@ -84,3 +84,27 @@ def test_bad_precision_options_exit_2_before_work(no_torch_env, model_dir, tmp_p
     r = cli(no_torch_env, "profile", "--model", str(model_dir), "--out", str(out), *flags, *FAST)
     one_line_error(r, message)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_quantize_and_ort_perplexity_without_torch(no_torch_env, tmp_path):
+    """The edge install quantizes a graph and measures its perplexity in ORT with torch blocked."""
+    code = f"""
+import sys
+import numpy as np
+from ziplm_deploy.core.arch import arch_from_config
+from ziplm_deploy.core.shape import ModelShape
+from ziplm_deploy.profiling.blocks import Sizes, model_graph
+from ziplm_deploy.runtime.quantize import Precision, quantize_graph
+from ziplm_deploy.verify.ort_quality import ort_perplexity, read_texts
+arch = arch_from_config({TINY_LLAMA!r})
+graph = model_graph(arch, ModelShape.dense(arch), Sizes(1, 8))
+path = {str(tmp_path / "m.onnx")!r}
+open(path, "wb").write(quantize_graph(graph, Precision("int8-dynamic")))
+windows = np.random.default_rng(0).integers(0, 100, (2, 12))
+ppl = ort_perplexity(path, windows)
+open({str(tmp_path / "t.txt")!r}, "w").write("one\\n\\ntwo")
+assert read_texts({str(tmp_path / "t.txt")!r}) == ["one", "two"]
+assert 1 < ppl < 1e6 and "torch" not in sys.modules, ppl
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
