@@ -114,6 +114,25 @@ def test_pruned_forms_generate_token_exact(form, tmp_path, capsys):
     assert not _leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_other_decoder_families_generate_token_exact(family, tmp_path):
+    """GPT-2 (learned positions; GenAI type "decoder") pruned non-uniformly, and Qwen2 (q/k/v biases)."""
+    from families import PLANS
+    from ziplm_deploy.models import shrink
+
+    model = tiny_model(family, layers=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0) if p.dim() == 2 else None
+    if family == "gpt2":
+        shrink(model, PLANS["gpt2"])
+    result = genai.export_genai(model, tmp_path / "out")
+    assert len(result.prompts) == 2 and all(len(o) == 16 for o in result.outputs)  # no tokenizer: synthetic prompts
+    assert json.loads((tmp_path / "out" / genai.GENAI_CONFIG).read_text())["model"]["type"] == (
+        "decoder" if family == "gpt2" else "qwen2")
+    assert [k.heads for k in result.kv] == ([2, 1, 4] if family == "gpt2" else [3, 3, 3, 3])
+
+
 def test_dense_folder_contents(dense):
     model_dir, folder = dense
     assert {"model.onnx", "genai_config.json", "ziplm_genai.json", "tokenizer.json", "tokenizer_config.json"} <= {
@@ -183,6 +202,19 @@ def test_manifest_of_another_model_is_refused(dense, tmp_path):
         genai.read_genai_manifest(folder)
 
 
+def test_overwrite_replaces_the_folder_in_one_rename(tmp_path):
+    out, new = tmp_path / "out", tmp_path / f"{TEMP_PREFIX}out.new"
+    out.mkdir()
+    (out / "old.onnx").write_text("old")
+    new.mkdir()
+    (new / "model.onnx").write_text("new")
+    with pytest.raises(UserError, match="exists and is not empty"):
+        genai.check_genai_target(out, overwrite=False)
+    genai.check_genai_target(out, overwrite=True)
+    genai._publish(new, out)
+    assert [p.name for p in out.iterdir()] == ["model.onnx"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def _fails(argv, capsys, message):
     capsys.readouterr()
     assert main(argv) == 2
@@ -209,3 +241,50 @@ def test_bad_input_exits_2_with_one_line_before_any_work(dense, tmp_path, capsys
     _fails(["export", "--model", str(model_dir), "--genai", str(tmp_path / "x"), "--genai-check-tokens", "0"],
            capsys, "must be >= 1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "file"]
+
+
+def _ziplm_like_shape() -> ModelShape:
+    """SmolLM2 (30 layers, 9 heads in 3 KV groups, FFN 1536) the way a ZipLM search leaves it: layers dropped,
+    attention removed, 1-3 KV groups with 1-3 heads each, FFN widths down to 0, FLOP ranks in one layer."""
+    layers = []
+    for i in range(30):
+        if i in (3, 9, 14, 20, 25):
+            layers.append(LayerShape(dropped=True))
+        elif i in (5, 17):
+            layers.append(LayerShape(0, 768, 0))
+        elif i == 28:
+            layers.append(LayerShape(9, 1536, 3, ranks=(("down", 96), ("gate", 128), ("up", 128))))
+        else:
+            layers.append(LayerShape((9, 4, 3)[i % 3], (1536, 1024, 512, 0)[i % 4], (3, 2, 1)[i % 3]))
+    return ModelShape(tuple(layers))
+
+
+@pytest.fixture(scope="module")
+def smollm2_src():
+    from ziplm_deploy.models.assets import smollm2_dir
+
+    try:
+        return smollm2_dir()
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.slow
+def test_smollm2_dense_generates_token_exact_and_ships_its_tokenizer(smollm2_src, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    assert _export(smollm2_src, tmp_path / "dense", "--genai-check-tokens", "8") == 0
+    assert "equals transformers on 5 prompts x 8 tokens" in capsys.readouterr().out
+    folder = og.Model(str(tmp_path / "dense"))
+    text = "The capital of France is"
+    assert list(og.Tokenizer(folder).encode(text)) == AutoTokenizer.from_pretrained(str(smollm2_src))(text)["input_ids"]
+
+
+@pytest.mark.slow
+def test_smollm2_ziplm_like_shrink_generates_token_exact(smollm2_src, tmp_path):
+    shape = _ziplm_like_shape()
+    model = apply_shape(load_model(smollm2_src), shape)
+    result = genai.export_genai(model, tmp_path / "ziplm", check_tokens=8, tokenizer_dir=smollm2_src)
+    assert [k.heads for k in result.kv] == [s.kv_heads for s in shape.layers if not s.dropped and s.heads > 0]
+    assert {k.head_dim for k in result.kv} == {64} and len(result.kv) == 23
+    assert genai.read_genai_manifest(tmp_path / "ziplm")["shape"] == shape.to_json()

@@ -317,7 +317,11 @@ def check_prompts(vocab: int, tokenizer_dir: str | os.PathLike | None) -> list[l
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise UserError(f"the tokenizer in {tokenizer_dir} does not load ({type(e).__name__}: {_one_line(e)})",
+                            "fix or remove its tokenizer files") from None
         prompts = [ids for ids in (tokenizer(text)["input_ids"] for text in CHECK_PROMPTS) if ids]
     prompts += [[(7 * i + 3) % vocab for i in range(n)] for n in SYNTHETIC_PROMPT_LENGTHS]
     return prompts
