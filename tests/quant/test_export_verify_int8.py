@@ -199,3 +199,29 @@ def test_a_failed_quantized_validation_leaves_nothing(tiny, tmp_path):
     with pytest.raises(QuantizedValidationError, match="top-1 agreement with fp32 PyTorch .* < 100.1%"):
         quantize_exported([tiny["fp32"]], tmp_path, int8, min_top1=1.001)
     assert list(tmp_path.iterdir()) == []
+
+
+def head_ops(proto) -> tuple[str, list[str]]:
+    """The op producing ``logits`` (through Identity) and the op types feeding it."""
+    prod = {o: n for n in proto.graph.node for o in n.output}
+    node = prod["logits"]
+    while node.op_type == "Identity":
+        node = prod[node.input[0]]
+    return node.op_type, sorted(prod[i].op_type if i in prod else "initializer" for i in node.input)
+
+
+def test_block_model_quantizes_the_tied_head_like_the_export(tiny):
+    """The table's reference models carry the LM head the way the quantized export does (tied embeddings:
+    a transposed int8 table dequantized per call into an fp32 MatMul), so an int8 table predicts it."""
+    from ziplm_deploy.core.arch import arch_from_dir
+    from ziplm_deploy.core.shape import ModelShape
+    from ziplm_deploy.profiling.blocks import Sizes, model_graph
+    from ziplm_deploy.runtime.quantize import Precision, quantize_graph
+
+    arch = arch_from_dir(tiny["dir"])
+    assert arch.tie_word_embeddings
+    blocks = onnx.load_from_string(quantize_graph(model_graph(arch, ModelShape.dense(arch), Sizes(1, 8)),
+                                                  Precision("int8-dynamic")))
+    exported = onnx.load(str(tiny["int8"]))
+    assert head_ops(blocks) == head_ops(exported)
+    assert head_ops(exported)[0] == "MatMul" and "DequantizeLinear" in head_ops(exported)[1]

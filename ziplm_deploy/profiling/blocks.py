@@ -354,6 +354,15 @@ def linear_graph(arch: ArchSpec, kind: str, rank: int | None, sizes: Sizes, dtyp
     return b.model(f"{arch.family}_linear_{kind}_{rank or 'dense'}")
 
 
+def _lm_head_weight(b: GraphBuilder, arch: ArchSpec) -> str:
+    """The LM head's (hidden, vocab) weight as the exporter writes it: with tied embeddings a ``Transpose``
+    of the embedding table (constant-folded in fp32; quantization keeps it a transposed int8 table that is
+    dequantized on every call and multiplied in fp32, the head's real cost in an int8 model)."""
+    if arch.tie_word_embeddings:
+        return b.op("Transpose", ["embed.tokens"], perm=[1, 0])
+    return b.param("lm_head.weight", (arch.hidden, arch.vocab))
+
+
 def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "float32", seed: int = 0) -> onnx.ModelProto:
     """The whole model pruned to ``shape``, built from the same blocks, with the exporter's inputs/outputs.
 
@@ -419,7 +428,7 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
         b.add_output(hidden, "last_hidden_state", ["batch", "seq", e])
     else:
         hidden = _norm(b, hidden, "final_norm", arch)
-        logits = b.op("MatMul", [hidden, b.param("lm_head.weight", (e, arch.vocab))])
+        logits = b.op("MatMul", [hidden, _lm_head_weight(b, arch)])
         b.add_output(logits, "logits", ["batch", "seq", arch.vocab])
     # outputs in the exporter's order: logits first
     b.outputs.sort(key=lambda o: (not o.name.startswith(("logits", "last_hidden")), 0))
