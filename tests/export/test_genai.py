@@ -192,6 +192,28 @@ def test_tampered_folder_fails_validation(dense, tmp_path, edit, message):
     assert "\n" not in str(info.value)
 
 
+def test_graph_without_past_inputs_is_refused(dense, tmp_path):
+    """A plain decoder graph (no past_key_values.* inputs) put in the folder: refused before GenAI runs it."""
+    from onnx import TensorProto, helper
+
+    folder = _tampered(dense, tmp_path, lambda c: None)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", 96])
+    node = helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)
+    onnx.save(helper.make_model(helper.make_graph([node], "plain", [ids, mask], [logits])), folder / genai.GRAPH_FILE)
+    with pytest.raises(UserError, match=r"model.onnx has no past_key_values.0.key input"):
+        genai.check_genai_folder(folder, None, [[3]], 2)
+
+
+def test_model_without_attention_is_refused_before_export(tmp_path):
+    model = tiny_llama_for(_tokenizer(), layers=2)
+    apply_shape(model, ModelShape((LayerShape(0, 64, 0), LayerShape(0, 32, 0))))
+    with pytest.raises(UserError, match="no attention layer left"):
+        genai.export_genai(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_manifest_of_another_model_is_refused(dense, tmp_path):
     folder = tmp_path / "swapped"
     shutil.copytree(dense[1], folder)
