@@ -34,7 +34,8 @@ FORMS = {
     "gqa-group-removed": (LayerShape(2, 64, 1), LayerShape(2, 48, 2), FULL),
     "flop-ranks": (FULL, LayerShape(4, 64, 2, ranks=(("down", 6), ("gate", 5), ("up", 7))), FULL),
 }
-EXPECTED_KV = {"zero-heads": [[2, 8], [2, 8]], "dropped": [[2, 8], [2, 8]], "gqa-group-removed": [[1, 8], [2, 8], [2, 8]]}
+EXPECTED_KV = {"zero-heads": [[2, 8], [2, 8]], "dropped": [[2, 8], [2, 8]],
+               "gqa-group-removed": [[1, 8], [2, 8], [2, 8]]}
 
 
 def _tokenizer():

@@ -84,7 +84,8 @@ def _run_genai(args: argparse.Namespace) -> int:
     from ..export.genai import DEFAULT_CHECK_TOKENS, check_genai_model, check_genai_target
 
     if args.genai is None and args.out is not None:
-        raise UserError("--genai-full-logits and --genai-check-tokens need --genai OUTDIR", "add --genai OUTDIR or drop them")
+        raise UserError("--genai-full-logits and --genai-check-tokens need --genai OUTDIR",
+                        "add --genai OUTDIR or drop them")
     if args.genai is None:
         raise UserError("pass --out FILE.onnx or --genai OUTDIR", "see ziplm-deploy export --help")
     if args.out is not None or args.with_past:

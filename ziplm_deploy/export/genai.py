@@ -198,8 +198,8 @@ def _graph_kv(graph: Path, where: str) -> tuple[list[KvLayer], int, bool]:
         i += 1
     stray = sorted(n for n in dims if n.startswith("past_key_values.") and n.split(".")[1] not in map(str, range(i)))
     if not kv or stray:
-        raise UserError(f"{where}: {graph.name} has {'no past_key_values.0.key input' if not kv else f'KV inputs out of sequence: {stray}'}",
-                        "re-export with ziplm-deploy export --genai")
+        problem = f"KV inputs out of sequence: {stray}" if kv else "no past_key_values.0.key input"
+        raise UserError(f"{where}: {graph.name} has {problem}", "re-export with ziplm-deploy export --genai")
     logits = dims["logits"]
     return kv, logits[-1], len(logits) == 3 and logits[1] == 1
 
