@@ -193,6 +193,21 @@ def test_tampered_folder_fails_validation(dense, tmp_path, edit, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json"])
+def test_a_changed_file_is_refused(dense, tmp_path, name):
+    folder = tmp_path / "changed"
+    shutil.copytree(dense[1], folder)
+    if name == "model.onnx":  # still a valid graph with the same KV: only its hash tells
+        proto = onnx.load(str(folder / name))
+        proto.metadata_props.add(key="note", value="edited")
+        onnx.save(proto, str(folder / name))
+    else:
+        with open(folder / name, "ab") as f:
+            f.write(b" ")
+    with pytest.raises(UserError, match=f"ziplm_genai.json: {name} changed since the export"):
+        genai.read_genai_manifest(folder)
+
+
 def test_graph_without_past_inputs_is_refused(dense, tmp_path):
     """A plain decoder graph (no past_key_values.* inputs) put in the folder: refused before GenAI runs it."""
     from onnx import TensorProto, helper

@@ -434,9 +434,9 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_genai_manifest(folder: str | os.PathLike) -> dict[str, Any]:
-    """The folder's manifest, its header and per-layer KV checked against the graph (a folder of another
-    model, or a graph swapped in, is refused)."""
+def read_genai_manifest(folder: str | os.PathLike, hashes: bool = True) -> dict[str, Any]:
+    """The folder's manifest, its header and per-layer KV checked against the graph, and (``hashes``) every
+    file it lists against its sha256: a folder of another model, or a file swapped in, is refused."""
     folder = Path(folder)
     where = str(folder / MANIFEST_FILE)
     payload = read_json(folder / MANIFEST_FILE, "GenAI manifest")
@@ -446,4 +446,17 @@ def read_genai_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if recorded != [[k.heads, k.head_dim] for k in info.kv]:
         raise UserError(f"{where}: kv_layers {recorded} do not match {info.graph.name}'s "
                         f"{[[k.heads, k.head_dim] for k in info.kv]}", "re-export the folder")
+    if hashes:
+        _check_hashes(folder, checks.mapping(payload.get("files"), where, "files"), where)
     return payload
+
+
+def _check_hashes(folder: Path, files: dict[str, Any], where: str) -> None:
+    from ..core.manifest import file_sha256
+
+    for name, digest in files.items():
+        checks.typed(digest, str, where, f"files.{name}", "a sha256 string")
+        if not (folder / name).is_file():
+            raise UserError(f"{where}: {name} is missing from {folder}", "re-export the folder")
+        if file_sha256(folder / name) != digest:
+            raise UserError(f"{where}: {name} changed since the export (sha256 differs)", "re-export the folder")
