@@ -1,0 +1,274 @@
+"""Benchmark: pruning stacked on ONNX Runtime dynamic int8 quantization, SmolLM2-135M, measured in one run.
+
+Points: dense fp32, dense int8 (``export --precision int8-dynamic``'s quantization), ZipLM one-shot at
+each target (pruned with the stored fp32 table) in fp32 and + int8, and ("joint") ZipLM pruned with the
+int8 table for total speedups over fp32 dense, + int8. Every model is an ONNX file: perplexity on held-out
+news text (gensim lee_background.cor, windows of 512) computed on the ONNX file itself in ONNX Runtime
+(``verify.ort_quality``), latency in ORT CPU, 1 thread, B1 S128, all models interleaved in one
+``time_models`` run (p25). The int8 latency table (profiled here unless ``--int8-table`` is given)
+predicts the int8 members' speedups over int8 dense and, with its fp32 dense reference, over fp32 dense.
+
+    python tools/bench_quant.py [--targets 1.5 2] [--joint-targets 2.5 3] [--int8-table T.json]
+
+Writes tools/results/quant_smollm2.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+FP32_TABLE = ROOT / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
+INT8 = "int8-dynamic"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def int8_table(args, work: Path):
+    from ziplm_deploy.core.arch import arch_from_dir
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.profiling.profiler import ProfileOptions, profile
+    from ziplm_deploy.runtime.quantize import Precision
+    from ziplm_deploy.runtime.timing import Protocol
+
+    path = Path(args.int8_table) if args.int8_table else work / "smollm2-135m_ort-cpu-int8_b1_s128_t1.json"
+    if path.is_file():
+        return LatencyTable.load(path), path, None
+    log(f"profiling the int8 table into {path} (load {load_average()})")
+    before, t0 = load_average(), time.perf_counter()
+    opts = ProfileOptions(seq=128, threads=1, precision=Precision(INT8), protocol=Protocol(rounds=args.profile_rounds))
+    table = profile(arch_from_dir(smollm2_dir()), opts, progress=False)
+    table.save(path)
+    info = {"seconds": round(time.perf_counter() - t0, 1), "load_before": before, "load_after": load_average(),
+            "drift": round(table.calibration.drift, 4)}
+    log(f"int8 table: {info}")
+    return table, path, info
+
+
+def prune(model_dir, table, table_path, targets, work: Path, name: str, windows: int):
+    from ziplm_deploy.prune.family import PruneConfig, prune_family
+
+    t0 = time.perf_counter()
+    report = prune_family(model_dir, table, table_path, "wikipedia",
+                          PruneConfig(method="ziplm", targets=tuple(targets), windows=windows, evaluate=False),
+                          work / name, log=lambda s: log(s), progress=False)
+    log(f"{name}: pruned in {time.perf_counter() - t0:.0f}s")
+    return report.members
+
+
+def export_point(model_dir: str, stem: str, work: Path, int8: bool) -> dict:
+    """fp32 ONNX of ``model_dir`` (kept) and, with ``int8``, its quantized twin (validated, top-1)."""
+    from ziplm_deploy.export import export_onnx
+    from ziplm_deploy.export.quantize import quantize_exported
+    from ziplm_deploy.models import load_model
+    from ziplm_deploy.runtime.quantize import Precision
+
+    fp32 = work / "fp32" / f"{stem}.onnx"
+    if not fp32.is_file():
+        export_onnx(load_model(model_dir), fp32, source=model_dir)
+    out = {"fp32": fp32}
+    if int8:
+        q = work / "int8" / f"{stem}.onnx"
+        q.parent.mkdir(parents=True, exist_ok=True)
+        if not q.is_file():
+            result = quantize_exported([fp32], q.parent, Precision(INT8), min_top1=0.0)
+            log(f"{stem} int8: {result.quality[0].to_json(result.precision)}")
+        out["int8"] = q
+    return out
+
+
+def member_rows(members, stems: dict, label: str) -> None:
+    for m in members:
+        if m.reachable:
+            stems[f"{label}-{m.target:g}x"] = m
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0], help="fp32 table targets")
+    p.add_argument("--joint-targets", type=float, nargs="*", default=[2.5, 3.0],
+                   help="total speedups over fp32 dense, pruned with the int8 table")
+    p.add_argument("--windows", type=int, default=32, help="calibration windows of 128 tokens")
+    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows of 512 tokens")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--profile-rounds", type=int, default=50)
+    p.add_argument("--int8-table")
+    p.add_argument("--work", help="working folder (default: a new temp folder)")
+    args = p.parse_args()
+    run(args)
+
+
+def cached_points(args, work: Path, table8, table8_path) -> dict:
+    """The models of the benchmark; a rerun in the same --work reuses the fp32-table members, and the joint
+    members of the same int8 table (exports and perplexities are cached by file too)."""
+    from ziplm_deploy.core.manifest import file_sha256
+
+    fp32_file = work / "points_fp32.json"
+    if not fp32_file.is_file():
+        fp32_file.write_text(json.dumps(fp32_points(args, work), indent=1))
+    tag = file_sha256(table8_path)[:10]
+    joint_file = work / f"points_joint_{tag}.json"
+    if not joint_file.is_file():
+        joint_file.write_text(json.dumps(joint_points(args, work, table8, table8_path, tag), indent=1))
+    return {**json.loads(fp32_file.read_text()), **json.loads(joint_file.read_text())}
+
+
+def fp32_points(args, work: Path) -> dict:
+    """Dense and the members pruned with the stored fp32 table (targets over fp32 dense)."""
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.models.assets import smollm2_dir
+
+    model_dir = str(smollm2_dir())
+    points: dict[str, dict] = {"dense": {"dir": model_dir, "shape": None}}
+    table32 = LatencyTable.load(FP32_TABLE)
+    for m in prune(model_dir, table32, FP32_TABLE, args.targets, work, "ziplm-fp32table", args.windows):
+        if m.reachable:
+            points[f"ziplm-{m.target:g}x"] = {"dir": m.path, "shape": m.shape, "table_predicted": m.predicted_speedup}
+    return points
+
+
+def joint_points(args, work: Path, table8, table8_path, tag: str) -> dict:
+    """Members pruned with the int8 table for total speedups over fp32 dense: int8-table target = total *
+    int8 dense / fp32 dense, both measured in the int8 table's run (``references["dense_fp32"]``)."""
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.profiling.profiler import FP32_DENSE
+
+    ratio = table8.predict(table8.dense_shape()) / table8.references[FP32_DENSE].get(table8.statistic)
+    totals = {round(t * ratio, 4): t for t in args.joint_targets if t * ratio >= 1.0}
+    points = {}
+    if totals:
+        for m in prune(str(smollm2_dir()), table8, table8_path, list(totals), work, f"ziplm-int8table-{tag}",
+                       args.windows):
+            if m.reachable:
+                points[f"joint-{totals[round(m.target, 4)]:g}x"] = {
+                    "dir": m.path, "shape": m.shape, "int8_only": True, "table_predicted": m.predicted_speedup,
+                    "int8_table_target": m.target}
+    return points
+
+
+def run(args) -> None:
+    import torch
+
+    from bench_prune import cpu_name, heldout_windows
+    from ziplm_deploy.core.shape import ModelShape
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.models.tokenizer import load_tokenizer
+    from ziplm_deploy.profiling.profiler import FP32_DENSE
+    from ziplm_deploy.runtime import get_backend
+    from ziplm_deploy.runtime.measure import time_models
+    from ziplm_deploy.runtime.timing import Protocol
+    from ziplm_deploy.verify.ort_quality import ort_perplexity
+
+    started = time.perf_counter()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_quant."))
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"working folder {work}")
+    model_dir = str(smollm2_dir())
+    evalw = heldout_windows(load_tokenizer(model_dir), 512, args.eval_windows).numpy()
+    table32 = LatencyTable.load(FP32_TABLE)
+    table8, table8_path, profile_info = int8_table(args, work)
+    points = cached_points(args, work, table8, table8_path)
+    st = table8.statistic
+    fp32_dense_ms = table8.references[FP32_DENSE].get(st)
+    int8_dense_ms = table8.predict(table8.dense_shape())
+    files = {}
+    for name, pt in points.items():
+        log(f"exporting {name}")
+        exported = export_point(pt["dir"], name, work, int8=True)
+        if not pt.get("int8_only"):
+            files[f"{name}/fp32"] = exported["fp32"]
+        files[f"{name}/int8"] = exported["int8"]
+    rows = []
+    ppl_file = work / "perplexities.json"
+    ppls = json.loads(ppl_file.read_text()) if ppl_file.is_file() else {}
+    for key, path in files.items():
+        if key not in ppls:
+            log(f"perplexity of {key} in ONNX Runtime")
+            ppls[key] = ort_perplexity(path, evalw, threads=1)
+            ppl_file.write_text(json.dumps(ppls, indent=1))
+        ppl = ppls[key]
+        name, precision = key.split("/")
+        shape = points[name]["shape"]
+        shape = ModelShape.from_json(shape, "member") if shape else table8.dense_shape()
+        row = {"model": key, "point": name, "precision": precision, "perplexity": round(ppl, 3),
+               "onnx_mb": round(path.stat().st_size / 1e6, 1)}
+        if precision == "int8":
+            pred_ms = table8.predict(shape)
+            row.update(int8_table_predicted_ms=round(pred_ms, 3),
+                       int8_table_predicted_vs_int8_dense=round(int8_dense_ms / pred_ms, 4),
+                       int8_table_predicted_total=round(fp32_dense_ms / pred_ms, 4))
+        else:
+            row.update(fp32_table_predicted=round(table32.speedup(shape), 4))
+        rows.append(row)
+    log(f"timing {len(files)} models interleaved (load {load_average()})")
+    load_before = load_average()
+    stats = time_models(get_backend("ort-cpu", threads=1), {k: str(v) for k, v in files.items()},
+                        {"batch": 1, "seq": 128, "past": 0, "total": 128}, vocab=table8.arch.vocab,
+                        protocol=Protocol(warmup=3, rounds=args.rounds))
+    base, base8 = stats["dense/fp32"].p25, stats["dense/int8"].p25
+    for row in rows:
+        ms = stats[row["model"]].p25
+        row.update(measured_ms=round(ms, 3), measured_total=round(base / ms, 4))
+        if row["precision"] == "int8":
+            row["measured_vs_int8_dense"] = round(base8 / ms, 4)
+            row["int8_table_error"] = round(row["int8_table_predicted_vs_int8_dense"] / row["measured_vs_int8_dense"] - 1, 4)
+            row["int8_table_total_error"] = round(row["int8_table_predicted_total"] / row["measured_total"] - 1, 4)
+    result = {
+        "benchmark": "quant_smollm2", "date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cpus",
+        "python": platform.python_version(), "torch": torch.__version__, "fp32_table": str(FP32_TABLE.relative_to(ROOT)),
+        "int8_table": str(table8_path), "int8_table_profile": profile_info,
+        "int8_table_refs_ms": {"int8_dense": round(int8_dense_ms, 3), "fp32_dense": round(fp32_dense_ms, 3)},
+        "settings": {"runtime": "onnxruntime CPU, 1 thread, opt level all", "batch": 1, "seq": 128, "statistic": "p25",
+                     "rounds": args.rounds, "quantization": "quantize_dynamic, QInt8 weights, per-tensor",
+                     "calibration": f"{args.windows} x 128 Wikipedia tokens",
+                     "quality": f"perplexity in ONNX Runtime on {evalw.size} held-out tokens (lee_background.cor), windows of 512",
+                     "recovery": "none (one-shot)", "load_at_timing": load_before,
+                     "drift": round(stats["dense/fp32:recheck"].p25 / base - 1, 4)},
+        "rows": rows, "timings": {k: v.to_json() for k, v in stats.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out = ROOT / "tools" / "results" / "quant_smollm2.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result) -> str:
+    s = result["settings"]
+    lines = [f"SmolLM2-135M, one-shot, {s['runtime']}, B1 S128, p25 of {s['rounds']} interleaved rounds, "
+             f"{result['machine']}, {result['date']}; {s['quality']}", "",
+             "| model | precision | latency | speedup vs fp32 dense | perplexity | ONNX size | int8 table predicted (vs int8 dense / total) | measured vs int8 dense | prediction error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(result["rows"], key=lambda r: r["measured_total"]):
+        pred = meas = err = "–"
+        if r["precision"] == "int8":
+            pred = f"{r['int8_table_predicted_vs_int8_dense']:.2f}x / {r['int8_table_predicted_total']:.2f}x"
+            meas = f"{r['measured_vs_int8_dense']:.2f}x"
+            err = f"{r['int8_table_error']:+.1%} / {r['int8_table_total_error']:+.1%}"
+        lines.append(f"| {r['point']} | {r['precision']} | {r['measured_ms']:.1f} ms | {r['measured_total']:.2f}x | "
+                     f"{r['perplexity']:,.1f} | {r['onnx_mb']:.0f} MB | {pred} | {meas} | {err} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
