@@ -75,31 +75,28 @@ def prune(model_dir, table, table_path, targets, work: Path, name: str, windows:
     return report.members
 
 
-def export_point(model_dir: str, stem: str, work: Path, int8: bool) -> dict:
-    """fp32 ONNX of ``model_dir`` (kept) and, with ``int8``, its quantized twin (validated, top-1)."""
+def export_point(model_dir: str, stem: str, work: Path) -> Path:
+    """fp32 ONNX of ``model_dir`` (kept, with its export reference)."""
     from ziplm_deploy.export import export_onnx
-    from ziplm_deploy.export.quantize import quantize_exported
     from ziplm_deploy.models import load_model
-    from ziplm_deploy.runtime.quantize import Precision
 
     fp32 = work / "fp32" / f"{stem}.onnx"
     if not fp32.is_file():
         export_onnx(load_model(model_dir), fp32, source=model_dir)
-    out = {"fp32": fp32}
-    if int8:
-        q = work / "int8" / f"{stem}.onnx"
-        q.parent.mkdir(parents=True, exist_ok=True)
-        if not q.is_file():
-            result = quantize_exported([fp32], q.parent, Precision(INT8), min_top1=0.0)
-            log(f"{stem} int8: {result.quality[0].to_json(result.precision)}")
-        out["int8"] = q
-    return out
+    return fp32
 
 
-def member_rows(members, stems: dict, label: str) -> None:
-    for m in members:
-        if m.reachable:
-            stems[f"{label}-{m.target:g}x"] = m
+def quantized_point(fp32: Path, work: Path, per_channel: bool) -> Path:
+    """The quantized twin of an fp32 export, as ``export --precision int8-dynamic`` writes it (top-1 recorded)."""
+    from ziplm_deploy.export.quantize import quantize_exported
+    from ziplm_deploy.runtime.quantize import Precision
+
+    q = work / ("int8pc" if per_channel else "int8") / fp32.name
+    q.parent.mkdir(parents=True, exist_ok=True)
+    if not q.is_file():
+        result = quantize_exported([fp32], q.parent, Precision(INT8, per_channel), min_top1=0.0)
+        log(f"{q}: {result.quality[0].to_json(result.precision)}")
+    return q
 
 
 def main() -> None:
@@ -112,6 +109,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--profile-rounds", type=int, default=50)
     p.add_argument("--int8-table")
+    p.add_argument("--per-channel-points", nargs="*", default=["dense", "ziplm-2x"],
+                   help="points also quantized with per-channel weight scales (not predicted: the table is per-tensor)")
     p.add_argument("--work", help="working folder (default: a new temp folder)")
     args = p.parse_args()
     run(args)
@@ -169,36 +168,55 @@ def run(args) -> None:
     import torch
 
     from bench_prune import cpu_name, heldout_windows
-    from ziplm_deploy.core.shape import ModelShape
-    from ziplm_deploy.core.table import LatencyTable
     from ziplm_deploy.models.assets import smollm2_dir
     from ziplm_deploy.models.tokenizer import load_tokenizer
     from ziplm_deploy.profiling.profiler import FP32_DENSE
-    from ziplm_deploy.runtime import get_backend
-    from ziplm_deploy.runtime.measure import time_models
-    from ziplm_deploy.runtime.timing import Protocol
-    from ziplm_deploy.verify.ort_quality import ort_perplexity
 
     started = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_quant."))
     work.mkdir(parents=True, exist_ok=True)
     log(f"working folder {work}")
-    model_dir = str(smollm2_dir())
-    evalw = heldout_windows(load_tokenizer(model_dir), 512, args.eval_windows).numpy()
-    table32 = LatencyTable.load(FP32_TABLE)
+    evalw = heldout_windows(load_tokenizer(str(smollm2_dir())), 512, args.eval_windows).numpy()
     table8, table8_path, profile_info = int8_table(args, work)
     points = cached_points(args, work, table8, table8_path)
-    st = table8.statistic
-    fp32_dense_ms = table8.references[FP32_DENSE].get(st)
-    int8_dense_ms = table8.predict(table8.dense_shape())
     files = {}
     for name, pt in points.items():
         log(f"exporting {name}")
-        exported = export_point(pt["dir"], name, work, int8=True)
+        fp32 = export_point(pt["dir"], name, work)
         if not pt.get("int8_only"):
-            files[f"{name}/fp32"] = exported["fp32"]
-        files[f"{name}/int8"] = exported["int8"]
-    rows = []
+            files[f"{name}/fp32"] = fp32
+        files[f"{name}/int8"] = quantized_point(fp32, work, per_channel=False)
+        if name in args.per_channel_points:
+            files[f"{name}/int8-per-channel"] = quantized_point(fp32, work, per_channel=True)
+    ppls = perplexities(work, files, evalw)
+    rows = [predicted_row(key, path, points, table8, ppls[key]) for key, path in files.items()]
+    load_before, stats = measure(args, files, rows, table8.arch.vocab)
+    st = table8.statistic
+    result = {
+        "benchmark": "quant_smollm2", "date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cpus",
+        "python": platform.python_version(), "torch": torch.__version__, "fp32_table": str(FP32_TABLE.relative_to(ROOT)),
+        "int8_table": str(table8_path), "int8_table_profile": profile_info,
+        "int8_table_refs_ms": {"int8_dense": round(table8.predict(table8.dense_shape()), 3),
+                               "fp32_dense": round(table8.references[FP32_DENSE].get(st), 3)},
+        "settings": {"runtime": "onnxruntime CPU, 1 thread, opt level all", "batch": 1, "seq": 128, "statistic": "p25",
+                     "rounds": args.rounds, "quantization": "quantize_dynamic, QInt8 weights (per-tensor unless noted)",
+                     "calibration": f"{args.windows} x 128 Wikipedia tokens",
+                     "quality": f"perplexity in ONNX Runtime on {evalw.size} held-out tokens (lee_background.cor), windows of 512",
+                     "recovery": "none (one-shot)", "load_at_timing": load_before,
+                     "drift": round(stats["dense/fp32:recheck"].p25 / stats["dense/fp32"].p25 - 1, 4)},
+        "rows": rows, "timings": {k: v.to_json() for k, v in stats.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out = ROOT / "tools" / "results" / "quant_smollm2.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def perplexities(work: Path, files: dict, evalw) -> dict:
+    """Held-out perplexity of every ONNX file in ONNX Runtime (cached in the working folder)."""
+    from ziplm_deploy.verify.ort_quality import ort_perplexity
+
     ppl_file = work / "perplexities.json"
     ppls = json.loads(ppl_file.read_text()) if ppl_file.is_file() else {}
     for key, path in files.items():
@@ -206,24 +224,40 @@ def run(args) -> None:
             log(f"perplexity of {key} in ONNX Runtime")
             ppls[key] = ort_perplexity(path, evalw, threads=1)
             ppl_file.write_text(json.dumps(ppls, indent=1))
-        ppl = ppls[key]
-        name, precision = key.split("/")
-        shape = points[name]["shape"]
-        shape = ModelShape.from_json(shape, "member") if shape else table8.dense_shape()
-        row = {"model": key, "point": name, "precision": precision, "perplexity": round(ppl, 3),
-               "onnx_mb": round(path.stat().st_size / 1e6, 1)}
-        if precision == "int8":
-            pred_ms = table8.predict(shape)
-            row.update(int8_table_predicted_ms=round(pred_ms, 3),
-                       int8_table_predicted_vs_int8_dense=round(int8_dense_ms / pred_ms, 4),
-                       int8_table_predicted_total=round(fp32_dense_ms / pred_ms, 4))
-        else:
-            row.update(fp32_table_predicted=round(table32.speedup(shape), 4))
-        rows.append(row)
+    return ppls
+
+
+def predicted_row(key: str, path: Path, points: dict, table8, ppl: float) -> dict:
+    """A model's row: perplexity, size and the prediction of the table of its precision."""
+    from ziplm_deploy.core.shape import ModelShape
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.profiling.profiler import FP32_DENSE
+
+    name, precision = key.split("/")
+    shape = points[name]["shape"]
+    shape = ModelShape.from_json(shape, "member") if shape else table8.dense_shape()
+    row = {"model": key, "point": name, "precision": precision, "perplexity": round(ppl, 3),
+           "onnx_mb": round(path.stat().st_size / 1e6, 1)}
+    if precision == "int8":
+        pred_ms = table8.predict(shape)
+        row.update(int8_table_predicted_ms=round(pred_ms, 3),
+                   int8_table_predicted_vs_int8_dense=round(table8.predict(table8.dense_shape()) / pred_ms, 4),
+                   int8_table_predicted_total=round(table8.references[FP32_DENSE].get(table8.statistic) / pred_ms, 4))
+    elif precision == "fp32":
+        row.update(fp32_table_predicted=round(LatencyTable.load(FP32_TABLE).speedup(shape), 4))
+    return row
+
+
+def measure(args, files: dict, rows: list, vocab: int):
+    """Every model timed in one interleaved run; measured speedups and the int8 table's errors into ``rows``."""
+    from ziplm_deploy.runtime import get_backend
+    from ziplm_deploy.runtime.measure import time_models
+    from ziplm_deploy.runtime.timing import Protocol
+
     log(f"timing {len(files)} models interleaved (load {load_average()})")
     load_before = load_average()
     stats = time_models(get_backend("ort-cpu", threads=1), {k: str(v) for k, v in files.items()},
-                        {"batch": 1, "seq": 128, "past": 0, "total": 128}, vocab=table8.arch.vocab,
+                        {"batch": 1, "seq": 128, "past": 0, "total": 128}, vocab=vocab,
                         protocol=Protocol(warmup=3, rounds=args.rounds))
     base, base8 = stats["dense/fp32"].p25, stats["dense/int8"].p25
     for row in rows:
@@ -233,24 +267,7 @@ def run(args) -> None:
             row["measured_vs_int8_dense"] = round(base8 / ms, 4)
             row["int8_table_error"] = round(row["int8_table_predicted_vs_int8_dense"] / row["measured_vs_int8_dense"] - 1, 4)
             row["int8_table_total_error"] = round(row["int8_table_predicted_total"] / row["measured_total"] - 1, 4)
-    result = {
-        "benchmark": "quant_smollm2", "date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cpus",
-        "python": platform.python_version(), "torch": torch.__version__, "fp32_table": str(FP32_TABLE.relative_to(ROOT)),
-        "int8_table": str(table8_path), "int8_table_profile": profile_info,
-        "int8_table_refs_ms": {"int8_dense": round(int8_dense_ms, 3), "fp32_dense": round(fp32_dense_ms, 3)},
-        "settings": {"runtime": "onnxruntime CPU, 1 thread, opt level all", "batch": 1, "seq": 128, "statistic": "p25",
-                     "rounds": args.rounds, "quantization": "quantize_dynamic, QInt8 weights, per-tensor",
-                     "calibration": f"{args.windows} x 128 Wikipedia tokens",
-                     "quality": f"perplexity in ONNX Runtime on {evalw.size} held-out tokens (lee_background.cor), windows of 512",
-                     "recovery": "none (one-shot)", "load_at_timing": load_before,
-                     "drift": round(stats["dense/fp32:recheck"].p25 / base - 1, 4)},
-        "rows": rows, "timings": {k: v.to_json() for k, v in stats.items()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    out = ROOT / "tools" / "results" / "quant_smollm2.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    return load_before, stats
 
 
 def markdown(result) -> str:
