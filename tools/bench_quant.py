@@ -51,8 +51,9 @@ def int8_table(args, work: Path):
     from ziplm_deploy.runtime.timing import Protocol
 
     path = Path(args.int8_table) if args.int8_table else work / "smollm2-135m_ort-cpu-int8_b1_s128_t1.json"
+    info_file = path.with_suffix(".profile.json")  # how long it took and the load around it
     if path.is_file():
-        return LatencyTable.load(path), path, None
+        return LatencyTable.load(path), path, json.loads(info_file.read_text()) if info_file.is_file() else None
     log(f"profiling the int8 table into {path} (load {load_average()})")
     before, t0 = load_average(), time.perf_counter()
     opts = ProfileOptions(seq=128, threads=1, precision=Precision(INT8), protocol=Protocol(rounds=args.profile_rounds))
@@ -60,6 +61,7 @@ def int8_table(args, work: Path):
     table.save(path)
     info = {"seconds": round(time.perf_counter() - t0, 1), "load_before": before, "load_after": load_average(),
             "drift": round(table.calibration.drift, 4)}
+    info_file.write_text(json.dumps(info))
     log(f"int8 table: {info}")
     return table, path, info
 
