@@ -21,7 +21,7 @@ TABLE = ROOT / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
 def test_ziplm_family_from_the_cli(tmp_path, capsys):
     model = smollm2_dir()
     code = main(["prune", "--model", str(model), "--table", str(TABLE), "--calib", "wikipedia", "--targets", "2", "30",
-                 "--windows", "8", "--out", str(tmp_path / "run"), "--no-progress"])
+                 "--windows", "8", "--probe-windows", "1", "--out", str(tmp_path / "run"), "--no-progress"])
     assert code == 1  # 30x is out of reach: reported, not faked
     report = json.loads((tmp_path / "run" / "family-ziplm.json").read_text())
     two, thirty = report["members"]
@@ -38,8 +38,10 @@ def test_ziplm_family_from_the_cli(tmp_path, capsys):
     # the database is reused by a second run on the same model and data
     capsys.readouterr()
     main(["prune", "--model", str(model), "--table", str(TABLE), "--calib", "wikipedia", "--targets", "1.5",
-          "--windows", "8", "--out", str(tmp_path / "run"), "--no-progress", "--no-eval"])
-    assert "reusing OBS database" in capsys.readouterr().out
+          "--windows", "8", "--probe-windows", "1", "--out", str(tmp_path / "run"), "--no-progress", "--no-eval"])
+    out = capsys.readouterr().out
+    assert "reusing OBS database" in out and "reusing sensitivity probes" in out
+    assert report["config"]["cost"] == "sensitivity"
     # eval on the produced model
     capsys.readouterr()
     assert main(["eval", "--model", two["path"], "--data", "wikipedia", "--seq-len", "128", "--max-windows", "4",

@@ -79,3 +79,28 @@ def test_in_place_probe_equals_the_physically_stitched_model(family):
             assert fast == pytest.approx(slow, rel=1e-4, abs=1e-7), (m.layer, m.kind, units)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # restored exactly
+
+
+def test_probe_cache_round_trips_and_refuses_what_does_not_fit(tmp_path):
+    from ziplm_deploy.prune.sensitivity import load_probes, save_probes
+
+    model = tiny_model("llama").eval()
+    adapter = adapter_for(model)
+    windows = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(0))
+    hessians = collect_hessians(model, windows, progress=False)
+    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
+    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    probes = {(m.layer, m.kind): [Probe(u, 0.5, 0.1 * u) for u in probe_levels(m)] for m in db.modules}
+    path = tmp_path / "probes.json"
+    save_probes(path, probes)
+    assert load_probes(path, db) == probes
+    import json
+
+    payload = json.loads(path.read_text())
+    first = next(iter(payload["modules"]))
+    for bad in ([[999, 0.5, 0.1]], [[0, 0.5, float("nan")]], [[0, 0.5, -1.0]], "x", [[True, 0.5, 0.1]]):
+        payload["modules"][first] = bad
+        path.write_text(json.dumps(payload))
+        assert load_probes(path, db) is None  # re-measured, never trusted
+    path.write_text("{trunc")
+    assert load_probes(path, db) is None

@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=argtypes.nonneg_int, nargs="*", default=[],
                    help="layerchop --layerchop-rule indices: layers to drop")
     p.add_argument("--no-eval", action="store_true", help="skip the calibration perplexity of each model")
+    p.add_argument("--cost", default="sensitivity", choices=("sensitivity", "obs"),
+                   help="ziplm: what the search minimises: the measured end-to-end KL of each module level "
+                        "(default; probes every module alone) or the per-module OBS loss (faster, worse on decoders)")
+    p.add_argument("--probe-windows", type=argtypes.positive_int, default=8,
+                   help="ziplm --cost sensitivity: calibration windows each probe is scored on (default 8)")
     p.add_argument("--spdy-samples", type=argtypes.nonneg_int, default=0,
                    help="ziplm: refine each target with SPDY's randomised per-layer loss coefficients (e.g. 20)")
     p.add_argument("--device", default="cpu", type=argtypes.torch_device,
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed, ffn_step=args.ffn_step, damp=args.damp, loss=args.loss, uniform=args.uniform,
                          layerchop_rule=args.layerchop_rule, layerchop_indices=tuple(args.layers),
                          evaluate=not args.no_eval, device=args.device,
-                         spdy_samples=args.spdy_samples)
+                         spdy_samples=args.spdy_samples, cost=args.cost, probe_windows=args.probe_windows)
     report = prune_family(args.model, table, args.table, args.calib, config, args.out, progress=not args.no_progress)
     reached = sum(m.reachable for m in report.members)
     print(f"{args.method}: {reached} of {len(report.members)} targets reached in {report.seconds:.0f}s; "

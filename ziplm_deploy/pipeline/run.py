@@ -169,7 +169,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         p = spec.prune
         config = PruneConfig(method=p.method, targets=p.targets, seq_len=p.seq_len, windows=p.windows, seed=p.seed,
                              ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
-                             spdy_samples=p.spdy_samples, device=p.device)
+                             spdy_samples=p.spdy_samples, device=p.device, cost=p.cost,
+                             probe_windows=p.probe_windows)
         report = prune_family(spec.model, LatencyTable.load(table_path), table_path, p.calib, config,
                               run_dir / "prune", log=lambda s: log("  " + s), progress=progress)
         members = [asdict(m) for m in report.members]

@@ -50,6 +50,16 @@ class PruneSpec:
     uniform: bool = False
     spdy_samples: int = 0
     device: str = "cpu"
+    cost: str = "sensitivity"  # ziplm: measured end-to-end sensitivity per module level, or "obs" (layer loss)
+    probe_windows: int = 8
+
+    def __post_init__(self) -> None:
+        from ..prune.family import COSTS, METHODS
+
+        if self.method not in METHODS:
+            raise UserError(f"prune.method {self.method!r} is unknown", f"choose one of: {', '.join(METHODS)}")
+        if self.cost not in COSTS:
+            raise UserError(f"prune.cost {self.cost!r} is unknown", f"choose one of: {', '.join(COSTS)}")
 
 
 @dataclass(frozen=True)
@@ -238,6 +248,7 @@ _LOWER = {
     "profile.ffn_step": (1, False), "profile.rounds": (1, False),
     "prune.targets": (1, False), "prune.windows": (1, False), "prune.seq_len": (8, False), "prune.seed": (0, False),
     "prune.ffn_step": (1, False), "prune.damp": (0, False), "prune.spdy_samples": (0, False),
+    "prune.probe_windows": (1, False),
     "distill.lr": (0, True), "distill.warmup": (0, False), "distill.grad_accum": (1, False),
     "distill.temperature": (0, True), "distill.kd_weight": (0, False), "distill.hidden_weight": (0, False),
     "distill.task_weight": (0, False), "distill.eval_windows": (1, False), "distill.save_every": (0, False),

@@ -25,6 +25,7 @@ from ..core.shape import ModelShape
 from ..core.table import LatencyTable
 
 METHODS = ("ziplm", "magnitude", "uniform", "layerchop")
+COSTS = ("sensitivity", "obs")  # measured end-to-end KL per module level (prune/sensitivity.py) | OBS layer loss
 FAMILY_FORMAT = "ziplm-deploy/family"
 FAMILY_FILE = "family.json"
 
@@ -46,6 +47,8 @@ class PruneConfig:
     evaluate: bool = True  # calibration perplexity of each produced decoder
     device: str = "cpu"  # "cuda": Hessians block by block and the OBS database on the accelerator
     spdy_samples: int = 0  # ziplm: > 0 runs SPDY's randomised per-layer loss coefficients, scored by calibration loss
+    cost: str = "sensitivity"  # ziplm: what the search minimises: measured end-to-end sensitivity, or the OBS loss
+    probe_windows: int = 8  # ziplm --cost sensitivity: calibration windows each probe is scored on
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,6 +63,10 @@ class PruneConfig:
                             f"(got {self.spdy_samples!r}) and buckets >= 1 (got {self.buckets!r})")
         if self.loss not in ("relative", "absolute"):
             raise UserError(f"unknown loss {self.loss!r}", "choose relative or absolute")
+        if self.cost not in COSTS:
+            raise UserError(f"unknown search cost {self.cost!r}", f"choose one of: {', '.join(COSTS)}")
+        if isinstance(self.probe_windows, bool) or not isinstance(self.probe_windows, int) or self.probe_windows < 1:
+            raise UserError(f"probe_windows must be a positive integer, got {self.probe_windows!r}")
         if self.windows < 1 or self.seq_len < 8:
             raise UserError("need at least 1 calibration window of at least 8 tokens")
 
@@ -281,12 +288,15 @@ def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, 
         db, hessians = _database(dense, windows, config, model_dir, out, log, progress)
     else:
         db, hessians = _magnitude_database(dense, config), None
+    costs = None
+    if config.method == "ziplm" and config.cost == "sensitivity":
+        costs = _sensitivity_costs(dense, db, hessians, windows, config, out, log, progress)
     results = search(db, table, config.targets, loss=config.loss,
-                     uniform=config.uniform or config.method == "uniform", buckets=config.buckets)
+                     uniform=config.uniform or config.method == "uniform", buckets=config.buckets, costs=costs)
     if config.method == "ziplm" and config.spdy_samples > 0 and not config.uniform:
         from .spdy import spdy_search
 
-        results = [spdy_search(dense, db, hessians, table, r, windows, config, log) if r.reachable else r
+        results = [spdy_search(dense, db, hessians, table, r, windows, config, log, costs=costs) if r.reachable else r
                    for r in results]
     rows = []
     for r in results:
@@ -358,6 +368,23 @@ def _database(dense, windows, config: PruneConfig, model_dir, out: Path, log, pr
                         progress=progress)
     save_database(db, hessians, folder)
     return db, hessians
+
+
+def _sensitivity_costs(dense, db, hessians, windows, config: PruneConfig, out: Path, log, progress):
+    """Measured end-to-end sensitivity of every module level, cached beside the OBS database it probes."""
+    from .sensitivity import load_probes, measure_probes, probes_key, save_probes, sensitivity_costs
+
+    n = min(config.probe_windows, len(windows))
+    key = probes_key(db, windows[:n])
+    cache = out / "database" / f"probes-{key}.json"  # next to the database folders (keyed by model and data)
+    probes = load_probes(cache, db) if cache.is_file() else None
+    if probes is None:
+        log(f"measuring the end-to-end sensitivity of every module level on {n} calibration windows")
+        probes = measure_probes(dense, db, hessians, windows[:n], progress=progress)
+        save_probes(cache, probes)
+    else:
+        log(f"reusing sensitivity probes {cache}")
+    return sensitivity_costs(db, probes)
 
 
 def _magnitude_database(dense, config: PruneConfig):

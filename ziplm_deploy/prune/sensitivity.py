@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -127,6 +130,44 @@ def _swapped(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator
             view.copy_(saved)
             if bias is not None:
                 bias.copy_(saved_bias)
+
+
+PROBES_FORMAT = "ziplm-deploy/sensitivity-probes"
+
+
+def probes_key(db: Database, windows: torch.Tensor) -> str:
+    """What the probes depend on: the database (levels, losses, damp) and the scoring windows."""
+    digest = hashlib.sha256(json.dumps(db.to_json(), sort_keys=True).encode())
+    digest.update(windows.numpy().astype("int64").tobytes())
+    digest.update(repr(PROBE_FRACTIONS).encode())
+    return digest.hexdigest()[:16]
+
+
+def save_probes(path: Path, probes: dict[tuple[int, str], list[Probe]]) -> None:
+    from ..core.jsonio import atomic_write_json
+
+    atomic_write_json(path, {"format": PROBES_FORMAT, "version": 1, "modules": {
+        f"{layer}.{kind}": [[p.units, p.rel_loss, p.damage] for p in ps] for (layer, kind), ps in probes.items()}})
+
+
+def load_probes(path: Path, db: Database) -> dict[tuple[int, str], list[Probe]] | None:
+    """The cached probes, or None when the file is unreadable or does not cover ``db`` (then re-measured)."""
+    import math
+
+    try:
+        payload = json.loads(path.read_text())
+        modules = payload["modules"] if payload.get("format") == PROBES_FORMAT and payload.get("version") == 1 else None
+        probes = {}
+        for m in db.modules:
+            rows = modules[f"{m.layer}.{m.kind}"]
+            ps = [Probe(int(u), float(r), float(d)) for u, r, d in rows]
+            if any(isinstance(u, bool) or not math.isfinite(p.damage) or p.damage < 0 or p.units not in
+                   {lv.units for lv in m.levels} for (u, _, _), p in zip(rows, ps)):
+                return None
+            probes[(m.layer, m.kind)] = ps
+        return probes
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def level_costs(module: ModuleDb, probes: Sequence[Probe]) -> list[float]:

@@ -36,7 +36,8 @@ def calibration_score(model, windows, reference=None, batch_size: int = 8) -> fl
     return total / n
 
 
-def spdy_search(dense, db, hessians, table, plain: SearchResult, windows, config, log) -> SearchResult:
+def spdy_search(dense, db, hessians, table, plain: SearchResult, windows, config, log,
+                costs=None) -> SearchResult:
     from .stitch import stitch
 
     rng = random.Random(config.seed)
@@ -61,7 +62,7 @@ def spdy_search(dense, db, hessians, table, plain: SearchResult, windows, config
             coeffs = dict(best_coeffs)
             for layer in rng.sample(layers, k=max(1, len(layers) // 10)):
                 coeffs[layer] = rng.random()
-        (candidate,) = search(db, table, [plain.target], loss=config.loss, buckets=config.buckets, coefficients=coeffs)
+        (candidate,) = search(db, table, [plain.target], loss=config.loss, buckets=config.buckets, coefficients=coeffs, costs=costs)
         if not candidate.reachable:
             continue
         score = evaluate(candidate)
