@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--eval-seq", type=int, default=256)
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_oneshot"))
+    p.add_argument("--tag", default="", help="suffix of the result files (oneshot_smollm2<tag>.json/.md)")
     args = p.parse_args()
 
     import torch
@@ -86,14 +87,14 @@ def main() -> None:
             results["rows"].append(row)
             print(f"{name:12s} {r.target:g}x ppl {ppl:.2f} ({row['ratio_to_dense']}x dense) ffn {ffn}")
     out = ROOT / "tools" / "results"
-    (out / "oneshot_smollm2.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"oneshot_smollm2{args.tag}.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [f"SmolLM2-135M one-shot ZipLM, {args.windows} calibration windows x 128, sensitivity probes on "
              f"{args.probe_windows} windows ({results['probe_seconds']} s); held-out {results['eval']}; "
              f"dense perplexity {results['dense_perplexity']:.2f}", "",
              "| search cost | target | predicted | perplexity | x dense |", "|---|---|---|---|---|"]
     lines += [f"| {r['search']} | {r['target']:g}x | {r['predicted_speedup']:.2f}x | {r['perplexity']:.2f} | "
               f"{r['ratio_to_dense']:.2f} |" for r in results["rows"]]
-    (out / "oneshot_smollm2.md").write_text("\n".join(lines) + "\n")
+    (out / f"oneshot_smollm2{args.tag}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

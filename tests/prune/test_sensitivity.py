@@ -12,6 +12,16 @@ from ziplm_deploy.prune.hessian import collect_hessians
 from ziplm_deploy.prune.sensitivity import Probe, level_costs, measure_probes, probe_levels, sensitivity_costs
 
 
+def _database(model, size, seed):
+    """Calibration windows, Hessians and the OBS database of a tiny model."""
+    adapter = adapter_for(model)
+    windows = torch.randint(0, 120, size, generator=torch.Generator().manual_seed(seed))
+    hessians = collect_hessians(model, windows, progress=False)
+    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
+    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    return windows, hessians, db
+
+
 def _module(units):
     levels = tuple(Level(u, tuple(range(u)), 0.0, (units[0] - u) / units[0]) for u in units)
     return ModuleDb(0, "ffn", "neuron", 1, 1.0, levels)
@@ -38,11 +48,7 @@ def test_level_costs_interpolate_measured_damage_and_never_decrease():
 @pytest.mark.parametrize("family", ["llama", "bert"])
 def test_measured_probes_are_zero_for_dense_and_grow_with_removal(family):
     model = tiny_model(family).eval()
-    adapter = adapter_for(model)
-    windows = torch.randint(0, 120, (4, 16), generator=torch.Generator().manual_seed(0))
-    hessians = collect_hessians(model, windows, progress=False)
-    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
-    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    windows, hessians, db = _database(model, (4, 16), seed=0)
     probes = measure_probes(model, db, hessians, windows, progress=False)
     assert set(probes) == {(m.layer, m.kind) for m in db.modules}
     for m in db.modules:
@@ -63,11 +69,7 @@ def test_in_place_probe_equals_the_physically_stitched_model(family):
     from ziplm_deploy.prune.sensitivity import _stitched, _swapped, _outputs, damage
 
     model = tiny_model(family).eval()
-    adapter = adapter_for(model)
-    windows = torch.randint(0, 120, (3, 12), generator=torch.Generator().manual_seed(1))
-    hessians = collect_hessians(model, windows, progress=False)
-    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
-    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    windows, hessians, db = _database(model, (3, 12), seed=1)
     before = copy.deepcopy(model.state_dict())
     reference = _outputs(model, windows, 4)
     for m in [m for m in db.modules if m.layer in (0, max(x.layer for x in db.modules))]:
@@ -85,11 +87,7 @@ def test_probe_cache_round_trips_and_refuses_what_does_not_fit(tmp_path):
     from ziplm_deploy.prune.sensitivity import load_probes, save_probes
 
     model = tiny_model("llama").eval()
-    adapter = adapter_for(model)
-    windows = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(0))
-    hessians = collect_hessians(model, windows, progress=False)
-    weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
-    db = build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=0.01, calibration={}, progress=False)
+    windows, hessians, db = _database(model, (2, 8), seed=0)
     probes = {(m.layer, m.kind): [Probe(u, 0.5, 0.1 * u) for u in probe_levels(m)] for m in db.modules}
     path = tmp_path / "probes.json"
     save_probes(path, probes)

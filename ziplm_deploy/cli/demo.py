@@ -14,8 +14,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=argtypes.nonneg_int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--seq", type=argtypes.positive_int, default=128, help="sequence length for timing (default 128)")
     p.add_argument("--rounds", type=argtypes.positive_int, default=20, help="interleaved timing rounds (default 20)")
-    p.add_argument("--windows", type=argtypes.positive_int, default=16,
-                   help="calibration windows of 128 tokens (default 16)")
+    p.add_argument("--windows", type=argtypes.positive_int, default=64,
+                   help="calibration windows of 128 tokens (default 64)")
+    p.add_argument("--probe-windows", type=argtypes.positive_int, default=2,
+                   help="windows each sensitivity probe of the search is scored on (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.demo import format_report, run_demo
 
     report = run_demo(Path(args.out), targets=tuple(args.targets), threads=args.threads, seq=args.seq,
-                      rounds=args.rounds, windows=args.windows)
+                      rounds=args.rounds, windows=args.windows,
+                      probe_windows=args.probe_windows)
     print(format_report(report))
     return 1 if report.gate_failed else 0

@@ -60,7 +60,8 @@ def reference_table_if_measured_here(threads: int, seq: int) -> Path | None:
 
 
 def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: int = 1, seq: int = 128,
-             rounds: int = 20, windows: int = 16, log: Callable[[str], None] = print) -> DemoReport:
+             rounds: int = 20, windows: int = 64, probe_windows: int = 2,
+             log: Callable[[str], None] = print) -> DemoReport:
     from gensim.test.utils import datapath
 
     from ..models.assets import smollm2_dir
@@ -74,7 +75,7 @@ def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: i
     spec = PipelineSpec(
         model=str(model_dir),
         profile=ProfileSpec(table=str(table) if table else None, threads=threads, seq=seq),
-        prune=PruneSpec(targets=tuple(targets), windows=windows),
+        prune=PruneSpec(targets=tuple(targets), windows=windows, probe_windows=probe_windows),
         export=ExportSpec(),
         verify=VerifySpec(threads=threads, seq=seq, rounds=rounds, eval_data=datapath("lee_background.cor")),
         gate=GateSpec(policy=str(DEMO_POLICY)) if DEMO_POLICY.is_file() else None,
@@ -139,5 +140,5 @@ def format_report(r: DemoReport) -> str:
         lines.append(f"target {u['target']:g}x unreachable (max predicted {u['max_speedup']:.2f}x)")
     lines.append(f"ONNX Runtime CPU, batch 1; perplexity on held-out news text (the gate allows 3x dense); "
                  f"table: {r.table_source}; "
-                 f"one-shot ZipLM, no distillation; {r.seconds:.0f} s; report: {r.run_dir}/report.html")
+                 f"one-shot ZipLM (measured-sensitivity search), no distillation; {r.seconds:.0f} s; report: {r.run_dir}/report.html")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ class PruneSpec:
     spdy_samples: int = 0
     device: str = "cpu"
     cost: str = "sensitivity"  # ziplm: measured end-to-end sensitivity per module level, or "obs" (layer loss)
-    probe_windows: int = 8
+    probe_windows: int = 2
 
     def __post_init__(self) -> None:
         from ..prune.family import COSTS, METHODS

@@ -48,7 +48,7 @@ class PruneConfig:
     device: str = "cpu"  # "cuda": Hessians block by block and the OBS database on the accelerator
     spdy_samples: int = 0  # ziplm: > 0 runs SPDY's randomised per-layer loss coefficients, scored by calibration loss
     cost: str = "sensitivity"  # ziplm: what the search minimises: measured end-to-end sensitivity, or the OBS loss
-    probe_windows: int = 8  # ziplm --cost sensitivity: calibration windows each probe is scored on
+    probe_windows: int = 2  # ziplm --cost sensitivity: calibration windows each probe is scored on (2, 4, 8 within noise)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
