@@ -115,3 +115,25 @@ def greedy_ort(prefill, decode, ids, steps, n_attn):
             feeds[f"past_key_values.{i}.value"] = outs[2 + 2 * i]
         outs = decode.run(None, feeds)
     return tokens
+
+
+def linear_table(model_dir, out) -> None:
+    """A synthetic latency table with linear costs for the model at ``model_dir`` (no profiling), saved to ``out``."""
+    from ziplm_deploy.core.arch import arch_from_dir
+    from ziplm_deploy.core.fingerprint import DeviceFingerprint
+    from ziplm_deploy.core.table import AttentionEntry, FfnEntry, LatencyTable, Stats
+    from ziplm_deploy.profiling.grid import attention_grid, ffn_grid
+
+    arch = arch_from_dir(model_dir)
+
+    def st(ms: float) -> Stats:
+        return Stats(ms, ms * 1.1, ms * 1.3, 10)
+
+    fp = DeviceFingerprint(cpu="Test CPU", cores=2, gpu=None, runtime="onnxruntime", runtime_version="0",
+                           provider="CPUExecutionProvider", opt_level="all", threads=1, dtype="float32", batch=1,
+                           seq=16, mode="prefill", kv_len=0, opset=18, platform="Linux", producer="test")
+    att = [AttentionEntry(h, kv, st(0.01 + 0.05 * h)) for h, kv in attention_grid(arch)]
+    ffn = [FfnEntry(w, st(0.01 + 0.002 * w)) for w in ffn_grid(arch.ffn, 8)]
+    dense = arch.num_layers * (0.01 + 0.05 * arch.heads + 0.01 + 0.002 * arch.ffn)
+    refs = {"dense": st(dense + 0.02), "removed": st(arch.num_layers * 0.02 + 0.02)}
+    LatencyTable.build(fp, arch, {"statistic": "p25"}, att, ffn, refs).save(out)

@@ -17,31 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_inputs(root: Path) -> dict[str, Path]:
     """A tiny random Llama (SmolLM2's tokenizer, so calibration reads real text), a synthetic latency
     table for it with linear costs (no profiling), and calibration text."""
-    from families import tiny_llama_for
+    from families import linear_table, tiny_llama_for
 
-    from ziplm_deploy.core.arch import arch_from_dir
-    from ziplm_deploy.core.fingerprint import DeviceFingerprint
-    from ziplm_deploy.core.table import AttentionEntry, FfnEntry, LatencyTable, Stats
     from ziplm_deploy.models import save_model
     from ziplm_deploy.models.assets import smollm2_dir
     from ziplm_deploy.models.tokenizer import load_tokenizer
-    from ziplm_deploy.profiling.grid import attention_grid, ffn_grid
 
     tokenizer = load_tokenizer(smollm2_dir())
     save_model(tiny_llama_for(tokenizer, layers=2).eval(), root / "model", tokenizer=tokenizer)
-    arch = arch_from_dir(root / "model")
-
-    def st(ms: float) -> Stats:
-        return Stats(ms, ms * 1.1, ms * 1.3, 10)
-
-    fp = DeviceFingerprint(cpu="Test CPU", cores=2, gpu=None, runtime="onnxruntime", runtime_version="0",
-                           provider="CPUExecutionProvider", opt_level="all", threads=1, dtype="float32", batch=1,
-                           seq=16, mode="prefill", kv_len=0, opset=18, platform="Linux", producer="test")
-    att = [AttentionEntry(h, kv, st(0.01 + 0.05 * h)) for h, kv in attention_grid(arch)]
-    ffn = [FfnEntry(w, st(0.01 + 0.002 * w)) for w in ffn_grid(arch.ffn, 8)]
-    dense = arch.num_layers * (0.01 + 0.05 * arch.heads + 0.01 + 0.002 * arch.ffn)
-    refs = {"dense": st(dense + 0.02), "removed": st(arch.num_layers * 0.02 + 0.02)}
-    LatencyTable.build(fp, arch, {"statistic": "p25"}, att, ffn, refs).save(root / "table.json")
+    linear_table(root / "model", root / "table.json")
     (root / "calib.txt").write_text((ROOT / "README.md").read_text())
     return {"model": root / "model", "table": root / "table.json", "calib": root / "calib.txt", "root": root}
 

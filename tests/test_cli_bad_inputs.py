@@ -22,33 +22,11 @@ OWN_COMMANDS = ("prune", "profile", "predict", "eval", "shrink", "inspect", "dis
                 "build-engine")
 
 
-def _table(model_dir: Path, out: Path) -> None:
-    """A synthetic latency table with linear costs for the model (no profiling)."""
-    from ziplm_deploy.core.arch import arch_from_dir
-    from ziplm_deploy.core.fingerprint import DeviceFingerprint
-    from ziplm_deploy.core.table import AttentionEntry, FfnEntry, LatencyTable, Stats
-    from ziplm_deploy.profiling.grid import attention_grid, ffn_grid
-
-    arch = arch_from_dir(model_dir)
-
-    def st(ms: float) -> Stats:
-        return Stats(ms, ms * 1.1, ms * 1.3, 10)
-
-    fp = DeviceFingerprint(cpu="Test CPU", cores=2, gpu=None, runtime="onnxruntime", runtime_version="0",
-                           provider="CPUExecutionProvider", opt_level="all", threads=1, dtype="float32", batch=1,
-                           seq=16, mode="prefill", kv_len=0, opset=18, platform="Linux", producer="test")
-    att = [AttentionEntry(h, kv, st(0.01 + 0.05 * h)) for h, kv in attention_grid(arch)]
-    ffn = [FfnEntry(w, st(0.01 + 0.002 * w)) for w in ffn_grid(arch.ffn, 8)]
-    dense = arch.num_layers * (0.02 + 0.05 * arch.heads + 0.002 * arch.ffn)
-    refs = {"dense": st(dense + 0.02), "removed": st(arch.num_layers * 0.02 + 0.02)}
-    LatencyTable.build(fp, arch, {"statistic": "p25"}, att, ffn, refs).save(out)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama (SmolLM2's tokenizer), a tiny GPT-2 (64 positions) and BERTs with that tokenizer, a
     latency table for the Llama, text, and copies of the Llama with a truncated / garbage weights file."""
-    from families import tiny_llama_for, tiny_model
+    from families import linear_table, tiny_llama_for, tiny_model
 
     from ziplm_deploy.core.shape import ModelShape
     from ziplm_deploy.models import save_model
@@ -60,7 +38,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     save_model(tiny_llama_for(tokenizer, layers=2).eval(), root / "llama", tokenizer=tokenizer)
     for name in ("gpt2", "bert", "bert-cls"):
         save_model(tiny_model(name, layers=2), root / name, tokenizer=tokenizer)
-    _table(root / "llama", root / "table.json")
+    linear_table(root / "llama", root / "table.json")
     ModelShape.dense(_arch(root / "llama")).save(root / "shape.json")
     (root / "text.txt").write_text((ROOT / "README.md").read_text())
     weights = (root / "llama" / "model.safetensors").read_bytes()

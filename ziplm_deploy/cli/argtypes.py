@@ -49,7 +49,7 @@ nonneg_float = ranged(0)
 fraction = ranged(0, 1)  # [0, 1]
 open_fraction = ranged(0, 1, lo_open=True)  # (0, 1]
 open_unit = ranged(0, 1, lo_open=True, hi_open=True)  # (0, 1): a sparsity or drop rate
-speedup = ranged(1, lo_open=False, what="a speedup target")  # a speedup target: finite, >= 1
+speedup = ranged(1, what="a speedup target")  # a speedup target: finite, >= 1
 seq_len = ranged(2, integer=True, what="a sequence length")  # a window needs a token and its successor
 
 

@@ -35,11 +35,8 @@ def number(value: Any, source: str, key: str, *, lo: float | None = None, hi: fl
            lo_open: bool = False, integer: bool = False) -> float:
     """A finite real (never a bool, a string or null), optionally an integer and within [lo, hi]."""
     kind = "an integer" if integer else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{_where(source, key)} must be {kind}, got {_shown(value)}", "regenerate or fix the file")
-    if not math.isfinite(value):
-        raise UserError(f"{_where(source, key)} must be {kind}, got {_shown(value)}", "regenerate or fix the file")
-    if integer and value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (integer and value != int(value))):
         raise UserError(f"{_where(source, key)} must be {kind}, got {_shown(value)}", "regenerate or fix the file")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise UserError(f"{_where(source, key)} must be {'>' if lo_open else '>='} {lo:g}, got {_shown(value)}",

@@ -57,7 +57,7 @@ class ModelManifest:
         if values.get("table_sha256") is not None:
             typed(values["table_sha256"], str, source, "table_sha256", "a string")
         ModelShape.from_json(values["shape"], source=f"{source}: shape")
-        typed(values.get("options", {}), dict, source, "options", "a JSON object")
+        mapping(values.get("options", {}), source, "options")
         metrics = mapping(values.get("metrics", {}), source, "metrics")
         for key, value in metrics.items():
             if value is not None:

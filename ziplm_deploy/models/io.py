@@ -120,12 +120,11 @@ def check_model_dir(path: str | os.PathLike) -> ArchSpec:
 
 def check_seq_len(model_dir: str | os.PathLike, seq_len: int, option: str = "--seq-len") -> None:
     """Refuse windows longer than a model with learned positions (BERT, GPT-2) can embed."""
-    arch = arch_from_dir(model_dir)
-    key = {"bert": "max_position_embeddings", "gpt2": "n_positions"}.get(arch.family)
-    raw = read_model_config(model_dir)
+    raw, source = read_model_config(model_dir), str(config_path(model_dir))
+    key = {"bert": "max_position_embeddings", "gpt2": "n_positions"}.get(arch_from_config(raw, source).family)
     if key is None or raw.get(key) is None:
         return
-    limit = checks.integer(raw[key], str(config_path(model_dir)), key, lo=1)
+    limit = checks.integer(raw[key], source, key, lo=1)
     if seq_len > limit:
         raise UserError(f"{option} {seq_len} is longer than the {limit} positions {model_dir} embeds ({key})",
                         f"pass {option} {limit} or less")
