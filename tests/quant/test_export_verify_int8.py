@@ -26,13 +26,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300, cwd=ROOT)
 
 
-def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for f in fragments:
-        assert f in r.stderr, r.stderr
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama with SmolLM2's tokenizer, its fp32 export, its int8 export (CLI, with --eval-data) and text."""
@@ -159,7 +152,7 @@ def test_a_quantized_file_against_another_models_reference_fails(tiny, tmp_path)
     assert parity["ok"] is False and parity["outputs"][0]["top1_agreement"] < 0.9
 
 
-def test_verify_refuses_a_table_of_another_precision(tiny, tmp_path):
+def test_verify_refuses_a_table_of_another_precision(tiny, tmp_path, one_line_error):
     from ziplm_deploy.core.arch import arch_from_dir
     from ziplm_deploy.profiling.profiler import ProfileOptions, profile
     from ziplm_deploy.runtime.timing import Protocol
@@ -182,7 +175,7 @@ def test_verify_refuses_a_table_of_another_precision(tiny, tmp_path):
     (["--precision", "int8-dynamic", "--min-top1", "1.5"], "--min-top1"),
     (["--precision", "int8-dynamic", "--eval-data", "missing.txt"], "evaluation data not found"),
 ])
-def test_bad_export_options_exit_2_before_work(tiny, tmp_path, flags, message):
+def test_bad_export_options_exit_2_before_work(tiny, tmp_path, flags, message, one_line_error):
     r = cli("export", "--model", tiny["dir"], "--out", tmp_path / "m.onnx", *flags)
     one_line_error(r, message)
     assert list(tmp_path.iterdir()) == []

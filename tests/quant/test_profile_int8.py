@@ -22,13 +22,6 @@ def cli(env, *args: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=ROOT)
 
 
-def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for f in fragments:
-        assert f in r.stderr, r.stderr
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny_llama")
@@ -65,7 +58,8 @@ def test_check_of_an_int8_table_quantizes_the_shapes(no_torch_env, model_dir, in
 
 @pytest.mark.parametrize("flags,mine", [([], "fp32"), (["--precision", "int8-dynamic", "--per-channel"],
                                                        "int8-dynamic/per-channel")])
-def test_check_refuses_a_table_of_another_precision(no_torch_env, model_dir, int8_table, tmp_path, flags, mine):
+def test_check_refuses_a_table_of_another_precision(no_torch_env, model_dir, int8_table, tmp_path, flags, mine,
+                                                   one_line_error):
     out = tmp_path / "check.json"
     r = cli(no_torch_env, "profile", "--model", str(model_dir), "--table", str(int8_table), "--check", "1",
             "--check-out", str(out), *flags, *FAST)
@@ -79,7 +73,7 @@ def test_check_refuses_a_table_of_another_precision(no_torch_env, model_dir, int
     (["--precision", "int8-dynamic", "--dtype", "float16"], "quantizes float32 graphs, not float16"),
     (["--precision", "int4"], "invalid choice: 'int4'"),
 ])
-def test_bad_precision_options_exit_2_before_work(no_torch_env, model_dir, tmp_path, flags, message):
+def test_bad_precision_options_exit_2_before_work(no_torch_env, model_dir, tmp_path, flags, message, one_line_error):
     out = tmp_path / "t.json"
     r = cli(no_torch_env, "profile", "--model", str(model_dir), "--out", str(out), *flags, *FAST)
     one_line_error(r, message)

@@ -87,11 +87,15 @@ class Database:
             raise UserError(e.message, REBUILD) from None
 
 
-def _module_from_json(m: Any, source: str, key: str) -> ModuleDb:
-    m = mapping(m, source, key)
-    missing = [k for k in ("layer", "kind", "unit", "unit_cols", "energy", "levels") if k not in m]
+def _require(d: dict[str, Any], keys: tuple[str, ...], source: str, key: str) -> dict[str, Any]:
+    missing = [k for k in keys if k not in d]
     if missing:
         raise UserError(f"{source}: {key} lacks {', '.join(missing)}", REBUILD)
+    return d
+
+
+def _module_from_json(m: Any, source: str, key: str) -> ModuleDb:
+    m = _require(mapping(m, source, key), ("layer", "kind", "unit", "unit_cols", "energy", "levels"), source, key)
     if m["kind"] not in ("attn", "ffn") or m["unit"] not in ("head", "kv_group", "neuron"):
         raise UserError(f"{source}: {key}: kind {m['kind']!r} / unit {m['unit']!r} is not attn/ffn / "
                         "head, kv_group or neuron", REBUILD)
@@ -103,10 +107,7 @@ def _module_from_json(m: Any, source: str, key: str) -> ModuleDb:
 
 
 def _level_from_json(lv: Any, source: str, key: str) -> Level:
-    lv = mapping(lv, source, key)
-    missing = [k for k in ("units", "kept", "loss", "rel_loss") if k not in lv]
-    if missing:
-        raise UserError(f"{source}: {key} lacks {', '.join(missing)}", REBUILD)
+    lv = _require(mapping(lv, source, key), ("units", "kept", "loss", "rel_loss"), source, key)
     kept = typed(lv["kept"], list, source, f"{key}.kept", "a list of unit indices")
     units = integer(lv["units"], source, f"{key}.units", lo=0)
     if len(kept) != units:

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -83,8 +84,8 @@ def measure_probes(dense, db: Database, hessians, windows: torch.Tensor, batch_s
     decoder = adapter_for(dense).arch(dense).is_decoder
     jobs = [(m, units) for m in db.modules for units in probe_levels(m, fractions)]
     probes: dict[tuple[int, str], list[Probe]] = {(m.layer, m.kind): [] for m in db.modules}
+    apply = _swapped if decoder else _stitched
     for m, units in tqdm(jobs, desc="sensitivity probes", unit="probe", disable=not progress):
-        apply = _swapped if decoder else _stitched
         with apply(dense, db, hessians, m, units) as model:
             hurt = damage(reference, _outputs(model, windows, batch_size), decoder)
         probes[(m.layer, m.kind)].append(Probe(units, m.level(units).rel_loss, hurt))
@@ -152,8 +153,6 @@ def save_probes(path: Path, probes: dict[tuple[int, str], list[Probe]]) -> None:
 
 def load_probes(path: Path, db: Database) -> dict[tuple[int, str], list[Probe]] | None:
     """The cached probes, or None when the file is unreadable or does not cover ``db`` (then re-measured)."""
-    import math
-
     try:
         payload = json.loads(path.read_text())
         modules = payload["modules"] if payload.get("format") == PROBES_FORMAT and payload.get("version") == 1 else None
@@ -174,8 +173,9 @@ def level_costs(module: ModuleDb, probes: Sequence[Probe]) -> list[float]:
     """A cost for every level of ``module``: measured damage interpolated in OBS loss, non-decreasing as
     units are removed, 0 at the dense level."""
     measured = {p.units: p.damage for p in probes}
-    xs = [module.levels[0].rel_loss] + [p.rel_loss for p in sorted(probes, key=lambda p: p.rel_loss)]
-    ys = [0.0] + [p.damage for p in sorted(probes, key=lambda p: p.rel_loss)]
+    ordered = sorted(probes, key=lambda p: p.rel_loss)
+    xs = [module.levels[0].rel_loss] + [p.rel_loss for p in ordered]
+    ys = [0.0] + [p.damage for p in ordered]
     costs = []
     for lv in module.levels:  # descending units: rel_loss ascending (nested greedy levels)
         cost = measured.get(lv.units)
