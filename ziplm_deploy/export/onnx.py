@@ -194,10 +194,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = Fals
     if next(model.parameters()).device.type != "cpu":
         model = model.cpu()
     origin = _source_metadata(source, source_sha256)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{TEMP_PREFIX}{out.stem}.*"):  # what a killed export of this file left
-        shutil.rmtree(stale, ignore_errors=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.stem}.", dir=out.parent))
+    tmpdir = fresh_tempdir(out)
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     try:
@@ -209,13 +206,27 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = Fals
         failures = [d for d in diffs if not d.ok]
         if failures:
             raise ExportValidationError(failures)
-        for onnx_tmp, ref_tmp, final in written:  # the reference first: a file never lacks its reference
-            os.replace(ref_tmp, reference_path(final))
-            os.replace(onnx_tmp, final)
+        finals = move_into_place(written)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    finals = [final for _, _, final in written]
     return ExportResult(finals, diffs, time.perf_counter() - started, [reference_path(f) for f in finals])
+
+
+def fresh_tempdir(out: Path) -> Path:
+    """A temporary folder beside ``out``, after removing what a killed export of the same file left."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{TEMP_PREFIX}{out.stem}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.stem}.", dir=out.parent))
+
+
+def move_into_place(staged: list[tuple[Path, Path, Path]]) -> list[Path]:
+    """Rename each staged (graph, reference, final) into place, the reference first: a file never lacks
+    its reference. Returns the final paths."""
+    for onnx_tmp, ref_tmp, final in staged:
+        os.replace(ref_tmp, reference_path(final))
+        os.replace(onnx_tmp, final)
+    return [final for _, _, final in staged]
 
 
 def _source_metadata(source: str | os.PathLike | None, source_sha256: str | None) -> dict[str, str]:

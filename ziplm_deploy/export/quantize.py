@@ -35,7 +35,7 @@ from ..core.errors import UserError
 from ..core.manifest import file_sha256
 from ..core.parity import load_reference, reference_path, save_reference
 from ..runtime.quantize import DEFAULT_MIN_TOP1, QUALITY_METADATA, TOP1_KIND, Precision, quantize_file_to
-from .onnx import ExportResult, export_onnx
+from .onnx import ExportResult, export_onnx, fresh_tempdir, move_into_place
 
 
 @dataclass
@@ -100,10 +100,7 @@ def export_quantized(model: Any, out: str | os.PathLike, precision: Precision, w
     out = Path(out)
     if not precision.quantized:
         raise UserError("export_quantized needs a quantized precision", "use export_onnx for fp32")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{TEMP_PREFIX}{out.stem}.*"):  # what a killed export of this file left
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.stem}.", dir=out.parent))
+    tmp = fresh_tempdir(out)
     try:
         fp32 = export_onnx(model, tmp / "fp32" / out.name, with_past=with_past, atol=atol, rtol=rtol, source=source)
         ppl_fp32 = _torch_perplexity(model, windows) if windows is not None else None
@@ -131,12 +128,9 @@ def quantize_exported(fp32_paths: list[Path], out_dir: Path, precision: Precisio
         failures = [f for q in quality for f in q.failures()]
         if failures:
             raise QuantizedValidationError(failures)
-        for q_path, ref_path, final in staged:  # the reference first: a file never lacks its reference
-            os.replace(ref_path, reference_path(final))
-            os.replace(q_path, final)
+        finals = move_into_place(staged)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    finals = [final for _, _, final in staged]
     return QuantizedExport(finals, precision, quality, None, [reference_path(f) for f in finals])
 
 
