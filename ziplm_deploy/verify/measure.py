@@ -191,7 +191,7 @@ def dir_digest(model_dir: str | os.PathLike) -> str:
     """Content hash of a model directory's config and weights (the export cache key, the source check)."""
     files = sorted(f for f in Path(model_dir).iterdir()
                    if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
-    return _dir_digest(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    return _dir_digest(tuple((str(f), st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -205,7 +205,8 @@ def _dir_digest(files: tuple[tuple[str, int, int], ...]) -> str:
 
 def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], atol: float, rtol: float) -> Path:
     """The validated ONNX export of a model directory, reused from ``cache`` when its content is unchanged."""
-    out = cache / f"{model_dir.name}-{dir_digest(model_dir)[:16]}.onnx"
+    digest = dir_digest(model_dir)
+    out = cache / f"{model_dir.name}-{digest[:16]}.onnx"
     if out.is_file():
         log(f"reusing export {out}")
         return out
@@ -214,7 +215,7 @@ def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], atol: f
     from ..models import load_model
 
     export_onnx(load_model(model_dir), out, atol=atol, rtol=max(rtol, 1e-3), source=model_dir,
-                source_sha256=dir_digest(model_dir))
+                source_sha256=digest)
     return out
 
 
