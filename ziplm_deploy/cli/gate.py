@@ -48,6 +48,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if not path:
             continue
         check_output_path(path, flag)
-        if Path(path).resolve() in inputs:
-            raise UserError(f"{flag} {path} is the {inputs[Path(path).resolve()]} file", "write the output elsewhere")
-        inputs[Path(path).resolve()] = flag
+        target = Path(path).resolve()
+        if target in inputs:
+            raise UserError(f"{flag} {path} is the {inputs[target]} file", "write the output elsewhere")
+        inputs[target] = flag
