@@ -95,23 +95,10 @@ def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: i
         report.dense_ms = report.dense_ms or sp.get("baseline_ms")
         report.dense_perplexity = report.dense_perplexity or quality.get("baseline")
         gate = "-" if spec.gate is None else ("FAILED" if name in result.gate_failures else "PASSED")
-        failed = _failed_checks(spec.gate.policy, path) if gate == "FAILED" else ()
+        failed = tuple(result.gate_checks.get(name, ())) if gate == "FAILED" else ()
         report.rows.append(DemoRow(name, m["target"], m["predicted_speedup"], sp.get("measured"), sp.get("candidate_ms"),
                                    quality.get("candidate"), (rep.get("parity") or {}).get("ok"), gate, failed))
     return report
-
-
-def _failed_checks(policy_path: str, report_path: Path) -> tuple[str, ...]:
-    """Names of the budgets a member failed (re-judged: cheap), for the summary line."""
-    from ..core.errors import UserError
-    from ..verify.policy import Policy, judge
-    from ..verify.report import VerifyReport
-
-    try:
-        verdict = judge(Policy.load(policy_path), VerifyReport.load(report_path), report_name=str(report_path))
-    except UserError as e:
-        return (f"unreadable report: {e}",)
-    return tuple(c.name for c in verdict.failures)
 
 
 def _f(x, fmt):

@@ -34,6 +34,7 @@ class RunResult:
     stages_run: list[str] = field(default_factory=list)
     stages_skipped: list[str] = field(default_factory=list)
     gate_failures: list[str] = field(default_factory=list)
+    gate_checks: dict[str, list[str]] = field(default_factory=dict)  # failed member -> names of its failed checks
     members: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -257,7 +258,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
 
     # gate (always re-judged: cheap, and its verdict is the run's exit code) --------------------
     if spec.gate is not None:
-        result.gate_failures = _gate(spec, verify_reports, members, run_dir / "gate", log)
+        result.gate_checks = _gate(spec, verify_reports, members, run_dir / "gate", log)
+        result.gate_failures = list(result.gate_checks)
 
     # report ----------------------------------------------------------------------------------
     if spec.report and not reached:
@@ -274,9 +276,9 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
 
 
 def _gate(spec: PipelineSpec, verify_reports: dict[str, str], members: list[dict[str, Any]], gate_dir: Path,
-          log: Callable[[str], None]) -> list[str]:
+          log: Callable[[str], None]) -> dict[str, list[str]]:
     """Judge every verified member; an unreachable target fails its gate too (it has no model to verify).
-    Writes JUnit XML and Markdown per member; returns the names that failed."""
+    Writes JUnit XML and Markdown per member; returns the failed members, each with its failed checks' names."""
     from ..verify.output import junit_xml, markdown
     from ..verify.policy import Check, Policy, Verdict, judge
     from ..verify.report import VerifyReport
@@ -291,14 +293,14 @@ def _gate(spec: PipelineSpec, verify_reports: dict[str, str], members: list[dict
             verdicts[name] = Verdict(policy.name, "(none: no model reaches the target)",
                                      [Check("target_reachable", False, m["max_speedup"], f">= {m['target']:g}x", why)])
     gate_dir.mkdir(exist_ok=True)
-    failed = []
+    failed: dict[str, list[str]] = {}
     for name, verdict in verdicts.items():
         (gate_dir / f"{name}.xml").write_bytes(junit_xml(verdict))
         (gate_dir / f"{name}.md").write_text(markdown(verdict))
         log(f"[gate] {name}: {'PASSED' if verdict.passed else 'FAILED'}"
             + ("" if verdict.passed else f" ({verdict.failures[0].message})"))
         if not verdict.passed:
-            failed.append(name)
+            failed[name] = [c.name for c in verdict.failures]
     return failed
 
 
