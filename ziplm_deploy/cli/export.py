@@ -94,7 +94,7 @@ def _run_genai(args: argparse.Namespace) -> int:
     if getattr(args, "precision", None) not in (None, "fp32"):
         raise UserError(f"--genai writes fp32 folders, not --precision {args.precision}", "drop --precision")
     quant = [f"--{k.replace('_', '-')}" for k in ("per_channel", "min_top1", "eval_data", "max_ppl_increase")
-             if getattr(args, k, None) not in (None, False)]
+             if getattr(args, k, None) is not None and getattr(args, k) is not False]  # 0 is given
     if quant:
         raise UserError(f"{', '.join(quant)} validate a quantized --out export, not a --genai folder", "drop them")
     out = check_genai_target(args.genai, args.overwrite)
