@@ -151,7 +151,7 @@ def joint_points(args, work: Path, table8, table8_path, tag: str) -> dict:
     """Members pruned with the int8 table for total speedups over fp32 dense: int8-table target = total *
     int8 dense / fp32 dense, both measured in the int8 table's run (``references["dense_fp32"]``)."""
     from ziplm_deploy.models.assets import smollm2_dir
-    from ziplm_deploy.profiling.profiler import FP32_DENSE
+    from ziplm_deploy.core.table import FP32_DENSE
 
     ratio = table8.predict(table8.dense_shape()) / table8.references[FP32_DENSE].get(table8.statistic)
     totals = {round(t * ratio, 4): t for t in args.joint_targets if t * ratio >= 1.0}
@@ -172,7 +172,7 @@ def run(args) -> None:
     from bench_prune import cpu_name, heldout_windows
     from ziplm_deploy.models.assets import smollm2_dir
     from ziplm_deploy.models.tokenizer import load_tokenizer
-    from ziplm_deploy.profiling.profiler import FP32_DENSE
+    from ziplm_deploy.core.table import FP32_DENSE
 
     started = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_quant."))
@@ -233,7 +233,7 @@ def predicted_row(key: str, path: Path, points: dict, table8, ppl: float) -> dic
     """A model's row: perplexity, size and the prediction of the table of its precision."""
     from ziplm_deploy.core.shape import ModelShape
     from ziplm_deploy.core.table import LatencyTable
-    from ziplm_deploy.profiling.profiler import FP32_DENSE
+    from ziplm_deploy.core.table import FP32_DENSE
 
     name, precision = key.split("/")
     shape = points[name]["shape"]

@@ -17,9 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", type=nonneg_float, default=1e-3,
                    help="validation: tolerance relative to each output's max |value| (default 1e-3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8-dynamic"),
+    p.add_argument("--precision", default=None, choices=("fp32", "int8-dynamic"),
                    help="int8-dynamic: FILE.onnx is the ONNX Runtime quantize_dynamic graph (QInt8 weights), validated "
-                        "against the fp32 PyTorch model by top-1 agreement (and --eval-data perplexity), not 1e-3 parity")
+                        "against the fp32 PyTorch model by top-1 agreement (and --eval-data perplexity), not 1e-3 parity "
+                        "(default: the precision the model was pruned for, from its manifest.json; else fp32)")
     p.add_argument("--per-channel", action="store_true", help="with int8-dynamic: per-channel weight scales")
     p.add_argument("--min-top1", type=fraction, default=None,
                    help="int8: least top-1 agreement with fp32 PyTorch on the validation inputs (default 0.9)")
@@ -41,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.genai is not None or args.out is None or args.genai_full_logits or args.genai_check_tokens is not None:
         return _run_genai(args)
+    if args.precision is None:
+        args.precision, args.per_channel = _pruned_for(args.model, args.per_channel)
     from pathlib import Path
 
     from ..core.arch import arch_from_dir
@@ -113,6 +116,20 @@ def _run_genai(args: argparse.Namespace) -> int:
           f"logits: {'all positions' if args.genai_full_logits else 'last position'}); GenAI greedy generation "
           f"equals transformers on {len(result.prompts)} prompts x {tokens} tokens")
     return 0
+
+
+def _pruned_for(model: str, per_channel: bool) -> tuple[str, bool]:
+    """(precision, per_channel) the model was pruned for: a member searched on a quantized table is deployed
+    quantized, so its export is too unless --precision says otherwise. fp32 without such a manifest."""
+    from ..core.manifest import pruned_precision
+    from ..runtime.quantize import Precision
+
+    label = pruned_precision(model)
+    precision = Precision.parse(label, f"{model}/manifest.json: fingerprint.precision")
+    if precision.quantized:
+        print(f"{model} was pruned on a {label} latency table (manifest.json): exporting it {label}; "
+              f"pass --precision fp32 for the fp32 graph")
+    return precision.name, per_channel or precision.per_channel
 
 
 def _quant_options(args: argparse.Namespace) -> list[str]:

@@ -2,6 +2,10 @@
 
 Only the model's config.json is read: a device never needs the weights. ``--check N`` then times N
 random non-uniform shapes end to end and reports the table's prediction error.
+
+``--workload W`` (``chat``, ``prefill-S``, ``PxG``) measures the tables of a generation workload instead:
+a prefill table at the prompt length and decode tables at a few KV lengths (``--kv-lens``), written with
+a manifest (``--out DIR`` or ``--out MANIFEST.json``) that ``predict --workload-tables`` reads.
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the latency table here (TABLE.json)")
     p.add_argument("--table", help="with --check and no --out: check this existing table instead of profiling")
     p.add_argument("--batch", type=argtypes.positive_int, default=1)
-    p.add_argument("--seq", type=argtypes.positive_int, default=128, help="prefill sequence length (default 128)")
-    p.add_argument("--decode-kv-len", type=argtypes.nonneg_int, default=0, metavar="L",
+    # --seq / --decode-kv-len default to None so that --workload can refuse them; None means 128 / 0
+    p.add_argument("--seq", type=argtypes.positive_int, default=None, help="prefill sequence length (default 128)")
+    p.add_argument("--decode-kv-len", type=argtypes.nonneg_int, default=None, metavar="L",
                    help="profile decoding one token with a KV cache of L tokens instead of prefill")
+    p.add_argument("--workload", metavar="W",
+                   help="measure the tables of a generation workload: chat (prompt 512, generate 128), prefill-S "
+                        "or PxG (e.g. 256x64); --out is then a folder or a manifest MANIFEST.json")
+    p.add_argument("--kv-lens", type=argtypes.positive_int, nargs="+", metavar="L",
+                   help="with --workload: the decode KV lengths to measure (default: the first, middle and last "
+                        "decode step's; they must cover P .. P+G-2)")
     p.add_argument("--threads", type=argtypes.nonneg_int, default=1,
                    help="intra-op threads (default 1; 0: the runtime's default)")
     p.add_argument("--opt-level", default="all", help="graph optimisation level: disabled|basic|extended|all")
@@ -54,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.quantize import Precision
     from ..runtime.timing import Protocol
 
+    if args.workload is not None:
+        return _run_workload(args)
+    if args.kv_lens is not None:
+        raise UserError("--kv-lens needs --workload", "pass --workload W, or --decode-kv-len L for one decode table")
+    args.seq = 128 if args.seq is None else args.seq
+    args.decode_kv_len = 0 if args.decode_kv_len is None else args.decode_kv_len
     if not args.out and not (args.check and args.table):
         raise UserError("nothing to do", "pass --out TABLE.json (and/or --check N --table TABLE.json)")
     for option, path in (("--out", args.out), ("--check-out", args.check_out)):
@@ -70,16 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         table = profile(arch, opts, progress=progress)
         table.save(args.out)
-        cal, refs, st = table.calibration, table.references, table.statistic
-        low = f" + {len(table.lowrank)} low-rank" if table.lowrank else ""
-        print(f"latency table: {args.out} ({len(table.attention)} attention + {len(table.ffn)} FFN{low} entries, "
-              f"{table.fingerprint.runtime} {table.fingerprint.runtime_version} {table.fingerprint.provider}, "
-              f"{table.fingerprint.mode}, {table.fingerprint.precision})")
-        print(f"dense {refs['dense'].get(st):.3f} ms, all-removed {refs['removed'].get(st):.3f} ms ({st}); "
-              f"calibration alpha={cal.alpha:.4f} beta={cal.beta:.4f} ms")
-        if abs(cal.drift) > protocol.max_drift:
-            print(f"warning: the dense reference moved by {cal.drift:+.1%} during profiling: the machine was busy; "
-                  "profile again for a trustworthy table", file=sys.stderr)
+        _print_table(args.out, table, protocol.max_drift)
     else:
         table = LatencyTable.load(args.table)
         table.check_arch(arch, args.model)
@@ -107,4 +115,64 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'PASSED' if ok else 'FAILED'}: max speedup error {s['max_abs_speedup_error']:.1%} "
               f"(limit {args.max_speedup_error:.1%})")
         return 0 if ok else 1
+    return 0
+
+
+def _print_table(where: str, table, max_drift: float) -> None:
+    cal, refs, st = table.calibration, table.references, table.statistic
+    low = f" + {len(table.lowrank)} low-rank" if table.lowrank else ""
+    print(f"latency table: {where} ({len(table.attention)} attention + {len(table.ffn)} FFN{low} entries, "
+          f"{table.fingerprint.runtime} {table.fingerprint.runtime_version} {table.fingerprint.provider}, "
+          f"{table.fingerprint.mode}, {table.fingerprint.precision})")
+    print(f"dense {refs['dense'].get(st):.3f} ms, all-removed {refs['removed'].get(st):.3f} ms ({st}); "
+          f"calibration alpha={cal.alpha:.4f} beta={cal.beta:.4f} ms")
+    if abs(cal.drift) > max_drift:
+        print(f"warning: the dense reference moved by {cal.drift:+.1%} during profiling: the machine was busy; "
+              "profile again for a trustworthy table", file=sys.stderr)
+
+
+def _run_workload(args: argparse.Namespace) -> int:
+    """``--workload W``: the prefill table at P and decode tables at ``--kv-lens``, then the manifest."""
+    from pathlib import Path
+
+    from ..core.arch import arch_from_dir
+    from ..core.checks import check_output_path
+    from ..core.errors import UserError
+    from ..core.workload import Workload
+    from ..profiling.profiler import ProfileOptions, check_precision
+    from ..profiling.workload import profile_workload, workload_kv_lens
+    from ..runtime.quantize import Precision
+    from ..runtime.timing import Protocol
+
+    workload = Workload.parse(args.workload, batch=args.batch)
+    for option, given in (("--seq", args.seq), ("--decode-kv-len", args.decode_kv_len), ("--table", args.table),
+                          ("--check-out", args.check_out), ("--max-speedup-error", args.max_speedup_error)):
+        if given is not None:
+            raise UserError(f"{option} does not go with --workload (the workload sets the prompt and KV lengths)",
+                            f"drop {option}")
+    if args.check:
+        raise UserError("--check checks one table; it does not go with --workload",
+                        "check a table of the workload with `profile --table TABLE.json --check N --seq/--decode-kv-len`")
+    if not args.out:
+        raise UserError("--workload needs --out", "pass --out DIR (or --out MANIFEST.json)")
+    out = Path(args.out)
+    check_output_path(out, "--out", directory=out.suffix.lower() != ".json")
+    kv_lens = workload_kv_lens(workload, args.kv_lens)
+    precision = Precision(args.precision, args.per_channel)
+    check_precision(precision, args.runtime, args.dtype)
+    arch = arch_from_dir(args.model)
+    protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
+    opts = ProfileOptions(runtime=args.runtime, batch=workload.batch, seq=workload.prompt, threads=args.threads,
+                          opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
+                          rank_step=args.rank_step, protocol=protocol, precision=precision)
+    kv_text = f", decode tables at KV {', '.join(map(str, kv_lens))}" if kv_lens else ""
+    print(f"workload {workload.describe()}: prefill table at seq {workload.prompt}{kv_text}", flush=True)
+
+    def done(label: str, table) -> None:
+        _print_table(label, table, protocol.max_drift)
+        sys.stdout.flush()
+
+    tables = profile_workload(arch, workload, opts, args.kv_lens, progress=not args.no_progress, on_table=done)
+    manifest = tables.save(out)
+    print(f"workload tables: {manifest} ({1 + len(tables.decode)} tables)")
     return 0

@@ -74,6 +74,15 @@ class ModelManifest:
         return ModelManifest.from_json(read_json(path, "manifest"), source=str(path))
 
 
+def pruned_precision(model_dir: str | os.PathLike) -> str:
+    """The precision label a model directory was pruned for: its manifest's table fingerprint (a member
+    searched on an int8 table is deployed int8); ``fp32`` without a manifest. A bad manifest is refused."""
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return "fp32"
+    return str((ModelManifest.load(path).fingerprint or {}).get("precision", "fp32"))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -48,6 +48,9 @@ TABLE_VERSION = 1
 STATISTICS = ("p25", "p50", "p90")
 
 
+FP32_DENSE = "dense_fp32"  # reference of a quantized table: the fp32 dense model, timed in the same run
+
+
 @dataclass(frozen=True)
 class Stats:
     """Percentiles (ms) of the raw samples of one entry."""
@@ -121,6 +124,12 @@ def fit_two_point(sum_dense: float, t_dense: float, sum_removed: float, t_remove
             f"calibration impossible: dense sum {sum_dense:.3f} ms <= removed sum {sum_removed:.3f} ms",
             "the measurements are broken (interference?): profile again",
         )
+    if not t_dense > t_removed:
+        raise UserError(
+            f"calibration impossible: the dense model timed {t_dense:.4f} ms, not more than the model with every "
+            f"block removed ({t_removed:.4f} ms)",
+            "the blocks are too small to time at these sizes or the machine was busy: profile again with more "
+            "--rounds or a longer --seq")
     alpha = (t_dense - t_removed) / (sum_dense - sum_removed)
     return alpha, t_dense - alpha * sum_dense
 
@@ -153,6 +162,18 @@ class LatencyTable:
     @property
     def statistic(self) -> str:
         return str(self.protocol.get("statistic", "p25"))
+
+    def speedup_baseline_ms(self) -> float:
+        """What speedups are over: an fp32 table's own dense prediction; a quantized table's fp32 dense model,
+        timed in the same profiling run (``references["dense_fp32"]``), so speedups are *total* and
+        quantization alone already gives ``speedup_baseline_ms() / predict(dense_shape())``."""
+        if self.fingerprint.precision == "fp32":
+            return self.predict(self.dense_shape())
+        if FP32_DENSE not in self.references:
+            raise UserError(f"the {self.fingerprint.precision} latency table has no fp32 dense reference "
+                            f"(references.{FP32_DENSE}), so speedups over the fp32 model cannot be computed",
+                            "profile it again with this version of `ziplm-deploy profile`")
+        return self.references[FP32_DENSE].get(self.statistic)
 
     def recalibrated(self) -> "LatencyTable":
         """Refit alpha, beta on the stored dense / all-removed reference measurements."""

@@ -22,7 +22,7 @@ import numpy as np
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
 from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
-from ..core.table import AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stats
+from ..core.table import FP32_DENSE, AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stats
 from ..runtime import Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
 from ..runtime.fingerprint import fingerprint
@@ -31,7 +31,6 @@ from ..runtime.timing import Protocol, drift, recheck, round_robin, stats_of
 from .blocks import OPSET, Sizes, block_graph, linear_graph, model_graph
 from .grid import attention_grid, ffn_grid, random_shape, rank_grid
 
-FP32_DENSE = "dense_fp32"  # reference of a quantized table: the fp32 dense model, timed in the same run
 
 
 @dataclass(frozen=True)

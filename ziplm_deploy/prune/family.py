@@ -105,6 +105,8 @@ class FamilyReport:
     members: list[FamilyMember] = field(default_factory=list)
     dense_predicted_ms: float = 0.0
     seconds: float = 0.0
+    precision: str = "fp32"  # the table's: members are deployed so (export reads it from their manifest)
+    baseline_ms: float = 0.0  # what targets are speedups over: the fp32 dense model (0: dense_predicted_ms)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FAMILY_FORMAT, "version": 1, **asdict(self)}
@@ -123,11 +125,22 @@ class FamilyReport:
             mapping(payload.get("config"), source, "config"),
             [member_from_json(m, source, f"members[{i}]") for i, m in enumerate(members)],
             number(payload.get("dense_predicted_ms", 0.0), source, "dense_predicted_ms", lo=0.0),
-            number(payload.get("seconds", 0.0), source, "seconds", lo=0.0))
+            number(payload.get("seconds", 0.0), source, "seconds", lo=0.0),
+            _precision_label(payload.get("precision", "fp32"), source),
+            number(payload.get("baseline_ms", 0.0), source, "baseline_ms", lo=0.0))
 
     @staticmethod
     def load(path: str | os.PathLike) -> "FamilyReport":
         return FamilyReport.from_json(read_json(path, "family file"), str(path))
+
+
+def _precision_label(value: Any, source: str) -> str:
+    from ..core.fingerprint import PRECISION_LABELS
+
+    if value not in PRECISION_LABELS:
+        raise UserError(f"{source}: precision is {value!r}, not one of {', '.join(PRECISION_LABELS)}",
+                        "regenerate the family with `ziplm-deploy prune`")
+    return value
 
 
 def _known_keys(d: dict[str, Any], known: set[str], source: str, key: str) -> None:
@@ -217,16 +230,25 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
                         "prune first, then run flop on the pruned model")
     torch.manual_seed(config.seed)
 
+    baseline_ms, dense_ms = table.speedup_baseline_ms(), table.predict(table.dense_shape())
+    quant_speedup = baseline_ms / dense_ms  # 1 for an fp32 table
     report = FamilyReport(config.method, str(model_dir), file_sha256(table_path), table.fingerprint.to_json(),
-                          asdict(config), dense_predicted_ms=table.predict(table.dense_shape()))
-    results = _solve(config, dense, table, windows, model_dir, out, log, progress)
-    for target, ok, max_speedup, shape, predicted, loss, build in results:
-        member = FamilyMember(target, ok, round(max_speedup, 4))
+                          asdict(config), dense_predicted_ms=dense_ms, precision=table.fingerprint.precision,
+                          baseline_ms=round(baseline_ms, 4))
+    if table.fingerprint.precision != "fp32":
+        log(f"{table.fingerprint.precision} table: targets are total speedups over the fp32 dense model "
+            f"({baseline_ms:.2f} ms); quantization alone gives {quant_speedup:.2f}x (predicted), so pruning makes up "
+            f"the rest; a target at or below it is the dense model, quantized")
+    # the search works in the table's own terms: speedups over its (quantized) dense model
+    relative = tuple(max(1.0, t / quant_speedup) for t in config.targets)
+    results = _solve(config, relative, dense, table, windows, model_dir, out, log, progress)
+    for target, (_, ok, max_speedup, shape, predicted, loss, build) in zip(config.targets, results):
+        member = FamilyMember(target, ok, round(max_speedup * quant_speedup, 4))
         if not ok:
-            log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {max_speedup:.2f}x)")
+            log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {member.max_speedup:.2f}x)")
             report.members.append(member)
             continue
-        member.predicted_ms, member.predicted_speedup = round(predicted, 4), round(report.dense_predicted_ms / predicted, 4)
+        member.predicted_ms, member.predicted_speedup = round(predicted, 4), round(baseline_ms / predicted, 4)
         member.search_loss, member.shape = loss, shape.to_json()
         path = _member_dir(out, config.method, target)
         done = _finished_member(path, config, report.table_sha256, member.shape)
@@ -242,7 +264,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
             member.calibration_ppl = round(perplexity(model, windows, progress=False), 4)
         manifest = new_manifest(config.method, model_dir, shape.to_json(), options=asdict(config), metrics={
             "target_speedup": target, "predicted_ms": member.predicted_ms, "predicted_speedup": member.predicted_speedup,
-            "dense_predicted_ms": report.dense_predicted_ms, "search_loss": loss,
+            "dense_predicted_ms": report.dense_predicted_ms, "baseline_ms": report.baseline_ms, "search_loss": loss,
             **({"calibration_ppl": member.calibration_ppl} if member.calibration_ppl is not None else {}),
         }, table_sha256=report.table_sha256, fingerprint=report.fingerprint)
         from ..models import save_model
@@ -251,6 +273,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
                    extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n"})
         member.path = str(path)
         log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
+            + (f", quantization alone ({report.precision}, nothing pruned)" if shape == table.dense_shape() else "")
             + (f", calibration ppl {member.calibration_ppl:.2f}" if member.calibration_ppl is not None else "")
             + f" -> {path}")
         report.members.append(member)
@@ -261,8 +284,10 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
     return report
 
 
-def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, out: Path, log, progress):
-    """[(target, reachable, max_speedup, shape, predicted_ms, loss, build_model)] per target."""
+def _solve(config: PruneConfig, targets: tuple[float, ...], dense, table: LatencyTable, windows, model_dir, out: Path,
+           log, progress):
+    """[(target, reachable, max_speedup, shape, predicted_ms, loss, build_model)] per target (speedups over the
+    table's dense prediction)."""
     import copy
 
     from .search import search
@@ -274,7 +299,7 @@ def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, 
         order = drop_order(config.layerchop_rule, table.arch.num_layers, influence, config.layerchop_indices)
         dense_ms = table.predict(table.dense_shape())
         rows = []
-        for t in config.targets:
+        for t in targets:
             shape = chop_for_target(table, order, t)
             max_sp = dense_ms / table.predict(_chop_all_but_one(table, order))
             if shape is None:
@@ -291,7 +316,7 @@ def _solve(config: PruneConfig, dense, table: LatencyTable, windows, model_dir, 
     costs = None
     if config.method == "ziplm" and config.cost == "sensitivity":
         costs = _sensitivity_costs(dense, db, hessians, windows, config, out, log, progress)
-    results = search(db, table, config.targets, loss=config.loss,
+    results = search(db, table, targets, loss=config.loss,
                      uniform=config.uniform or config.method == "uniform", buckets=config.buckets, costs=costs)
     if config.method == "ziplm" and config.spdy_samples > 0 and not config.uniform:
         from .spdy import spdy_search

@@ -154,7 +154,9 @@ def search(db: Database, table: LatencyTable, targets: Sequence[float], loss: st
         if raw_budget < min_raw:
             results.append(SearchResult(target, False, max_speedup))
             continue
-        if uniform:
+        if target <= 1.0:  # the dense model itself (bucket rounding must not shave a level off it)
+            picked = [max(range(len(opts)), key=lambda j: opts[j].units) for _, _, opts in modules]
+        elif uniform:
             picked = _uniform_select([opts for _, _, opts in modules], [k for _, k, _ in modules], raw_budget)
         else:
             picked = dp_select([opts for _, _, opts in modules], raw_budget, buckets)

@@ -204,16 +204,30 @@ def _dir_digest(files: tuple[tuple[str, int, int], ...]) -> str:
 
 
 def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], atol: float, rtol: float) -> Path:
-    """The validated ONNX export of a model directory, reused from ``cache`` when its content is unchanged."""
+    """The validated ONNX export of a model directory, reused from ``cache`` when its content is unchanged;
+    in the precision the model was pruned for (its manifest: a member of an int8 search is timed int8)."""
+    from ..core.manifest import pruned_precision
+    from ..runtime.quantize import Precision
+
+    precision = Precision.parse(pruned_precision(model_dir), f"{model_dir}/{MANIFEST_FILE}: fingerprint.precision")
     digest = dir_digest(model_dir)
-    out = cache / f"{model_dir.name}-{digest[:16]}.onnx"
+    tag = "" if not precision.quantized else "-" + precision.label.replace("/", "-")
+    out = cache / f"{model_dir.name}-{digest[:16]}{tag}.onnx"
     if out.is_file():
         log(f"reusing export {out}")
         return out
-    log(f"exporting {model_dir} to {out} (PyTorch, validated)")
     from ..export import export_onnx  # torch: only for directories
     from ..models import load_model
 
+    if precision.quantized:
+        from ..export.quantize import export_quantized
+        from ..runtime.quantize import DEFAULT_MIN_TOP1
+
+        log(f"exporting {model_dir} to {out} ({precision.label}: the precision it was pruned for; PyTorch, validated)")
+        export_quantized(load_model(model_dir), out, precision, atol=atol, rtol=max(rtol, 1e-3), source=model_dir,
+                         min_top1=DEFAULT_MIN_TOP1)
+        return out
+    log(f"exporting {model_dir} to {out} (PyTorch, validated)")
     export_onnx(load_model(model_dir), out, atol=atol, rtol=max(rtol, 1e-3), source=model_dir,
                 source_sha256=digest)
     return out
@@ -344,7 +358,11 @@ def _check_table(table_path: str, candidate: str, kind: str) -> None:
     table = LatencyTable.load(table_path)
     meta: dict[str, str] = {}
     if kind == "directory":
+        from ..core.manifest import pruned_precision
+        from ..runtime.quantize import PRECISION_METADATA
+
         arch, shape = arch_from_dir(candidate), None
+        meta = {PRECISION_METADATA: pruned_precision(candidate)}  # what export_dir will export it as
     else:
         if kind == "engine":
             from ..runtime.tensorrt import load_engine_metadata
@@ -479,6 +497,8 @@ def _predict(report: VerifyReport, models: dict[str, Resolved], opts: VerifyOpti
         else:
             table.check_arch(base_arch, models["baseline"].source)
         base_ms = table.predict(base_shape)
+        if models["baseline"].precision == "fp32" != table.fingerprint.precision and base_shape == table.dense_shape():
+            base_ms = table.speedup_baseline_ms()  # the fp32 dense model, timed in the table's own run
         predicted = base_ms / predicted_ms
         mine = DeviceFingerprint.from_json(report.fingerprint, "measurement") if report.fingerprint else None
         diffs = table.fingerprint.differences(mine) if mine else []
