@@ -65,7 +65,10 @@ def test_export_writes_the_quantized_graph_with_its_validation(tiny):
     assert meta["ziplm_precision"] == "int8-dynamic" and "ziplm_shape" in meta
     quality = json.loads(meta["ziplm_quality"])
     assert quality["kind"] == "top1-agreement" and quality["reference"] == "pytorch-fp32"
-    assert quality["top1_agreement"] >= quality["min_top1_agreement"] == 0.9 and quality["positions"] == 39
+    from ziplm_deploy.runtime.quantize import DEFAULT_MIN_TOP1
+
+    assert quality["min_top1_agreement"] == DEFAULT_MIN_TOP1 == 0.1 and quality["positions"] == 39
+    assert quality["top1_agreement"] >= 0.9  # a tiny random model quantizes almost losslessly
     assert quality["perplexity"] > 0 and quality["perplexity_fp32"] > 0
     ref = load_reference(reference_path(tiny["int8"]))
     assert ref.onnx_sha256 == file_sha256(tiny["int8"])  # the reference belongs to the quantized file
@@ -132,7 +135,12 @@ def test_a_quantized_file_against_another_models_reference_fails(tiny, tmp_path)
     from ziplm_deploy.models.tokenizer import load_tokenizer
     from ziplm_deploy.runtime.quantize import Precision
 
+    import torch
+
     other = tiny_llama_for(load_tokenizer(tiny["dir"]), layers=2, seed=1).eval()
+    # an untied random head: tiny tied models both "predict" their input token, so they would agree by copying
+    other.config.tie_word_embeddings = False
+    other.lm_head.weight = torch.nn.Parameter(torch.randn_like(other.lm_head.weight))
     export_quantized(other, tmp_path / "other.onnx", Precision("int8-dynamic"), min_top1=0.0)
     shutil.copy(reference_path(tmp_path / "other.onnx"), reference_path(tmp_path / "swapped.onnx"))
     shutil.copy(tiny["int8"], tmp_path / "swapped.onnx")
@@ -149,7 +157,7 @@ def test_a_quantized_file_against_another_models_reference_fails(tiny, tmp_path)
     assert "output parity vs export-reference out of tolerance" in r.stdout
     parity = json.loads(report.read_text())["parity"]
     assert parity["reference"] == "export-reference" and parity["tolerance"]["kind"] == "top1-agreement"
-    assert parity["ok"] is False and parity["outputs"][0]["top1_agreement"] < 0.9
+    assert parity["ok"] is False and parity["outputs"][0]["top1_agreement"] < 0.1  # below the default floor
 
 
 def test_verify_refuses_a_table_of_another_precision(tiny, tmp_path, one_line_error):

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the precision the model was pruned for, from its manifest.json; else fp32)")
     p.add_argument("--per-channel", action="store_true", help="with int8-dynamic: per-channel weight scales")
     p.add_argument("--min-top1", type=fraction, default=None,
-                   help="int8: least top-1 agreement with fp32 PyTorch on the validation inputs (default 0.9)")
+                   help="int8: least top-1 agreement with fp32 PyTorch on the random validation tokens (default 0.1: "
+                        "catches a broken graph; judge quality on text with --eval-data --max-ppl-increase)")
     p.add_argument("--eval-data", help="int8: also measure the perplexity of the quantized graph in ONNX Runtime against "
                    "the fp32 model's on this text (.txt, .jsonl or wikipedia)")
     p.add_argument("--eval-windows", type=positive_int, default=8, help="int8 --eval-data: windows (default 8)")

@@ -6,7 +6,8 @@ quantizes block graphs with) and writes the quantized graph as ``FILE.onnx``: th
 (the fp32 graph is not kept; export it separately to have both). Its validation is not 1e-3 parity:
 
 * top-1 agreement of the quantized graph's logits (next-token, or label for classifiers) with PyTorch's
-  fp32 logits on the export's validation inputs, at least ``min_top1`` (default 0.9);
+  fp32 logits on the export's validation inputs, at least ``min_top1`` (default 0.1: a wiring check that
+  catches a broken graph; see ``runtime.quantize.DEFAULT_MIN_TOP1`` for why quality is judged on text);
 * with text, the perplexity of the quantized graph in ONNX Runtime against the fp32 PyTorch model's on
   the same windows; with ``max_ppl_increase`` a relative increase above it fails the export.
 

@@ -26,7 +26,12 @@ PER_CHANNEL = "per-channel"
 PRECISION_METADATA = "ziplm_precision"  # ONNX metadata key of the precision label
 QUALITY_METADATA = "ziplm_quality"  # ONNX metadata: how a quantized graph was validated (export.quantize)
 TOP1_KIND = "top1-agreement"  # its tolerance kind: arg-max agreement with the fp32 PyTorch logits
-DEFAULT_MIN_TOP1 = 0.9
+# Top-1 agreement of a quantized graph's logits with fp32 PyTorch on the export's validation inputs (random
+# tokens) is a wiring check, not a quality verdict: it catches a broken or mismatched graph (an unrelated
+# model agrees on ~0% of positions), while a sound int8 SmolLM2-135M agrees on 36% (dense) and 23% (ZipLM 2x)
+# of these low-confidence positions (~60% on real text). Quality is judged on text: `export --eval-data
+# --max-ppl-increase`, and the gate's `max_perplexity_increase` on `verify --eval-data`.
+DEFAULT_MIN_TOP1 = 0.1
 
 
 @dataclass(frozen=True)
