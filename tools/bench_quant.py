@@ -104,7 +104,7 @@ def quantized_point(fp32: Path, work: Path, per_channel: bool) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0], help="fp32 table targets")
-    p.add_argument("--joint-targets", type=float, nargs="*", default=[2.5, 3.0],
+    p.add_argument("--joint-targets", type=float, nargs="*", default=[2.0, 2.5, 3.0],
                    help="total speedups over fp32 dense, pruned with the int8 table")
     p.add_argument("--windows", type=int, default=32, help="calibration windows of 128 tokens")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out windows of 512 tokens")
@@ -148,21 +148,17 @@ def fp32_points(args, work: Path) -> dict:
 
 
 def joint_points(args, work: Path, table8, table8_path, tag: str) -> dict:
-    """Members pruned with the int8 table for total speedups over fp32 dense: int8-table target = total *
-    int8 dense / fp32 dense, both measured in the int8 table's run (``references["dense_fp32"]``)."""
+    """Members pruned with the int8 table: ``prune`` takes their targets as total speedups over the fp32 dense
+    model (``references["dense_fp32"]`` of the int8 table's run) and prunes only what int8 does not give."""
     from ziplm_deploy.models.assets import smollm2_dir
-    from ziplm_deploy.core.table import FP32_DENSE
 
-    ratio = table8.predict(table8.dense_shape()) / table8.references[FP32_DENSE].get(table8.statistic)
-    totals = {round(t * ratio, 4): t for t in args.joint_targets if t * ratio >= 1.0}
     points = {}
-    if totals:
-        for m in prune(str(smollm2_dir()), table8, table8_path, list(totals), work, f"ziplm-int8table-{tag}",
+    if args.joint_targets:
+        for m in prune(str(smollm2_dir()), table8, table8_path, args.joint_targets, work, f"ziplm-int8table-{tag}",
                        args.windows):
             if m.reachable:
-                points[f"joint-{totals[round(m.target, 4)]:g}x"] = {
-                    "dir": m.path, "shape": m.shape, "int8_only": True, "table_predicted": m.predicted_speedup,
-                    "int8_table_target": m.target}
+                points[f"joint-{m.target:g}x"] = {"dir": m.path, "shape": m.shape, "int8_only": True,
+                                                  "table_predicted": m.predicted_speedup}
     return points
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
-REFERENCE_TABLE = REPO / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
-DEMO_POLICY = REPO / "policies" / "demo-pass.yaml"
+from ..reference import reference_file
+
+REFERENCE_TABLE = reference_file("smollm2-135m_ort-cpu_b1_s128_t1.json")  # profiles/, shipped in the package
+DEMO_POLICY = reference_file("demo-pass.yaml")  # policies/
 
 
 @dataclass
