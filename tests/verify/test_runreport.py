@@ -93,8 +93,8 @@ def test_report_html_with_embedded_plots(run, tmp_path, capsys):
     quality = ET.fromstring(base64.b64decode(parser.images[0]["src"].split(",", 1)[1]))
     assert quality.findall(".//{http://www.w3.org/2000/svg}polyline")  # the Pareto front
     md = (tmp_path / "report.md").read_text()
-    assert "| ziplm-2x | ziplm | 2x | 2.000x | 1.900x | -5.0% |" in md
-    assert "| magnitude-1.5x | magnitude | 1.5x | 1.500x | – |" in md  # not verified: no measurement
+    assert "| ziplm-2x | ziplm | fp32 | 2x | 2.000x | 1.900x | -5.0% |" in md
+    assert "| magnitude-1.5x | magnitude | fp32 | 1.5x | 1.500x | – |" in md  # not verified: no measurement
     assert "skipped broken-verify.json" in md
 
 
@@ -158,3 +158,34 @@ def test_report_skips_a_family_whose_members_are_not_a_list(run):
     data = collect(run)
     assert any("members must be a list" in w for w in data.warnings)
     assert not any(r.method == "magnitude" and r.verify is None for r in data.rows)
+
+
+def test_a_family_pruned_on_an_int8_table_is_its_own_series_with_the_int8_only_line(run, tmp_path):
+    """Joint search: members deployed int8 are plotted apart from fp32 pruning, and quantization alone (the
+    family's fp32 baseline over its int8 dense prediction) is drawn as the line they must beat."""
+    from ziplm_deploy.verify.runreport import quality_plot, render_markdown
+
+    dense = json.loads((run / "family-ziplm.json").read_text())["model"]
+    joint = family("ziplm", [member(run / "joint", "ziplm", 2.5, 13.0, 2.5)], dense)
+    joint.update(precision="int8-dynamic", baseline_ms=150.0, dense_predicted_ms=80.0)  # int8 alone: 1.875x
+    (run / "joint").mkdir()
+    (run / "joint" / "family-ziplm.json").write_text(json.dumps(joint))
+    (run / "family-joint.json").write_text(json.dumps(joint))
+    data = collect(run)
+    assert data.quant_only == {"int8-dynamic": pytest.approx(1.875)}
+    rows = {r.path: r for r in data.rows}
+    assert rows[str(run / "joint" / "ziplm-2.5x")].series == "ziplm + int8-dynamic"
+    assert rows[str(run / "ziplm-2x")].series == "ziplm" and rows[str(run / "ziplm-2x")].precision == "fp32"
+    svg = quality_plot(data)
+    assert "ziplm + int8-dynamic" in svg and "int8-dynamic only (1.88x)" in svg
+    md = render_markdown(data)
+    assert "| precision |" in md and "int8-dynamic alone: predicted 1.88x" in md
+
+
+def test_a_bad_family_precision_is_a_warning_not_a_series(run):
+    fam = json.loads((run / "family-ziplm.json").read_text())
+    fam["precision"] = ["int8"]
+    (run / "family-ziplm.json").write_text(json.dumps(fam))
+    data = collect(run)
+    assert any("precision" in w and "shown as fp32" in w for w in data.warnings)
+    assert {r.precision for r in data.rows} == {"fp32"} and not data.quant_only

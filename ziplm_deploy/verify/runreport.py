@@ -3,7 +3,9 @@
 Reads ``RUNDIR/family-<method>.json`` (what ``prune`` wrote) and every ``*verify*.json`` below RUNDIR
 (what ``verify`` wrote), matches verify reports to family members by the candidate's path, and renders
 HTML (self-contained: plots are embedded SVG images) or Markdown (tables, for CI comments).
-Plots: quality vs measured speedup per method with the Pareto front, predicted vs measured latency,
+Plots: quality vs measured speedup per method (and per deployment precision: a family pruned on an int8
+table is its own series, ``ziplm + int8-dynamic``) with the Pareto front and, for quantized families, the
+quantization-only speedup as a dashed line (the point pruning must beat), predicted vs measured latency,
 and the kept fraction of heads / FFN width per layer of each model.
 """
 
@@ -41,6 +43,11 @@ class ModelRow:
     parity_ok: bool | None = None
     shape: dict[str, Any] | None = None
     verify: str | None = None
+    precision: str = "fp32"  # what the model is deployed as (int8-dynamic: pruned on an int8 table)
+
+    @property
+    def series(self) -> str:
+        return self.method if self.precision == "fp32" else f"{self.method} + {self.precision}"
 
     @property
     def prediction_error(self) -> float | None:
@@ -55,6 +62,7 @@ class RunData:
     rows: list[ModelRow] = field(default_factory=list)
     dense: dict[str, int] = field(default_factory=dict)  # heads, ffn of the dense model
     warnings: list[str] = field(default_factory=list)
+    quant_only: dict[str, float] = field(default_factory=dict)  # precision -> predicted speedup of quantization alone
 
 
 def _key(path: str | None) -> str | None:
@@ -81,6 +89,12 @@ def collect(run: str | os.PathLike) -> RunData:
         if not isinstance(fam, dict) or fam.get("format") != FAMILY_FORMAT:
             continue
         _dense_from_model(data, _text(fam.get("model")))
+        precision = _precision(data, f.name, fam.get("precision", "fp32"))
+        if precision != "fp32":
+            base = _num(data, f.name, fam, ("baseline_ms",), lo=0, lo_open=True)
+            dense_ms = _num(data, f.name, fam, ("dense_predicted_ms",), lo=0, lo_open=True)
+            if base and dense_ms:
+                data.quant_only[precision] = base / dense_ms
         members = fam.get("members")
         if not isinstance(members, list):
             data.warnings.append(f"skipped {f.name}: members must be a list, got {members!r:.60}")
@@ -92,7 +106,8 @@ def collect(run: str | os.PathLike) -> RunData:
             row = ModelRow(Path(m["path"]).name, _text(fam.get("method")) or "?", m["path"],
                            _num(data, where, m, ("target",), lo=0, lo_open=True),
                            _num(data, where, m, ("predicted_speedup",), lo=0, lo_open=True),
-                           _num(data, where, m, ("predicted_ms",), lo=0, lo_open=True), shape=_shape(m.get("shape")))
+                           _num(data, where, m, ("predicted_ms",), lo=0, lo_open=True), shape=_shape(m.get("shape")),
+                           precision=precision)
             ppl = _num(data, where, m, ("calibration_ppl",), lo=0)
             if ppl is not None:
                 row.quality, row.quality_metric, row.quality_source = ppl, "perplexity", "calibration"
@@ -112,6 +127,16 @@ def collect(run: str | os.PathLike) -> RunData:
         raise UserError(f"{run} has no family-*.json and no verify reports", "run `ziplm-deploy prune --out RUNDIR` "
                         "and `ziplm-deploy verify --report RUNDIR/...verify.json` first")
     return data
+
+
+def _precision(data: RunData, where: str, value: Any) -> str:
+    """A precision label from a report; anything else is a warning and counts as fp32."""
+    from ..core.fingerprint import PRECISION_LABELS
+
+    if value in PRECISION_LABELS:
+        return value
+    data.warnings.append(f"{where}: precision {value!r:.40} is not one of {', '.join(PRECISION_LABELS)}: shown as fp32")
+    return "fp32"
 
 
 def _dense_from_model(data: RunData, model_dir: str | None) -> None:
@@ -168,6 +193,8 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
         by_path[_key(source)] = row
     sp = rep.speedup
     row.verify = where
+    if "precision" in cand:
+        row.precision = _precision(data, where, cand["precision"])
     if rep.ok:
         row.measured_speedup = _num(data, where, sp, ("measured",), lo=0, lo_open=True)
         row.measured_ms = _num(data, where, sp, ("candidate_ms",), lo=0, lo_open=True)
@@ -226,7 +253,8 @@ def _dense_from_shape(data: RunData, shape: dict[str, Any] | None) -> None:
 
 # --- plots --------------------------------------------------------------------------------------------
 def _methods(rows: list[ModelRow]) -> dict[str, str]:
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(r.method for r in rows))}
+    """A colour per series (method, and deployment precision when not fp32)."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(r.series for r in rows))}
 
 
 def pareto(points: list[tuple[float, float]], lower_is_better: bool) -> list[tuple[float, float]]:
@@ -245,7 +273,7 @@ def quality_plot(data: RunData) -> str:
         for measured in (True, False):
             pts, notes = [], []
             for r in rows:
-                if r.method != method or (r.measured_speedup is not None) != measured:
+                if r.series != method or (r.measured_speedup is not None) != measured:
                     continue
                 x = r.measured_speedup if measured else r.predicted_speedup
                 pts.append((x, r.quality))
@@ -257,6 +285,11 @@ def quality_plot(data: RunData) -> str:
     front = pareto(all_pts, lower_is_better=metric != "accuracy")
     if len(front) > 1:
         series.append(Series("Pareto front", front, "#444", connect=True, dashed=True, markers=False))
+    if all_pts:
+        lo, hi = min(q for _, q in all_pts), max(q for _, q in all_pts)
+        for precision, x in data.quant_only.items():  # what quantization alone gives: pruning must beat it
+            series.append(Series(f"{precision} only ({x:.2f}x)", [(x, lo), (x, hi)], "#999",
+                                 connect=True, dashed=True, markers=False))
     return chart(series, f"{metric} vs speedup (filled: measured, hollow: predicted)", "speedup over the dense model (x)",
                  metric + (" (lower is better)" if metric != "accuracy" else " (higher is better)"))
 
@@ -265,7 +298,7 @@ def latency_plot(data: RunData) -> str:
     colors = _methods(data.rows)
     series = []
     for method, color in colors.items():
-        rows = [r for r in data.rows if r.method == method and r.predicted_ms and r.measured_ms]
+        rows = [r for r in data.rows if r.series == method and r.predicted_ms and r.measured_ms]
         if rows:
             series.append(Series(method, [(r.predicted_ms, r.measured_ms) for r in rows], color,
                                  notes=[f"{r.name}: predicted {r.predicted_ms:.3f} ms, measured {r.measured_ms:.3f} ms"
@@ -295,12 +328,12 @@ def _f(x: Any, fmt: str = ".3f", suffix: str = "") -> str:
 
 
 def table_rows(data: RunData) -> list[list[str]]:
-    head = ["model", "method", "target", "predicted", "measured", "pred. error", "predicted ms", "measured ms",
-            "quality", "parity"]
+    head = ["model", "method", "precision", "target", "predicted", "measured", "pred. error", "predicted ms",
+            "measured ms", "quality", "parity"]
     rows = [head]
     for r in sorted(data.rows, key=lambda r: (r.method, r.target or 0)):
         q = "–" if r.quality is None else f"{r.quality:.4g} {r.quality_metric} ({r.quality_source})"
-        rows.append([r.name, r.method, _f(r.target, "g", "x"), _f(r.predicted_speedup, ".3f", "x"),
+        rows.append([r.name, r.method, r.precision, _f(r.target, "g", "x"), _f(r.predicted_speedup, ".3f", "x"),
                      _f(r.measured_speedup, ".3f", "x"), _f(r.prediction_error, "+.1%"), _f(r.predicted_ms),
                      _f(r.measured_ms), q, "–" if r.parity_ok is None else ("ok" if r.parity_ok else "FAIL")])
     return rows
@@ -340,5 +373,7 @@ def render_markdown(data: RunData) -> str:
     lines = [f"### ziplm-deploy run `{data.run.name}`", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
-    lines += [""] + [f"- warning: {w}" for w in data.warnings]
+    lines += [""] + [f"- {p} alone: predicted {x:.2f}x over the fp32 dense model (the point pruning on top must beat)"
+                     for p, x in data.quant_only.items()]
+    lines += [f"- warning: {w}" for w in data.warnings]
     return "\n".join(lines).rstrip() + "\n"

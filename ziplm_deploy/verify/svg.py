@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-W, H = 560, 360
-LEFT, RIGHT, TOP, BOTTOM = 64, 150, 36, 48
+W, H = 600, 360
+LEFT, RIGHT, TOP, BOTTOM = 64, 190, 36, 48
 
 
 @dataclass
@@ -90,7 +90,7 @@ def chart(series: list[Series], title: str, xlabel: str, ylabel: str, diagonal: 
         ly = TOP + 8 + 16 * i
         fill = "white" if s.hollow else s.color
         out.append(f'<circle cx="{LEFT + pw + 14}" cy="{ly}" r="4" fill="{fill}" stroke="{s.color}"/>')
-        out.append(f'<text x="{LEFT + pw + 24}" y="{ly + 4}">{escape(s.label[:22])}</text>')
+        out.append(f'<text x="{LEFT + pw + 24}" y="{ly + 4}">{escape(s.label[:26])}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
