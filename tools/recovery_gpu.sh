@@ -5,7 +5,11 @@
 # perplexity every 100 steps (train.json `evals`), every member exported and verified in ONNX Runtime
 # CPU against the dense model with held-out perplexity. Resumable: re-run the same command.
 #
-#   bash tools/recovery_gpu.sh [OUT]          # default runs/recovery_gpu; ~1 GPU-hour on an H100/H200
+#   bash tools/recovery_gpu.sh [OUT]          # default runs/recovery_gpu
+#
+# Measured on an H200 (tools/results/gpu/): KD ~65k tokens/s, plain LM ~82k tokens/s at 16 x 512 bf16, so each
+# member x recipe below takes ~4-5 minutes of training (8 of them: ~35 min) plus CPU-side verification. The
+# GPU image has no gensim: there, use tools/gpu_recovery_short.sh's TEXTDIR form (wiki.txt, lee.txt).
 #
 # Budget per member: STEPS (2000) x BATCH (16) x SEQ (512) = 16M tokens, bf16, lr 1e-4, cosine.
 # The only offline text is gensim's Wikipedia dump (~650k tokens): this budget repeats it ~25x, so
