@@ -2,7 +2,9 @@
 
 Exit 0: every budget passed; 1: a budget failed (each named, measured vs allowed), including missing,
 non-finite, out-of-range or mistyped measurements, parity flags other than ``true``, an errored
-measurement and a device mismatch (the gate fails closed); 2: bad input, before anything is written: a
+measurement, a device mismatch and a generation budget (``min_ttft_speedup``, ``min_decode_speedup``,
+``min_e2e_speedup``, ``min_tokens_per_s``, ``max_ttft_ms``) on a report without the ``workload`` block of
+``verify --workload`` (the gate fails closed); 2: bad input, before anything is written: a
 malformed policy or report (one line naming the file and key), an output path that cannot be written.
 """
 

@@ -2,6 +2,11 @@
 
 Measures both models end to end in the deployment runtime (shared protocol), checks the candidate's
 output parity, and compares the measured speedup with the target and the latency table's prediction.
+``--workload chat|PxG`` (decoders) times generation instead, in ONNX Runtime GenAI: time to first token,
+ms per token, tokens/s and end-to-end time of both models (model directories are exported to GenAI
+folders in the cache; ``export --genai`` folders are timed as they are), the candidate's greedy tokens
+checked token-exact; ``--workload-tables`` adds the workload tables' prediction and its error.
+
 Exit 0: measured, parity within tolerance and the target (if any) met within --tolerance;
 1: a check failed, parity could not be checked or a measurement errored (the report is still written);
 2: bad input, refused before any timing (no report written).
@@ -22,10 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt (default ort-cpu)")
     p.add_argument("--report", required=True, help="write verify.json here")
     p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--seq", type=positive_int, default=128, help="sequence length (default 128)")
+    p.add_argument("--seq", type=positive_int, default=None, help="sequence length (default 128; not with --workload)")
     p.add_argument("--threads", type=nonneg_int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--opt-level", default="all", help="graph optimisation level (default all)")
-    p.add_argument("--target", type=positive_float, help="speedup target (default: the candidate manifest's)")
+    p.add_argument("--target", type=positive_float,
+                   help="speedup target (default: the candidate manifest's; with --workload: of the end-to-end time, "
+                        "option only)")
     p.add_argument("--tolerance", type=below_one, default=0.05,
                    help="the target counts as met at >= target * (1 - tolerance) (default 0.05)")
     p.add_argument("--table", help="latency table: also report its prediction and the prediction error")
@@ -40,17 +47,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-windows", type=positive_int, default=8, help="LM windows for --eval-data (default 8)")
     p.add_argument("--eval-seq", type=positive_int, default=128, help="LM window length for --eval-data (default 128)")
     p.add_argument("--cache", help="folder for exports of model directories (default: onnx-cache beside --report)")
+    p.add_argument("--workload", metavar="W",
+                   help="decoders: time generation in ONNX Runtime GenAI for workload W: chat (prompt 512, generate "
+                        "128) or PxG (e.g. 128x32): TTFT, ms/token, tokens/s, end to end; --baseline/--candidate are "
+                        "model directories or `export --genai` folders")
+    p.add_argument("--workload-tables", metavar="PATH",
+                   help="with --workload: workload manifest (or its folder) from `ziplm-deploy profile --workload`: "
+                        "also report the predicted TTFT / ms-per-token / end-to-end and the prediction errors")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..core.checks import check_output_path
+    from ..core.errors import UserError
     from ..verify.measure import VerifyOptions, verify
 
-    opts = VerifyOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, threads=args.threads,
+    if args.workload is not None and args.seq is not None:
+        raise UserError("--seq does not go with --workload (the workload sets the prompt length)",
+                        "drop --seq, or pass a workload PxG with the prompt length you want")
+    opts = VerifyOptions(runtime=args.runtime, batch=args.batch, seq=args.seq or 128, threads=args.threads,
                          opt_level=args.opt_level, target=args.target, tolerance=args.tolerance, table=args.table,
                          atol=args.atol, rtol=args.rtol, warmup=args.warmup, rounds=args.rounds, seed=args.seed,
                          retries=args.retries,
-                         eval_data=args.eval_data, eval_windows=args.eval_windows, eval_seq=args.eval_seq)
+                         eval_data=args.eval_data, eval_windows=args.eval_windows, eval_seq=args.eval_seq,
+                         workload=args.workload, workload_tables=args.workload_tables)
     out = check_output_path(args.report, "--report")
     cache = check_output_path(args.cache if args.cache else out.parent / "onnx-cache", "--cache", directory=True)
     report = verify(args.baseline, args.candidate, opts, cache)
@@ -86,12 +105,19 @@ def format_summary(report) -> str:
         if sp.get("predicted") is not None:
             line += f"  predicted {sp['predicted']:.3f}x ({sp['prediction_source']}; error {sp['prediction_error']:+.1%})"
         lines.append(line)
+    if report.workload:
+        lines += workload_lines(report.workload)
     if report.timing.get("interference"):
         lines.append(f"warning: the baseline moved by {report.timing['drift']:+.1%} during timing: the machine was busy")
     if report.parity and report.parity.get("reference") == "none":
         lines.append(f"parity: not checkable ({report.parity.get('note')})")
     elif report.parity:
         for r in report.parity["outputs"]:
+            if "agreement" in r:  # generation: greedy tokens, token-exact
+                first = "" if r["first_difference"] is None else f", first difference at token {r['first_difference']}"
+                lines.append(f"parity vs {report.parity['reference']}: {r['name']} {r['agreement']:.0%} of "
+                             f"{r['positions']} greedy tokens equal{first} {'ok' if r['ok'] else 'FAIL'}")
+                continue
             if "top1_agreement" in r:  # a quantized candidate: judged by top-1 agreement with fp32
                 lines.append(f"parity vs {report.parity['reference']} (fp32): {r['name']} top-1 agreement "
                              f"{r['top1_agreement']:.1%} of {r['positions']} positions, tolerance >= "
@@ -105,3 +131,33 @@ def format_summary(report) -> str:
         q = report.quality
         lines.append(f"{q['metric']}: baseline {q['baseline']:.4f}, candidate {q['candidate']:.4f}")
     return "\n".join(lines)
+
+
+def workload_lines(w: dict) -> list[str]:
+    """TTFT / ms-per-token / tokens/s / end-to-end of both models, their speedups and (with tables) predictions."""
+    spec, st = w["workload"], w["statistic"]
+    lines = [f"workload {spec['name']} (prompt {spec['prompt']}, generate {spec['generate']}, batch {spec['batch']}) "
+             f"in {w['engine']['name']} {w['engine']['version']}, {st}:"]
+    pred = w.get("prediction")
+
+    def cell(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = f"{'':<14}{'baseline':>11}{'candidate':>11}{'speedup':>9}"
+    if pred:
+        header += f"{'predicted':>11}{'pred. speedup':>15}{'error':>8}{'speedup error':>15}"
+    lines.append(header)
+    for label, key, sp_key, fmt in (("TTFT ms", "ttft_ms", "ttft", ".2f"), ("ms/token", "ms_per_token", "decode", ".3f"),
+                                    ("tokens/s", "tokens_per_s", "decode", ".1f"), ("end-to-end ms", "e2e_ms", "e2e", ".1f")):
+        b, c = w["baseline"][key], w["candidate"][key]
+        b, c = (b[st] if isinstance(b, dict) else b), (c[st] if isinstance(c, dict) else c)
+        sp = w["speedup"][sp_key]
+        line = f"{label:<14}{cell(b, fmt):>11}{cell(c, fmt):>11}{cell(sp, '.2f') + 'x':>9}"
+        if pred:
+            err, sp_err = pred["error"]["candidate"].get(key), pred["error"]["speedup"][sp_key]
+            line += (f"{cell(pred['candidate'][key], fmt):>11}{cell(pred['speedup'][sp_key], '.2f') + 'x':>15}"
+                     f"{cell(err, '+.1%'):>8}{cell(sp_err, '+.1%'):>15}")
+        lines.append(line)
+    lines.append(f"candidate generated {w['candidate']['generated_tokens']} tokens; greedy tokens equal to the "
+                 f"baseline's: {w['token_agreement']:.0%} (reported, not gated)")
+    return lines

@@ -14,6 +14,9 @@
 5. optionally quality of both (``eval_data``): in PyTorch when both are directories, else perplexity of
    both ONNX files in ONNX Runtime itself (``verify.ort_quality``, torch-free).
 
+With ``workload`` (``verify --workload chat|PxG``) generation is timed instead, in ONNX Runtime GenAI:
+TTFT, ms/token, tokens/s and end to end (``verify.generation``).
+
 A quantized candidate (``ziplm_precision`` metadata, ``export --precision``) is judged for what it is:
 parity is top-1 agreement of its logits with the fp32 reference (``parity.tolerance.kind``
 "top1-agreement", at least ``min_top1``), never 1e-3 parity against fp32 outputs; a latency table of
@@ -69,6 +72,8 @@ class VerifyOptions:
     eval_seq: int = 128
     min_top1: float | None = None  # quantized candidates: least top-1 agreement with the fp32 reference; None:
     # the tolerance the file was exported with (metadata ziplm_quality), else runtime.quantize.DEFAULT_MIN_TOP1
+    workload: str | None = None  # generation workload (chat, PxG): time TTFT / decode in GenAI (verify.generation)
+    workload_tables: str | None = None  # with workload: the tables' prediction and its error
 
     def validate(self) -> "VerifyOptions":
         if self.runtime not in VERIFY_RUNTIMES:
@@ -86,6 +91,8 @@ class VerifyOptions:
             raise UserError(f"--atol and --rtol must be finite numbers >= 0, got {self.atol}, {self.rtol}")
         if self.min_top1 is not None and not 0 <= self.min_top1 <= 1:
             raise UserError(f"the top-1 agreement tolerance is a fraction in [0, 1], got {self.min_top1}")
+        if self.workload_tables is not None and self.workload is None:
+            raise UserError("--workload-tables needs --workload", "pass --workload W (the tables' workload)")
         return self
 
 
@@ -286,6 +293,10 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
     from ..runtime.timing import Protocol
 
     opts.validate()
+    if opts.workload is not None:  # generation: TTFT / decode / end to end in ONNX Runtime GenAI
+        from .generation import verify_workload
+
+        return verify_workload(baseline, candidate, opts, cache, log)
     paths = {"baseline": baseline, "candidate": candidate}
     kinds = {role: kind_of(p, role) for role, p in paths.items()}
     for role, kind in kinds.items():

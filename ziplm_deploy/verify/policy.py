@@ -21,12 +21,20 @@ Policy file (every key optional except ``version``; unknown keys are refused wit
       max_parity_abs_error: 1.0e-3     # worst output's max |diff|
       max_parity_mean_error: 1.0e-4    # worst output's mean |diff|
       max_timing_drift: 0.10           # |drift| of the re-timed baseline (interference)
+      # generation (a report of `verify --workload`: its workload block; any other report fails these)
+      min_ttft_speedup: 1.5            # baseline / candidate time to first token
+      min_decode_speedup: 1.5          # baseline / candidate ms per token (= the tokens/s ratio)
+      min_e2e_speedup: 1.5             # baseline / candidate end-to-end time of the G tokens
+      min_tokens_per_s: 20.0           # candidate decode throughput (batch * 1000 / ms per token)
+      max_ttft_ms: 250.0               # candidate time to first token (the block's statistic, p25)
     require_parity_ok: true            # every output within the report's own atol/rtol (default true)
 
 Fail closed: a report whose status is not ``ok`` or whose ``error`` is set, a budget whose measurement is
 missing (null), not finite (NaN, Infinity), out of range (a latency < 0, a perplexity <= 0) or of the wrong
 type (a string, a list, a bool: ``true`` is not 1), a parity flag that is anything but a JSON ``true``,
-a fingerprint that does not match ``device`` (or no fingerprint at all) fail the gate (exit 1); every
+a fingerprint that does not match ``device`` (or no fingerprint at all), a generation budget on a report
+without a ``workload`` block (or with a null metric: ``min_decode_speedup`` of a G = 1 workload) fail
+the gate (exit 1); every
 measurement is read through ``read_number``, the one rule. A policy without any budget is refused: it
 could only pass vacuously.
 """
@@ -60,6 +68,11 @@ class Budgets:
     max_parity_abs_error: float | None = None
     max_parity_mean_error: float | None = None
     max_timing_drift: float | None = None
+    min_ttft_speedup: float | None = None
+    min_decode_speedup: float | None = None
+    min_e2e_speedup: float | None = None
+    min_tokens_per_s: float | None = None
+    max_ttft_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +257,7 @@ def judge(policy: Policy, report: VerifyReport, report_name: str = "verify.json"
     if policy.device:
         checks.append(_device_check(policy.device, report.fingerprint))
     checks += _speed_checks(b, report)
+    checks += _workload_checks(b, report.workload)
     checks += _quality_checks(b, report.quality)
     checks += _parity_checks(b, report.parity, policy.require_parity_ok)
     if b.max_timing_drift is not None:
@@ -285,6 +299,32 @@ def _speed_checks(b: Budgets, report: VerifyReport) -> list[Check]:
         if limit is not None:
             checks.append(_budget(name, read_number(sp, (key,), prefix="speedup"), f"|error| <= {limit:g}",
                                   lambda v, limit=limit: abs(v) <= limit, what))
+    return checks
+
+
+def _workload_checks(b: Budgets, workload: Any) -> list[Check]:
+    """Generation budgets, read from the ``workload`` block of ``verify --workload`` (absent: not measured)."""
+    checks = []
+    for name, key, what in (("min_ttft_speedup", "ttft", "time-to-first-token speedup"),
+                            ("min_decode_speedup", "decode", "decode speedup (ms per token)"),
+                            ("min_e2e_speedup", "e2e", "end-to-end generation speedup")):
+        limit = getattr(b, name)
+        if limit is not None:
+            checks.append(_budget(name, read_number(workload, ("speedup", key), prefix="workload", lo=0, lo_open=True),
+                                  f">= {limit:g}x", lambda v, limit=limit: v >= limit, what))
+    if b.min_tokens_per_s is not None:
+        limit = b.min_tokens_per_s
+        checks.append(_budget("min_tokens_per_s", read_number(workload, ("candidate", "tokens_per_s"), prefix="workload",
+                                                              lo=0, lo_open=True),
+                              f">= {limit:g} tokens/s", lambda v: v >= limit, "candidate decode throughput"))
+    if b.max_ttft_ms is not None:
+        limit = b.max_ttft_ms
+        stat = workload.get("statistic", "p25") if isinstance(workload, dict) else "p25"
+        reading = (read_number(workload, ("candidate", "ttft_ms", stat), prefix="workload", lo=0)
+                   if isinstance(stat, str)
+                   else Reading(None, f"workload.statistic must be a string such as 'p25', got {_short(stat)}"))
+        checks.append(_budget("max_ttft_ms", reading, f"<= {limit:g} ms", lambda v: v <= limit,
+                              f"candidate time to first token ({stat if isinstance(stat, str) else '?'}, ms)"))
     return checks
 
 

@@ -17,13 +17,17 @@ JSON form (version 1)::
                 "reference_path", "reference_sha256", "note", "file_matches_export", "atol", "rtol", "ok",
                 "outputs": [{"name", "max_abs", "mean_abs", "ref_max", "tolerance", "ok"}]},
      "quality": null | {"metric": "perplexity" | "accuracy", "baseline": 12.1, "candidate": 13.0,
-                        "data": ..., "source": "eval" | "manifest"}}
+                        "data": ..., "source": "eval" | "manifest"},
+     "workload": null | {...}}   # verify --workload: generation latency (see verify.generation)
 
 MODEL: {"source", "kind": "directory"|"onnx"|"engine", "file", "sha256", "bytes", "params", "shape",
 "latency": {"p25","p50","p90","n"} | null, "manifest": {...metrics...} | null}.
 Fields that could not be measured are null: the gate treats null as a failure, never as a pass, and so
-is a non-finite (NaN, Infinity), out-of-range or mistyped measurement. ``from_json`` refuses only a
-malformed structure (exit 2, one line naming the file and key): see ``check_structure``.
+is a non-finite (NaN, Infinity), out-of-range or mistyped measurement. ``workload`` (optional; absent
+in reports written before it) is the TTFT / ms-per-token / tokens/s / end-to-end block of ``verify
+--workload``, whose report's top-level latency and speedup are then the end-to-end generation time's.
+``from_json`` refuses only a malformed structure (exit 2, one line naming the file and key): see
+``check_structure``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from ..core.jsonio import atomic_write_json, check_header, read_json
 VERIFY_FORMAT = "ziplm-deploy/verify-report"
 VERIFY_VERSION = 1
 _KEYS = ("producer", "created", "status", "error", "runtime", "inputs", "protocol", "fingerprint", "baseline",
-         "candidate", "timing", "speedup", "parity", "quality")
+         "candidate", "timing", "speedup", "parity", "quality", "workload")
 
 
 @dataclass
@@ -58,6 +62,7 @@ class VerifyReport:
     speedup: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
+    workload: dict[str, Any] | None = None  # verify --workload: generation latency (verify.generation)
 
     @property
     def ok(self) -> bool:
@@ -68,7 +73,11 @@ class VerifyReport:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": VERIFY_FORMAT, "version": VERIFY_VERSION, **asdict(self)}
+        """The report's JSON; ``workload`` only when there is one (a prefill report is written as before it existed)."""
+        body = asdict(self)
+        if body["workload"] is None:
+            del body["workload"]
+        return {"format": VERIFY_FORMAT, "version": VERIFY_VERSION, **body}
 
     @staticmethod
     def from_json(payload: Any, source: str = "verify report") -> "VerifyReport":
@@ -102,6 +111,6 @@ def check_structure(payload: Any, source: str) -> None:
         raise UserError(f"{source}: status must be 'ok' or 'error', got {payload['status']!r}")
     for key in ("baseline", "candidate", "speedup"):
         mapping(payload[key], source, key)
-    for key in ("parity", "quality", "runtime", "inputs", "protocol"):
+    for key in ("parity", "quality", "runtime", "inputs", "protocol", "workload"):
         if payload.get(key) is not None:
             typed(payload[key], dict, source, key, "a JSON object or null")
