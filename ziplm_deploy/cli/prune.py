@@ -1,4 +1,9 @@
-"""``ziplm-deploy prune --model DIR --table TABLE.json --calib DATA --targets 1.5 2 3 --out RUNDIR``"""
+"""``ziplm-deploy prune --model DIR --table TABLE.json --calib DATA --targets 1.5 2 3 --out RUNDIR``
+
+``--workload-tables PATH [--budget e2e|ttft|decode]`` instead of ``--table``: the search budgets a generation
+workload's end-to-end time (default), time to first token or decode time per token, from the tables of
+``ziplm-deploy profile --workload``; targets are speedups of that metric over the dense model.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,17 @@ import argparse
 
 from . import argtypes
 
+BUDGETS = ("e2e", "ttft", "decode")  # prune.search.BUDGETS (not imported here: numpy-free parser)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="dense model directory")
-    p.add_argument("--table", required=True, help="latency table measured for this model (ziplm-deploy profile)")
+    p.add_argument("--table", help="latency table measured for this model (ziplm-deploy profile)")
+    p.add_argument("--workload-tables", metavar="PATH",
+                   help="instead of --table: workload manifest (or its folder) from `ziplm-deploy profile --workload`")
+    p.add_argument("--budget", choices=BUDGETS,
+                   help="with --workload-tables: what the targets speed up: e2e (end-to-end time, default), ttft "
+                        "(time to first token) or decode (ms per generated token)")
     p.add_argument("--calib", required=True,
                    help="calibration text: .txt, .jsonl ('text' field), a saved HF dataset dir, or 'wikipedia'")
     p.add_argument("--targets", type=argtypes.speedup, nargs="+", default=[1.5, 2.0, 3.0],
@@ -45,19 +57,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.checks import check_output_path
+    from ..core.errors import UserError
     from ..core.table import LatencyTable
     from ..models.io import check_model_dir
     from ..prune.family import PruneConfig, prune_family
+    from ..prune.search import LatencyModel
 
+    if (args.table is None) == (args.workload_tables is None):
+        raise UserError("pass exactly one of --table TABLE.json and --workload-tables PATH",
+                        "--table budgets one pass; --workload-tables a generation workload (profile --workload)")
+    if args.budget is not None and args.workload_tables is None:
+        raise UserError("--budget needs --workload-tables (a plain table has one latency)",
+                        "drop --budget, or pass the workload tables of `ziplm-deploy profile --workload`")
     check_output_path(args.out, "run directory", directory=True)
     check_model_dir(args.model)
-    table = LatencyTable.load(args.table)
+    if args.workload_tables is not None:
+        from ..core.workload import WorkloadTables
+
+        table_path = args.workload_tables
+        table = LatencyModel.of_workload(WorkloadTables.load(table_path), args.budget or "e2e",
+                                         source=f"--workload-tables {table_path}")
+    else:
+        table_path, table = args.table, LatencyTable.load(args.table)
     config = PruneConfig(method=args.method, targets=tuple(args.targets), seq_len=args.seq_len, windows=args.windows,
                          seed=args.seed, ffn_step=args.ffn_step, damp=args.damp, loss=args.loss, uniform=args.uniform,
                          layerchop_rule=args.layerchop_rule, layerchop_indices=tuple(args.layers),
                          evaluate=not args.no_eval, device=args.device,
                          spdy_samples=args.spdy_samples, cost=args.cost, probe_windows=args.probe_windows)
-    report = prune_family(args.model, table, args.table, args.calib, config, args.out, progress=not args.no_progress)
+    report = prune_family(args.model, table, table_path, args.calib, config, args.out, progress=not args.no_progress)
     reached = sum(m.reachable for m in report.members)
     print(f"{args.method}: {reached} of {len(report.members)} targets reached in {report.seconds:.0f}s; "
           f"report {args.out}/family-{args.method}.json")

@@ -25,7 +25,8 @@ STATE_FILE = "state.json"
 STATE_FORMAT = "ziplm-deploy/run-state"
 STAGES = ("profile", "prune", "distill", "export", "engine", "verify")
 # folders of the run directory where a killed run can leave a temporary (``TEMP_PREFIX``*) behind
-WORK_FOLDERS = (".", "prune", "prune/verify", "onnx", "distill", "engines", "gate")
+WORK_FOLDERS = (".", "workload", "prune", "prune/verify", "onnx", "distill", "engines", "gate")
+WORKLOAD_DIR = "workload"  # the run's copy of prune.workload_tables (manifest + tables)
 
 
 @dataclass
@@ -120,6 +121,7 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
 
         _import_trt()  # a clear error before any work where TensorRT is missing
     state = _State(run_dir)  # a damaged state.json is refused before any work
+    workload_manifest = _check_workload(spec)  # so are unusable prune.workload_tables
     run_dir.mkdir(parents=True, exist_ok=True)
     for folder in WORK_FOLDERS:
         for stale in sweep_temporaries(run_dir / folder):
@@ -148,6 +150,13 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         from ..profiling.profiler import ProfileOptions, profile
         from ..runtime.timing import Protocol
 
+        if workload_manifest is not None:  # the workload's tables, and its prefill table for verify
+            from ..core.workload import WorkloadTables
+
+            tables = WorkloadTables.load(workload_manifest)
+            copied = tables.save(run_dir / WORKLOAD_DIR)
+            tables.prefill.save(table_path)
+            return [str(table_path), str(copied)], {"table": str(table_path), "workload_tables": str(copied)}
         if spec.profile.table:
             table = LatencyTable.load(spec.profile.table)
         else:
@@ -158,9 +167,13 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         table.save(table_path)
         return [str(table_path)], {"table": str(table_path)}
 
-    profile_key = _sha([asdict(spec.profile), model_key,
-                        _content_hash(spec.profile.table) if spec.profile.table else None])
+    if workload_manifest is not None:  # the manifest pins every table's sha256
+        profile_key = _sha(["workload", model_key, _content_hash(workload_manifest)])
+    else:
+        profile_key = _sha([asdict(spec.profile), model_key,
+                            _content_hash(spec.profile.table) if spec.profile.table else None])
     stage("profile", profile_key, do_profile)
+    run_workload = run_dir / WORKLOAD_DIR / "workload.json"
 
     # prune -----------------------------------------------------------------------------------
     def do_prune():
@@ -172,12 +185,17 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
                              ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
                              spdy_samples=p.spdy_samples, device=p.device, cost=p.cost,
                              probe_windows=p.probe_windows)
-        report = prune_family(spec.model, LatencyTable.load(table_path), table_path, p.calib, config,
+        if workload_manifest is not None:
+            latency, latency_path = _workload_latency(run_workload, p.budget, "the run's workload tables"), run_workload
+        else:
+            latency, latency_path = LatencyTable.load(table_path), table_path
+        report = prune_family(spec.model, latency, latency_path, p.calib, config,
                               run_dir / "prune", log=lambda s: log("  " + s), progress=progress)
         members = [asdict(m) for m in report.members]
         return [m["path"] for m in members if m["path"]], members
 
-    prune_key = _sha([asdict(spec.prune), model_key, _content_hash(table_path),
+    prune_key = _sha([_prune_options(spec), model_key,
+                      _content_hash(run_workload if workload_manifest is not None else table_path),
                       _content_hash(spec.prune.calib) if Path(spec.prune.calib).exists() else spec.prune.calib])
     members = stage("prune", prune_key, do_prune)
     result.members = members
@@ -238,7 +256,8 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
             reports = {}
             for m in reached:
                 name = Path(m["path"]).name
-                opts = VerifyOptions(runtime=v.runtime, batch=v.batch, seq=v.seq, threads=v.threads, target=m["target"],
+                target = _verify_target(spec, m, name, log)
+                opts = VerifyOptions(runtime=v.runtime, batch=v.batch, seq=v.seq, threads=v.threads, target=target,
                                      tolerance=v.tolerance, table=str(table_path), rounds=v.rounds,
                                      atol=spec.export.atol if spec.export else 1e-4,
                                      rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
@@ -273,6 +292,59 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         log(f"[report] {run_dir / 'report.html'}")
     result.seconds = round(time.perf_counter() - started, 1)
     return result
+
+
+def _prune_options(spec: PipelineSpec) -> dict[str, Any]:
+    """The prune section's part of the stage key; without a workload exactly what it was before workloads
+    existed (a run directory made then resumes without pruning again)."""
+    options = asdict(spec.prune)
+    for key in ("workload_tables", "budget"):
+        if options[key] is None:
+            del options[key]
+    return options
+
+
+def _workload_latency(path: str | os.PathLike, budget: str | None, source: str):
+    from ..core.workload import WorkloadTables
+    from ..prune.search import LatencyModel
+
+    return LatencyModel.of_workload(WorkloadTables.load(path), budget or "e2e", source=source)
+
+
+def _check_workload(spec: PipelineSpec) -> Path | None:
+    """The manifest of ``prune.workload_tables`` (None without), refused before any work when it does not load,
+    does not describe the model, has no decode step for ``budget: decode``, or when verify would time a prefill
+    pass of another length or batch than the workload's prompt (verify predicts it from the prefill table)."""
+    p = spec.prune
+    if p.workload_tables is None:
+        return None
+    from ..core.arch import arch_from_dir
+
+    manifest = Path(p.workload_tables)
+    if manifest.is_dir():
+        manifest = manifest / "workload.json"
+    latency = _workload_latency(manifest, p.budget, f"prune.workload_tables {manifest}")
+    latency.check_arch(arch_from_dir(spec.model), spec.model)
+    w = latency.tables.workload
+    v = spec.verify
+    if v is not None and (v.seq, v.batch) != (w.prompt, w.batch):
+        raise UserError(f"verify times a prefill pass of batch {v.batch}, seq {v.seq}, but workload {w.name} has "
+                        f"batch {w.batch}, prompt {w.prompt}: its prefill table cannot predict that pass",
+                        f"set verify.seq: {w.prompt} and verify.batch: {w.batch}")
+    return manifest
+
+
+def _verify_target(spec: PipelineSpec, member: dict[str, Any], name: str, log: Callable[[str], None]) -> float:
+    """What verify judges a member's measured speedup against. Verify times one prefill pass: with a workload
+    budget other than TTFT, that is the member's predicted TTFT speedup (its e2e / decode target is predicted)."""
+    budget = spec.prune.budget or "e2e"
+    prediction = member.get("workload_prediction")
+    if spec.prune.workload_tables is None or budget == "ttft" or not prediction:
+        return member["target"]
+    ttft = prediction["speedup"]["ttft"]
+    log(f"  {name}: verify times the prefill pass only, so it checks the predicted TTFT speedup {ttft:.2f}x "
+        f"(the {budget} target {member['target']:g}x is predicted: {member['predicted_speedup']:.2f}x)")
+    return ttft
 
 
 def _gate(spec: PipelineSpec, verify_reports: dict[str, str], members: list[dict[str, Any]], gate_dir: Path,

@@ -3,6 +3,8 @@
     model: path/to/dense-model            # Hugging Face directory
     profile: {table: profiles/x.json}     # or measure: {runtime: ort-cpu, seq: 128, threads: 1, ...}
     prune: {method: ziplm, targets: [1.5, 2, 3], calib: wikipedia, windows: 32}
+    # or budget a generation workload instead of the profile stage's table (no profile section then):
+    # prune: {workload_tables: tables/workload.json, budget: e2e, targets: [1.5, 2]}   # budget: e2e | ttft | decode
     distill: {data: wikipedia, steps: 200}   # optional: train every pruned model (KD from the dense one)
     export: {with_past: false}
     engine: {precision: fp16, opt: 1x128}   # optional: TensorRT engines (GPU); verify then times them
@@ -52,14 +54,24 @@ class PruneSpec:
     device: str = "cpu"
     cost: str = "sensitivity"  # ziplm: measured end-to-end sensitivity per module level, or "obs" (layer loss)
     probe_windows: int = 2
+    # a workload manifest (or its folder) from `profile --workload`: the search budgets its ``budget`` metric
+    # (default e2e) instead of the profile stage's one-pass table
+    workload_tables: str | None = None
+    budget: str | None = None  # e2e | ttft | decode (with workload_tables only)
 
     def __post_init__(self) -> None:
         from ..prune.family import COSTS, METHODS
+        from ..prune.search import BUDGETS
 
         if self.method not in METHODS:
             raise UserError(f"prune.method {self.method!r} is unknown", f"choose one of: {', '.join(METHODS)}")
         if self.cost not in COSTS:
             raise UserError(f"prune.cost {self.cost!r} is unknown", f"choose one of: {', '.join(COSTS)}")
+        if self.budget is not None and self.budget not in BUDGETS:
+            raise UserError(f"prune.budget {self.budget!r} is unknown", f"choose one of: {', '.join(BUDGETS)}")
+        if self.budget is not None and self.workload_tables is None:
+            raise UserError("prune.budget needs prune.workload_tables (the profile stage's table has one latency)",
+                            "add prune.workload_tables, or drop prune.budget")
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,9 @@ class PipelineSpec:
     report: bool = True
 
     def __post_init__(self) -> None:
+        if self.prune.workload_tables is not None and self.profile != ProfileSpec():
+            raise UserError("prune.workload_tables replaces the profile stage's table, and this pipeline also has a "
+                            "profile section", "drop the profile section, or prune.workload_tables")
         if self.gate is not None and self.verify is None:
             raise UserError("the gate judges verify reports, and this pipeline has no verify section",
                             "add a verify section (e.g. 'verify: {}') or drop the gate")
@@ -187,7 +202,7 @@ def _resolve_paths(spec: PipelineSpec, base: Path) -> PipelineSpec:
     return replace(
         spec, model=rel(spec.model),
         profile=replace(spec.profile, table=rel(spec.profile.table)),
-        prune=replace(spec.prune, calib=rel(spec.prune.calib)),
+        prune=replace(spec.prune, calib=rel(spec.prune.calib), workload_tables=rel(spec.prune.workload_tables)),
         distill=replace(spec.distill, data=rel(spec.distill.data)) if spec.distill else None,
         verify=replace(spec.verify, eval_data=rel(spec.verify.eval_data)) if spec.verify else None,
         gate=replace(spec.gate, policy=rel(spec.gate.policy)) if spec.gate else None,

@@ -4,6 +4,11 @@ Methods: ``ziplm`` (structured OBS database + DP search + OBS reconstruction), `
 DP over magnitude-ranked levels, no reconstruction), ``uniform`` (the same width in every layer,
 magnitude selection), ``layerchop`` (whole layers removed). Every model's predicted latency comes
 from the same table, so methods compare at equal predicted speed.
+
+With workload tables (``prune --workload-tables``) the latency is a workload's end-to-end time, time to
+first token or decode time per token (``--budget``; ``search.LatencyModel``): targets are speedups of
+that metric, and the family file and each member's manifest record the workload, the budget and the
+predicted TTFT / ms per token / tokens/s / end-to-end with their speedups.
 """
 
 from __future__ import annotations
@@ -13,16 +18,20 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
-from ..core.checks import check_output_path, mapping, number, sweep_temporaries, typed
+from ..core.checks import check_output_path, integer, mapping, number, sweep_temporaries, typed
 from ..core.errors import UserError
 from ..core.fingerprint import DeviceFingerprint
 from ..core.jsonio import atomic_write_json, check_header, read_json
 from ..core.manifest import MANIFEST_FILE, ModelManifest, new_manifest
 from ..core.shape import ModelShape
 from ..core.table import LatencyTable
+from ..core.workload import Workload
+
+if TYPE_CHECKING:
+    from .search import LatencyModel
 
 METHODS = ("ziplm", "magnitude", "uniform", "layerchop")
 COSTS = ("sensitivity", "obs")  # measured end-to-end KL per module level (prune/sensitivity.py) | OBS layer loss
@@ -93,6 +102,59 @@ class MemberRecord:
 @dataclass
 class FamilyMember(MemberRecord):
     calibration_ppl: float | None = None
+    workload_prediction: dict[str, Any] | None = None  # workload searches: ``workload_record`` of the shape
+
+
+WORKLOAD_SPEEDUPS = ("ttft", "decode", "e2e")
+_PREDICTION_MS = ("ttft_ms", "ms_per_token", "tokens_per_s", "e2e_ms")  # ms_per_token, tokens_per_s: null without decode
+
+
+def workload_record(latency: LatencyModel, shape: ModelShape) -> dict[str, Any] | None:
+    """Predicted TTFT, ms/token, tokens/s and end-to-end of ``shape`` under the latency model's workload, with
+    their speedups over the baseline (the dense model; for quantized tables the fp32 dense model timed in
+    each table's run); None for a plain table."""
+    from .search import LatencyModel
+
+    if latency.tables is None:
+        return None
+    pred = latency.tables.predict(shape)
+    speedup = {}
+    for metric, value in (("ttft", pred.ttft_ms), ("decode", pred.ms_per_token), ("e2e", pred.e2e_ms)):
+        base = LatencyModel.of_workload(latency.tables, metric).baseline_ms() if value is not None else None
+        speedup[metric] = None if value is None else round(base / value, 4)
+    return {**pred.to_json(), "speedup": speedup}
+
+
+def _workload_record_from_json(d: Any, source: str, key: str) -> dict[str, Any]:
+    d = mapping(d, source, key)
+    _known_keys(d, {*_PREDICTION_MS, "decode_steps", "speedup"}, source, key)
+    for name in (*_PREDICTION_MS, "decode_steps", "speedup"):
+        if name not in d:
+            raise UserError(f"{source}: {key}.{name} is missing", "regenerate the family with `ziplm-deploy prune`")
+    steps = integer(d["decode_steps"], source, f"{key}.decode_steps", lo=0)
+    sp = mapping(d["speedup"], source, f"{key}.speedup")
+    _known_keys(sp, set(WORKLOAD_SPEEDUPS), source, f"{key}.speedup")
+    values = [(name, d[name], f"{key}.{name}", name in ("ttft_ms", "e2e_ms"), False) for name in _PREDICTION_MS]
+    for name in WORKLOAD_SPEEDUPS:
+        if name not in sp:
+            raise UserError(f"{source}: {key}.speedup.{name} is missing", "regenerate the family with `ziplm-deploy prune`")
+        values.append((name, sp[name], f"{key}.speedup.{name}", name != "decode", True))
+    for name, value, path, always, ratio in values:
+        if always or steps:  # per-token figures exist only with decode steps
+            number(value, source, path, lo=0.0, lo_open=ratio)
+        elif value is not None:
+            raise UserError(f"{source}: {path} must be null: the workload has no decode step",
+                            "regenerate the family with `ziplm-deploy prune`")
+    return d
+
+
+def _budget_from_json(value: Any, source: str) -> str | None:
+    from .search import BUDGETS
+
+    if value is not None and value not in BUDGETS:
+        raise UserError(f"{source}: budget is {value!r}, not one of {', '.join(BUDGETS)} (or null: one latency table)",
+                        "regenerate the family with `ziplm-deploy prune`")
+    return value
 
 
 @dataclass
@@ -107,6 +169,11 @@ class FamilyReport:
     seconds: float = 0.0
     precision: str = "fp32"  # the table's: members are deployed so (export reads it from their manifest)
     baseline_ms: float = 0.0  # what targets are speedups over: the fp32 dense model (0: dense_predicted_ms)
+    # workload searches (prune --workload-tables); null for a plain table. The *_ms fields above and the members'
+    # predicted_ms / predicted_speedup are then the budgeted metric's (e2e ms, TTFT ms or ms per token)
+    workload: dict[str, Any] | None = None  # {"prompt", "generate", "batch"}
+    budget: str | None = None  # "e2e" | "ttft" | "decode"
+    dense_workload_prediction: dict[str, Any] | None = None  # ``workload_record`` of the dense shape
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FAMILY_FORMAT, "version": 1, **asdict(self)}
@@ -119,6 +186,15 @@ class FamilyReport:
         for key in ("method", "model", "table_sha256"):
             typed(payload.get(key), str, source, key, "a string")
         members = typed(payload.get("members"), list, source, "members", "a list of member objects")
+        workload, budget = payload.get("workload"), _budget_from_json(payload.get("budget"), source)
+        if workload is not None:
+            Workload.from_json(workload, source)
+        dense_pred = payload.get("dense_workload_prediction")
+        if dense_pred is not None:
+            _workload_record_from_json(dense_pred, source, "dense_workload_prediction")
+        if (workload is None) != (budget is None):
+            raise UserError(f"{source}: workload and budget go together (one is null, the other is not)",
+                            "regenerate the family with `ziplm-deploy prune`")
         return FamilyReport(
             payload["method"], payload["model"], payload["table_sha256"],
             DeviceFingerprint.from_json(payload.get("fingerprint"), source).to_json(),
@@ -127,7 +203,8 @@ class FamilyReport:
             number(payload.get("dense_predicted_ms", 0.0), source, "dense_predicted_ms", lo=0.0),
             number(payload.get("seconds", 0.0), source, "seconds", lo=0.0),
             _precision_label(payload.get("precision", "fp32"), source),
-            number(payload.get("baseline_ms", 0.0), source, "baseline_ms", lo=0.0))
+            number(payload.get("baseline_ms", 0.0), source, "baseline_ms", lo=0.0),
+            workload, budget, dense_pred)
 
     @staticmethod
     def load(path: str | os.PathLike) -> "FamilyReport":
@@ -167,26 +244,39 @@ def member_from_json(d: Any, source: str, key: str) -> FamilyMember:
     path = d.get("path")
     if path is not None:
         typed(path, str, source, f"{key}.path", "a string or null")
+    prediction = d.get("workload_prediction")
+    if prediction is not None:
+        _workload_record_from_json(prediction, source, f"{key}.workload_prediction")
     return FamilyMember(
         number(d["target"], source, f"{key}.target", lo=1.0), typed(d["reachable"], bool, source, f"{key}.reachable",
                                                                     "true or false"),
         number(d["max_speedup"], source, f"{key}.max_speedup", lo=0.0), path,
         opt_number("predicted_ms") or 0.0, opt_number("predicted_speedup") or 0.0,
-        opt_number("search_loss", lo=None) or 0.0, shape, opt_number("calibration_ppl"))
+        opt_number("search_loss", lo=None) or 0.0, shape, opt_number("calibration_ppl"), prediction)
 
 
 def _member_dir(out: Path, method: str, target: float) -> Path:
     return out / f"{method}-{target:g}x"
 
 
-def _finished_member(path: Path, config: PruneConfig, table_sha: str, shape: dict[str, Any]) -> dict[str, Any] | None:
+def _manifest_options(config: PruneConfig, latency: LatencyModel) -> dict[str, Any]:
+    """A member manifest's options: the run configuration, and for a workload search its workload and budget
+    (a plain table's run records the configuration alone, as before workloads)."""
+    options = asdict(config)
+    if latency.tables is not None:
+        options.update(workload=latency.tables.workload.to_json(), budget=latency.metric)
+    return options
+
+
+def _finished_member(path: Path, options: dict[str, Any], table_sha: str,
+                     shape: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics of a model this exact run configuration already saved at ``path``, else None (no
     manifest, or one that does not load: the model is built again)."""
     try:
         m = ModelManifest.load(path / MANIFEST_FILE)
     except UserError:
         return None
-    same = m.options == json.loads(json.dumps(asdict(config))) and m.table_sha256 == table_sha
+    same = m.options == json.loads(json.dumps(options)) and m.table_sha256 == table_sha
     return m.metrics if same and m.shape == shape else None
 
 
@@ -198,9 +288,11 @@ def _fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: str | os.PathLike,
+def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyModel, table_path: str | os.PathLike,
                  calib: str | os.PathLike, config: PruneConfig, out: str | os.PathLike,
                  log: Callable[[str], None] = print, progress: bool = True) -> FamilyReport:
+    """``table``: a ``LatencyTable`` or a ``search.LatencyModel`` (e.g. a workload's e2e / TTFT / decode time);
+    ``table_path``: its file (a table, or a workload manifest or its folder), hashed into the records."""
     import time
 
     import torch
@@ -209,14 +301,19 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
     from ..models import load_model
     from ..models.tokenizer import load_tokenizer
     from .data import calibration_windows
+    from .search import as_latency_model
 
     started = time.perf_counter()
+    latency = as_latency_model(table)
+    table_path = Path(table_path)
+    if table_path.is_dir():  # a workload folder: its manifest pins every table's sha256
+        table_path = table_path / "workload.json"
     out = check_output_path(out, "prune output folder", directory=True)
     raw = read_model_config(model_dir)
     if raw.get(SHAPE_CONFIG_KEY):
         raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
     arch = arch_from_dir(model_dir)
-    table.check_arch(arch, source=str(model_dir))
+    latency.check_arch(arch, source=str(model_dir))
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
         raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
@@ -230,18 +327,25 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
                         "prune first, then run flop on the pruned model")
     torch.manual_seed(config.seed)
 
-    baseline_ms, dense_ms = table.speedup_baseline_ms(), table.predict(table.dense_shape())
+    baseline_ms, dense_ms = latency.baseline_ms(), latency.dense_ms()
     quant_speedup = baseline_ms / dense_ms  # 1 for an fp32 table
-    report = FamilyReport(config.method, str(model_dir), file_sha256(table_path), table.fingerprint.to_json(),
-                          asdict(config), dense_predicted_ms=dense_ms, precision=table.fingerprint.precision,
-                          baseline_ms=round(baseline_ms, 4))
-    if table.fingerprint.precision != "fp32":
-        log(f"{table.fingerprint.precision} table: targets are total speedups over the fp32 dense model "
+    workload = latency.tables.workload if latency.tables is not None else None
+    options = _manifest_options(config, latency)
+    report = FamilyReport(config.method, str(model_dir), file_sha256(table_path), latency.fingerprint.to_json(),
+                          asdict(config), dense_predicted_ms=dense_ms, precision=latency.precision,
+                          baseline_ms=round(baseline_ms, 4), workload=workload.to_json() if workload else None,
+                          budget=latency.metric if workload else None,
+                          dense_workload_prediction=workload_record(latency, latency.dense_shape()))
+    if workload is not None:
+        log(f"workload {workload.describe()}: targets are speedups of the {latency.words} "
+            f"(dense {dense_ms:.3f} ms{' per token' if latency.metric == 'decode' else ''})")
+    if latency.precision != "fp32":
+        log(f"{latency.precision} table: targets are total speedups over the fp32 dense model "
             f"({baseline_ms:.2f} ms); quantization alone gives {quant_speedup:.2f}x (predicted), so pruning makes up "
             f"the rest; a target at or below it is the dense model, quantized")
     # the search works in the table's own terms: speedups over its (quantized) dense model
     relative = tuple(max(1.0, t / quant_speedup) for t in config.targets)
-    results = _solve(config, relative, dense, table, windows, model_dir, out, log, progress)
+    results = _solve(config, relative, dense, latency, windows, model_dir, out, log, progress)
     for target, (_, ok, max_speedup, shape, predicted, loss, build) in zip(config.targets, results):
         member = FamilyMember(target, ok, round(max_speedup * quant_speedup, 4))
         if not ok:
@@ -250,8 +354,9 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
             continue
         member.predicted_ms, member.predicted_speedup = round(predicted, 4), round(baseline_ms / predicted, 4)
         member.search_loss, member.shape = loss, shape.to_json()
+        member.workload_prediction = workload_record(latency, shape)
         path = _member_dir(out, config.method, target)
-        done = _finished_member(path, config, report.table_sha256, member.shape)
+        done = _finished_member(path, options, report.table_sha256, member.shape)
         if done is not None:  # an earlier, interrupted run already produced this model
             member.path, member.calibration_ppl = str(path), done.get("calibration_ppl")
             log(f"  target {target:g}x: reusing {path}")
@@ -262,10 +367,11 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
             from .evaluate import perplexity
 
             member.calibration_ppl = round(perplexity(model, windows, progress=False), 4)
-        manifest = new_manifest(config.method, model_dir, shape.to_json(), options=asdict(config), metrics={
+        manifest = new_manifest(config.method, model_dir, shape.to_json(), options=options, metrics={
             "target_speedup": target, "predicted_ms": member.predicted_ms, "predicted_speedup": member.predicted_speedup,
             "dense_predicted_ms": report.dense_predicted_ms, "baseline_ms": report.baseline_ms, "search_loss": loss,
             **({"calibration_ppl": member.calibration_ppl} if member.calibration_ppl is not None else {}),
+            **_workload_metrics(member.workload_prediction),
         }, table_sha256=report.table_sha256, fingerprint=report.fingerprint)
         from ..models import save_model
 
@@ -273,7 +379,8 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
                    extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n"})
         member.path = str(path)
         log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
-            + (f", quantization alone ({report.precision}, nothing pruned)" if shape == table.dense_shape() else "")
+            + _workload_words(member.workload_prediction)
+            + (f", quantization alone ({report.precision}, nothing pruned)" if shape == latency.dense_shape() else "")
             + (f", calibration ppl {member.calibration_ppl:.2f}" if member.calibration_ppl is not None else "")
             + f" -> {path}")
         report.members.append(member)
@@ -284,10 +391,27 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable, table_path: 
     return report
 
 
-def _solve(config: PruneConfig, targets: tuple[float, ...], dense, table: LatencyTable, windows, model_dir, out: Path,
+def _workload_metrics(record: dict[str, Any] | None) -> dict[str, float | None]:
+    """A member's workload prediction as manifest metrics (numbers): ``predicted_ttft_ms``, ...,
+    ``predicted_e2e_speedup``."""
+    if record is None:
+        return {}
+    return {**{f"predicted_{k}": record[k] for k in _PREDICTION_MS},
+            **{f"predicted_{k}_speedup": v for k, v in record["speedup"].items()}}
+
+
+def _workload_words(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return ""
+    sp = record["speedup"]
+    return (f" [TTFT {sp['ttft']:.2f}x" + (f", decode {sp['decode']:.2f}x" if sp["decode"] is not None else "")
+            + f", end-to-end {sp['e2e']:.2f}x]")
+
+
+def _solve(config: PruneConfig, targets: tuple[float, ...], dense, table: LatencyModel, windows, model_dir, out: Path,
            log, progress):
     """[(target, reachable, max_speedup, shape, predicted_ms, loss, build_model)] per target (speedups over the
-    table's dense prediction)."""
+    latency model's dense prediction; ``table``: a ``search.LatencyModel``)."""
     import copy
 
     from .search import search
@@ -347,7 +471,7 @@ def _builder(dense, shape: ModelShape):
     return lambda: apply_shape(copy.deepcopy(dense), shape)
 
 
-def _chop_all_but_one(table: LatencyTable, order) -> ModelShape:
+def _chop_all_but_one(table: LatencyModel, order) -> ModelShape:
     from ..core.shape import LayerShape
 
     layers = list(table.dense_shape().layers)

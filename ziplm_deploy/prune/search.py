@@ -1,9 +1,16 @@
 """Latency-constrained level selection (torch-free): one solve per speedup target over one database.
 
-Each module (a layer's attention or FFN) offers options (units kept, table time, loss). The dynamic
+Each module (a layer's attention or FFN) offers options (units kept, time, loss). The dynamic
 program picks one option per module minimising the summed loss under a time budget; times are
 rounded *up* to buckets, so the unrounded sum of the chosen times never exceeds the budget (and is
-re-checked anyway). Budgets follow the table's calibration: ``T = α·Σ entries + β``.
+re-checked anyway).
+
+What is budgeted is a ``LatencyModel``: a non-negative combination of calibrated latency tables,
+``T(shape) = Σ_k c_k · (α_k · Σ entries_k(shape) + β_k)``, linear in the per-module entries, so a
+module's option costs ``Σ_k c_k α_k t_k`` and the constant is ``Σ_k c_k β_k``. One table is the case
+``c = 1`` (``T = α·Σ entries + β``); a workload's end-to-end time is the prefill table plus its decode
+tables weighted by ``WorkloadTables.decode_weights()``; its TTFT the prefill table alone; its decode
+speed (mean ms per token) the decode part divided by the number of decode steps.
 """
 
 from __future__ import annotations
@@ -15,16 +22,151 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.arch import ArchSpec
 from ..core.errors import InternalError, UserError
+from ..core.fingerprint import DeviceFingerprint
 from ..core.shape import LayerShape, ModelShape
 from ..core.table import LatencyTable
+from ..core.workload import WorkloadPrediction, WorkloadTables
 from .database import Database
+
+BUDGETS = ("e2e", "ttft", "decode")  # what a workload search budgets: end-to-end, time to first token, ms per token
+TABLE_METRIC = "latency"  # a plain latency table's one metric (one pass)
+_METRIC_WORDS = {"latency": "latency", "e2e": "end-to-end time", "ttft": "time to first token",
+                 "decode": "decode time per token"}
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """What a search budgets: ``T(shape) = Σ_k c_k · table_k.predict(shape)`` (weights ``c_k`` >= 0), i.e.
+    ``Σ_k c_k α_k · Σ entries_k + Σ_k c_k β_k``: per-module option times plus a constant.
+
+    ``metric`` names what ``T`` is: ``latency`` (one table, ``of_table``) or a workload's ``e2e`` /
+    ``ttft`` / ``decode`` (``of_workload``; ``tables`` is then set). ``source`` names the file(s), for
+    error messages."""
+
+    terms: tuple[tuple[float, LatencyTable], ...]
+    metric: str = TABLE_METRIC
+    tables: WorkloadTables | None = None
+    source: str = "latency table"
+
+    def __post_init__(self) -> None:
+        if not self.terms or any(not (c >= 0 and math.isfinite(c)) for c, _ in self.terms):
+            raise InternalError(f"a latency model needs tables with finite non-negative weights, got "
+                                f"{[c for c, _ in self.terms]}")
+        if self.metric not in (TABLE_METRIC, *BUDGETS) or (self.metric == TABLE_METRIC) != (self.tables is None):
+            raise InternalError(f"latency model metric {self.metric!r} with{'out' if self.tables is None else ''} "
+                                "workload tables")
+
+    # --- construction ---------------------------------------------------------------------------
+    @staticmethod
+    def of_table(table: LatencyTable, source: str = "latency table") -> "LatencyModel":
+        return LatencyModel(((1.0, table),), TABLE_METRIC, None, source)
+
+    @staticmethod
+    def of_workload(tables: WorkloadTables, budget: str = "e2e", source: str = "workload tables") -> "LatencyModel":
+        """The workload's ``budget`` metric: ``e2e`` = prefill + Σ W_k decode_k, ``ttft`` = prefill,
+        ``decode`` = Σ (W_k / steps) decode_k (mean ms per generated token after the first)."""
+        if budget not in BUDGETS:
+            raise UserError(f"unknown budget {budget!r}", f"choose one of: {', '.join(BUDGETS)}")
+        steps = len(tables.workload.step_kv_lens)
+        if budget == "decode" and not steps:
+            raise UserError(f"{source}: workload {tables.workload.name} has no decode step, so there is no decode "
+                            "time to budget", "budget e2e or ttft, or profile a workload that generates 2 or more tokens")
+        weights = tables.decode_weights()
+        decode = [(w, t) for w, t in zip(weights, tables.decode) if w]
+        if budget == "ttft":
+            terms = [(1.0, tables.prefill)]
+        elif budget == "decode":
+            terms = [(w / steps, t) for w, t in decode]
+        else:
+            terms = [(1.0, tables.prefill), *decode]
+        return LatencyModel(tuple(terms), budget, tables, source)
+
+    # --- what it describes ----------------------------------------------------------------------
+    @property
+    def arch(self) -> ArchSpec:
+        return self.terms[0][1].arch
+
+    @property
+    def fingerprint(self) -> DeviceFingerprint:
+        """The deployment: the workload's prefill table's fingerprint, or the one table's."""
+        return (self.tables.prefill if self.tables is not None else self.terms[0][1]).fingerprint
+
+    @property
+    def precision(self) -> str:
+        return self.fingerprint.precision
+
+    @property
+    def words(self) -> str:
+        """What ``T`` is, in words (for logs)."""
+        return _METRIC_WORDS[self.metric]
+
+    def dense_shape(self) -> ModelShape:
+        return ModelShape.dense(self.arch)
+
+    def check_arch(self, arch: ArchSpec, source: str = "model") -> None:
+        """Every table must describe ``arch``; a mismatch names the table."""
+        tables = [self.tables.prefill, *self.tables.decode] if self.tables is not None else [t for _, t in self.terms]
+        for t in tables:
+            try:
+                t.check_arch(arch, source)
+            except UserError as e:
+                if self.tables is None:
+                    raise
+                fp = t.fingerprint
+                which = f"prefill table (seq {fp.seq})" if fp.mode == "prefill" else f"decode table (KV {fp.kv_len})"
+                raise UserError(f"{self.source}: {which}: {e.message}", e.hint) from None
+
+    # --- the latency model ------------------------------------------------------------------------
+    @property
+    def constant_ms(self) -> float:
+        return sum(c * t.calibration.beta for c, t in self.terms)
+
+    def attention_ms(self, heads: int, kv_heads: int | None = None) -> float:
+        """Calibrated time an attention block with ``heads`` (``kv_heads``) adds to ``T``."""
+        return sum(c * t.calibration.alpha * t.attention_ms(heads, kv_heads) for c, t in self.terms)
+
+    def ffn_ms(self, width: int) -> float:
+        """Calibrated time an FFN block of ``width`` neurons adds to ``T``."""
+        return sum(c * t.calibration.alpha * t.ffn_ms(width) for c, t in self.terms)
+
+    def option_ms(self, kind: str, units: int) -> float:
+        """Time a module keeping ``units`` (attention: KV groups for GQA, else heads; FFN: neurons) adds to ``T``."""
+        if kind == "attn":
+            arch = self.arch
+            gqa = arch.kv_heads != arch.heads
+            return self.attention_ms(units * (arch.group_size if gqa else 1), units if gqa else None)
+        if kind == "ffn":
+            return self.ffn_ms(units)
+        raise InternalError(f"unknown module kind {kind!r}")
+
+    def predict(self, shape: ModelShape) -> float:
+        """``T(shape)`` in ms (each table's own prediction, weighted)."""
+        return sum(c * t.predict(shape) for c, t in self.terms)
+
+    def dense_ms(self) -> float:
+        return self.predict(self.dense_shape())
+
+    def baseline_ms(self) -> float:
+        """What speedups of ``T`` are over: the dense model's ``T`` (fp32 tables), or, for quantized tables,
+        the fp32 dense model's timed in each table's own run (``LatencyTable.speedup_baseline_ms``)."""
+        return sum(c * t.speedup_baseline_ms() for c, t in self.terms)
+
+    def predict_workload(self, shape: ModelShape) -> WorkloadPrediction | None:
+        """TTFT, ms/token and end-to-end of ``shape`` under the workload (None for a plain table)."""
+        return None if self.tables is None else self.tables.predict(shape)
+
+
+def as_latency_model(latency: "LatencyTable | LatencyModel") -> LatencyModel:
+    """A plain latency table is the one-table latency model."""
+    return latency if isinstance(latency, LatencyModel) else LatencyModel.of_table(latency)
 
 
 @dataclass(frozen=True)
 class Option:
     units: int
-    time: float  # raw table ms (before calibration)
+    time: float  # ms the option adds to the budgeted latency (calibrated: the latency model's option_ms)
     cost: float
 
 
@@ -95,33 +237,28 @@ class SearchResult:
                 "loss": self.loss, "shape": self.shape.to_json() if self.shape else None}
 
 
-def module_options(db: Database, table: LatencyTable, loss: str = "relative",
+def module_options(db: Database, latency: LatencyTable | LatencyModel, loss: str = "relative",
                    coefficients: dict[int, float] | None = None,
                    costs: dict[tuple[int, str], Sequence[float]] | None = None) -> list[tuple[int, str, list[Option]]]:
-    """The options of every module of the database, timed by the table; ``coefficients`` (per layer)
-    scale the losses (SPDY's randomised search); ``costs`` ((layer, kind) -> one cost per level, e.g.
-    measured end-to-end sensitivities) replace the OBS losses."""
-    arch = table.arch
-    per_unit = arch.group_size if arch.kv_heads != arch.heads else 1
-    gqa = arch.kv_heads != arch.heads
+    """The options of every module of the database, timed by the latency model (or table); ``coefficients``
+    (per layer) scale the losses (SPDY's randomised search); ``costs`` ((layer, kind) -> one cost per level,
+    e.g. measured end-to-end sensitivities) replace the OBS losses."""
+    model = as_latency_model(latency)
     out = []
     for m in db.modules:
         opts = []
         measured = (costs or {}).get((m.layer, m.kind))
         for j, lv in enumerate(m.levels):
-            if m.kind == "attn":
-                heads = lv.units * per_unit
-                t = table.attention_ms(heads, lv.units if gqa else None)
-            else:
-                t = table.ffn_ms(lv.units)
+            t = model.option_ms(m.kind, lv.units)
             cost = measured[j] if measured is not None else lv.rel_loss if loss == "relative" else lv.loss
             opts.append(Option(lv.units, t, cost * (coefficients or {}).get(m.layer, 1.0)))
         out.append((m.layer, m.kind, opts))
     return out
 
 
-def shape_from_units(db: Database, table: LatencyTable, units: dict[tuple[int, str], int]) -> ModelShape:
-    arch = table.arch
+def shape_from_units(db: Database, latency: LatencyTable | LatencyModel,
+                     units: dict[tuple[int, str], int]) -> ModelShape:
+    arch = latency.arch
     gqa = arch.kv_heads != arch.heads
     per_unit = arch.group_size if gqa else 1
     layers = []
@@ -132,40 +269,41 @@ def shape_from_units(db: Database, table: LatencyTable, units: dict[tuple[int, s
     return ModelShape(tuple(layers))
 
 
-def search(db: Database, table: LatencyTable, targets: Sequence[float], loss: str = "relative",
+def search(db: Database, latency: LatencyTable | LatencyModel, targets: Sequence[float], loss: str = "relative",
            uniform: bool = False, buckets: int = 10000, coefficients: dict[int, float] | None = None,
            costs: dict[tuple[int, str], Sequence[float]] | None = None) -> list[SearchResult]:
-    """One result per speedup target: the least-loss shape whose predicted latency meets ``T_dense / target``."""
+    """One result per speedup target: the least-loss shape whose predicted latency ``T`` (a table's, or a
+    latency model's metric) meets ``T_dense / target``."""
     if any(t < 1.0 for t in targets):
         raise UserError(f"speedup targets must be >= 1, got {list(targets)}")
-    modules = module_options(db, table, loss, coefficients, costs)
+    model = as_latency_model(latency)
+    modules = module_options(db, model, loss, coefficients, costs)
     layers = {m.layer for m in db.modules}
-    if db.arch.get("num_layers", len(layers)) != table.arch.num_layers or max(layers) >= table.arch.num_layers:
+    if db.arch.get("num_layers", len(layers)) != model.arch.num_layers or max(layers) >= model.arch.num_layers:
         raise UserError("the database covers another number of layers than the table's model",
                         "prune a model that has all its layers")
-    alpha, beta = table.calibration.alpha, table.calibration.beta
-    dense_ms = table.predict(table.dense_shape())
-    fixed = _absent_ms(db, table)  # blocks an earlier pruning removed: constant time, not searched
-    min_raw = sum(min(o.time for o in opts) for _, _, opts in modules)
-    max_speedup = dense_ms / (alpha * (min_raw + fixed) + beta)
+    dense_ms = model.dense_ms()
+    fixed = model.constant_ms + _absent_ms(db, model)  # + blocks an earlier pruning removed: not searched
+    min_time = sum(min(o.time for o in opts) for _, _, opts in modules)
+    max_speedup = dense_ms / (min_time + fixed)
     results = []
     for target in targets:
-        raw_budget = (dense_ms / target - beta) / alpha - fixed
-        if raw_budget < min_raw:
+        budget = dense_ms / target - fixed
+        if budget < min_time:
             results.append(SearchResult(target, False, max_speedup))
             continue
         if target <= 1.0:  # the dense model itself (bucket rounding must not shave a level off it)
             picked = [max(range(len(opts)), key=lambda j: opts[j].units) for _, _, opts in modules]
         elif uniform:
-            picked = _uniform_select([opts for _, _, opts in modules], [k for _, k, _ in modules], raw_budget)
+            picked = _uniform_select([opts for _, _, opts in modules], [k for _, k, _ in modules], budget)
         else:
-            picked = dp_select([opts for _, _, opts in modules], raw_budget, buckets)
+            picked = dp_select([opts for _, _, opts in modules], budget, buckets)
         if picked is None:
             results.append(SearchResult(target, False, max_speedup))
             continue
         units = {(layer, kind): opts[j].units for (layer, kind, opts), j in zip(modules, picked)}
-        shape = shape_from_units(db, table, units)
-        predicted = table.predict(shape)
+        shape = shape_from_units(db, model, units)
+        predicted = model.predict(shape)
         if predicted > dense_ms / target * (1 + 1e-9):
             raise InternalError(f"search result {predicted:.4f} ms exceeds the budget {dense_ms / target:.4f} ms")
         cost = sum(opts[j].cost for (_, _, opts), j in zip(modules, picked))
@@ -173,15 +311,15 @@ def search(db: Database, table: LatencyTable, targets: Sequence[float], loss: st
     return results
 
 
-def _absent_ms(db: Database, table: LatencyTable) -> float:
-    """Raw table time of the blocks the database lacks: on an already pruned model (gradual pruning)
-    these were removed earlier and cost their table entry at size 0. Zero for a dense model's database."""
+def _absent_ms(db: Database, model: LatencyModel) -> float:
+    """Time of the blocks the database lacks: on an already pruned model (gradual pruning) these were
+    removed earlier and cost their entries at size 0. Zero for a dense model's database."""
     total = 0.0
-    for layer in range(table.arch.num_layers):
+    for layer in range(model.arch.num_layers):
         if db.module(layer, "attn") is None:
-            total += table.attention_ms(0)
+            total += model.attention_ms(0)
         if db.module(layer, "ffn") is None:
-            total += table.ffn_ms(0)
+            total += model.ffn_ms(0)
     return total
 
 
