@@ -31,6 +31,7 @@ def test_the_wheel_ships_the_reference_tables_and_policies(tmp_path):
         names = set(z.namelist())
         for name, source in (("smollm2-135m_ort-cpu_b1_s128_t1.json", "profiles"),
                              ("smollm2-135m_ort-cpu_b1_decode-kv128_t1.json", "profiles"),
+                             ("smollm2-135m_ort-cpu-int8_b1_s128_t1.json", "profiles"),
                              ("demo-pass.yaml", "policies"), ("speed-parity-only.yaml", "policies")):
             member = f"ziplm_deploy/reference/{name}"
             assert member in names, sorted(n for n in names if "reference" in n)

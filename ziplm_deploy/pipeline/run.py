@@ -157,13 +157,19 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
             copied = tables.save(run_dir / WORKLOAD_DIR)
             tables.prefill.save(table_path)
             return [str(table_path), str(copied)], {"table": str(table_path), "workload_tables": str(copied)}
+        from ..runtime.quantize import Precision
+
         if spec.profile.table:
             table = LatencyTable.load(spec.profile.table)
+            mismatch = table.fingerprint.precision_mismatch(spec.profile.precision, "profile.precision")
+            if mismatch:
+                raise UserError(mismatch, "set profile.precision to the table's, or give a table of that precision")
         else:
             p = spec.profile
             table = profile(arch_from_dir(spec.model), ProfileOptions(
                 runtime=p.runtime, batch=p.batch, seq=p.seq, threads=p.threads, opt_level=p.opt_level,
-                ffn_step=p.ffn_step, protocol=Protocol(rounds=p.rounds)), progress=progress)
+                ffn_step=p.ffn_step, protocol=Protocol(rounds=p.rounds), precision=Precision.parse(p.precision)),
+                progress=progress)
         table.save(table_path)
         return [str(table_path)], {"table": str(table_path)}
 

@@ -36,6 +36,16 @@ class ProfileSpec:
     opt_level: str = "all"
     ffn_step: int = 32
     rounds: int = 50
+    # the deployment precision (fp32, int8-dynamic, int8-dynamic/per-channel): the table is measured so, prune
+    # then searches total speedups over the fp32 dense model, and members are exported and verified so
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        from ..core.fingerprint import PRECISION_LABELS
+
+        if self.precision not in PRECISION_LABELS:
+            raise UserError(f"profile.precision {self.precision!r} is not one of {', '.join(PRECISION_LABELS)}",
+                            "use fp32 or int8-dynamic")
 
 
 @dataclass(frozen=True)
