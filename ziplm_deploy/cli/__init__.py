@@ -13,6 +13,8 @@ from typing import Sequence
 # command -> (module, one-line help). Modules define ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "shrink": ("ziplm_deploy.cli.shrink", "physically shrink a model to a per-layer shape"),
+    "trim-vocab": ("ziplm_deploy.cli.trim_vocab", "keep the output tokens a domain uses: an LM head of K rows, "
+                   "logits still over the whole vocabulary"),
     "export": ("ziplm_deploy.cli.export", "export a model directory to a validated ONNX file"),
     "inspect": ("ziplm_deploy.cli.inspect", "print the per-layer shape, parameters and FLOPs of a model or ONNX file"),
     "profile": ("ziplm_deploy.cli.profile", "measure a latency table in the deployment runtime (torch-free)"),

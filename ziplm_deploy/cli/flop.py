@@ -62,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     config = FlopConfig(target=args.target_sparsity, steps=args.steps, warmup=args.warmup, rank=args.rank,
                         init_drop=args.init_drop, lr=args.lr, gate_lr=args.gate_lr, lambda_lr=args.lambda_lr, batch_size=args.batch_size,
                         seed=args.seed)
-    out = check_output_path(args.out, "output directory", directory=True)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"output directory {out} already exists", "choose another --out or pass --overwrite")
+    out = check_output_path(args.out, "output directory", directory=True, overwrite=args.overwrite)
     arch = check_model(args.model, "flop", args.seq_len)
     tokenizer = _tokenizer(args.model)
     raw = read_model_config(args.model)

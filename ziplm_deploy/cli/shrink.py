@@ -13,19 +13,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..core.checks import check_output_path
     from ..core.cost import block_params
-    from ..core.errors import UserError
     from ..core.manifest import MANIFEST_FILE, new_manifest
     from ..core.shape import ModelShape
     from ..models import adapter_for, apply_shape, load_model, save_model
     from ..models.io import check_model_dir
 
-    check_output_path(args.out, "output directory", directory=True)
-    if Path(args.out).exists() and not args.overwrite:
-        raise UserError(f"output directory {args.out} already exists", "choose another --out or pass --overwrite")
+    check_output_path(args.out, "output directory", directory=True, overwrite=args.overwrite)
     arch = check_model_dir(args.model)
     shape = ModelShape.load(args.shape).validate(arch, source=args.shape)
     from ..models.tokenizer import load_tokenizer

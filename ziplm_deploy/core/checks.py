@@ -62,9 +62,11 @@ def mapping(value: Any, source: str, key: str = "") -> dict[str, Any]:
     return typed(value, dict, source, key, "a JSON object")
 
 
-def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = False,
+                      overwrite: bool | None = None) -> Path:
     """Refuse an output path before any work: missing or unwritable parent, a file where a folder goes
-    (or the reverse). ``directory=True``: the output is a folder (it may exist)."""
+    (or the reverse). ``directory=True``: the output is a folder (it may exist, unless ``overwrite`` is
+    False: then an existing one is refused, naming --overwrite)."""
     path = Path(path)
     if str(path) == "":
         raise UserError(f"{what}: empty output path", "pass a file or folder name")
@@ -73,6 +75,8 @@ def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = F
             raise UserError(f"{what} {path} exists and is not a folder", "remove it or choose another --out")
         if not directory and path.is_dir():
             raise UserError(f"{what} {path} is a folder, expected a file path", "pass a file name inside it")
+        if overwrite is False:
+            raise UserError(f"{what} {path} already exists", "choose another --out or pass --overwrite")
         target = path if directory else path.parent
     else:
         target = path.parent if str(path.parent) else Path(".")

@@ -227,3 +227,64 @@ def _check_ranks(layer: LayerShape, arch: ArchSpec, where: str) -> None:
         if r > top:
             raise UserError(f"{where}: rank {r} of {role!r} exceeds its smaller dimension {top}",
                             f"use a rank between 1 and {top}")
+
+
+# --- a trimmed output vocabulary (``trim-vocab``) ----------------------------------------------------------
+VOCAB_CONFIG_KEY = "ziplm_vocab"  # config.json key of a model whose LM head keeps only some output tokens
+VOCAB_FORMAT = "ziplm-deploy/vocab"
+VOCAB_VERSION = 1
+DEFAULT_FILL_MARGIN = 128.0
+
+
+@dataclass(frozen=True)
+class VocabTrim:
+    """The output tokens an LM head keeps (its K rows, in ascending id order) out of ``vocab_size``.
+
+    The model still returns logits over the whole vocabulary: at every position the tokens outside
+    ``kept`` get ``max(kept logits) - fill_margin``: finite (parity checks, samplers' arithmetic), and
+    ``exp(-128)`` underflows to exactly 0 in an fp32 or fp16 softmax, so they can never be generated.
+    JSON (under ``ziplm_vocab`` in config.json)::
+
+        {"format": "ziplm-deploy/vocab", "version": 1, "vocab_size": 49152, "fill_margin": 128.0,
+         "kept": [0, 1, 2, 17, ...]}
+    """
+
+    vocab_size: int
+    kept: tuple[int, ...]
+    fill_margin: float = DEFAULT_FILL_MARGIN
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": VOCAB_FORMAT, "version": VOCAB_VERSION, "vocab_size": self.vocab_size,
+                "fill_margin": self.fill_margin, "kept": list(self.kept)}
+
+    @staticmethod
+    def from_json(payload: Any, source: str = "vocab") -> "VocabTrim":
+        """Every field checked (names ``source`` and the key): ids are distinct, ascending and below vocab_size."""
+        from . import checks
+
+        check_header(payload, VOCAB_FORMAT, (VOCAB_VERSION,), source)
+        unknown = set(payload) - {"format", "version", "vocab_size", "fill_margin", "kept"}
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {sorted(unknown)}",
+                            "allowed: format, version, vocab_size, fill_margin, kept")
+        for key in ("vocab_size", "kept"):
+            if key not in payload:
+                raise UserError(f"{source}: missing {key!r}", "re-run trim-vocab")
+        vocab = checks.integer(payload["vocab_size"], source, "vocab_size", lo=1)
+        margin = checks.number(payload.get("fill_margin", DEFAULT_FILL_MARGIN), source, "fill_margin", lo=0,
+                               lo_open=True)
+        kept = checks.typed(payload["kept"], list, source, "kept", "a list of token ids")
+        if not kept:
+            raise UserError(f"{source}: kept is empty", "keep at least one token")
+        ids = [checks.integer(v, source, f"kept[{i}]", lo=0, hi=vocab - 1) for i, v in enumerate(kept)]
+        bad = next((i for i in range(1, len(ids)) if ids[i] <= ids[i - 1]), None)
+        if bad is not None:
+            raise UserError(f"{source}: kept[{bad}] = {ids[bad]} is not above kept[{bad - 1}] = {ids[bad - 1]}",
+                            "token ids must be distinct and ascending")
+        return VocabTrim(vocab, tuple(ids), margin)
+
+    def validate(self, vocab_size: int, source: str = "vocab") -> "VocabTrim":
+        if self.vocab_size != vocab_size:
+            raise UserError(f"{source}: vocab_size {self.vocab_size} differs from the model's {vocab_size}",
+                            "re-run trim-vocab on this model")
+        return self

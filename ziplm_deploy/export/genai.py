@@ -9,7 +9,8 @@ The folder (``export --genai OUTDIR``)::
                          Prefill is the same graph fed a zero-length past.
     genai_config.json    what ``onnxruntime_genai.Model`` reads (type llama/mistral/qwen2/gpt2).
     ziplm_genai.json     manifest: shape, per-layer KV, source and its content hash, the check's prompts
-                         and tokens, every file's sha256.
+                         and tokens, every file's sha256; ``output_vocab`` (kept tokens of a trimmed LM head,
+                         whose K logits the graph gathers back into vocabulary positions) or null.
     tokenizer files      copied from the source directory (``og.Tokenizer`` needs tokenizer.json and
                          tokenizer_config.json).
 
@@ -408,10 +409,12 @@ def _write_manifest(folder: Path, model, kv: list[KvLayer], prompts, outputs, to
 
     from ..core.manifest import file_sha256
     from ..models import adapter_for
+    from ..models.vocab import vocab_trim_of
     from .onnx import _source_metadata
 
     files = {name: file_sha256(folder / name) for name in names}
     origin = _source_metadata(source, source_sha256)
+    trim = vocab_trim_of(model)  # a trimmed LM head: K rows scattered over the whole vocabulary
     atomic_write_json(folder / MANIFEST_FILE, {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "producer": f"ziplm-deploy {__version__}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -419,6 +422,8 @@ def _write_manifest(folder: Path, model, kv: list[KvLayer], prompts, outputs, to
         "source": origin.get("ziplm_source"), "source_sha256": origin.get("ziplm_source_sha256"),
         "shape": adapter_for(model).shape_of(model).to_json(), "logits": "full" if full_logits else "last",
         "kv_layers": [[k.heads, k.head_dim] for k in kv],
+        "output_vocab": None if trim is None else {"kept": len(trim.kept), "vocab_size": trim.vocab_size,
+                                                   "fill_margin": trim.fill_margin},
         "check": {"tokens": tokens, "prompts": prompts, "outputs": outputs}, "files": files})
     return files
 

@@ -1,9 +1,10 @@
 """Save and load pruned models as ordinary Hugging Face directories.
 
 A pruned directory is ``save_pretrained`` output whose ``config.json`` also holds ``ziplm_shape`` (the
-per-layer shape, dropped layers included, FLOP ranks too). ``load_model`` rebuilds the real transformers class with
-that shape and loads the safetensors strictly. The stock ``from_pretrained`` refuses such a directory
-with a size-mismatch error (shapes differ from the config's dense ones).
+per-layer shape, dropped layers included, FLOP ranks too) and / or ``ziplm_vocab`` (the output tokens a
+trimmed LM head keeps: ``models.vocab``). ``load_model`` rebuilds the real transformers class with that
+shape and head and loads the safetensors strictly. The stock ``from_pretrained`` refuses such a directory
+(its weights file has another name).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..core import checks
 from ..core.arch import SHAPE_CONFIG_KEY, ArchSpec, arch_from_config, arch_from_dir, config_path, read_model_config
 from ..core.errors import UserError
 from ..core.jsonio import read_json
-from ..core.shape import ModelShape
+from ..core.shape import VOCAB_CONFIG_KEY, ModelShape, VocabTrim
 from .base import LayerPlan, apply_ranks, shrink
 
 WEIGHTS = "model.safetensors"
@@ -153,9 +154,13 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
     config = _transformers_config(path, config_file)
     cls = _model_class(config)
     recorded = raw.get(SHAPE_CONFIG_KEY)
-    if recorded is None:
+    trim = _recorded_vocab(raw, arch, config_file)
+    if recorded is None and trim is None:
         return cls.from_pretrained(str(path), dtype=dtype or torch.float32)
-    shape = ModelShape.from_json(recorded, source=f"{config_file}: {SHAPE_CONFIG_KEY}").validate(arch)
+    if recorded is None:
+        shape = ModelShape.dense(arch)
+    else:
+        shape = ModelShape.from_json(recorded, source=f"{config_file}: {SHAPE_CONFIG_KEY}").validate(arch)
     config.num_hidden_layers = len(shape.layers)
     if arch.family == "gpt2":
         config.n_layer = len(shape.layers)
@@ -163,16 +168,27 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
     if layer_types is not None and len(layer_types) != len(shape.layers):
         it = iter(layer_types)
         config.layer_types = [layer_types[0] if s.dropped else next(it) for s in shape.layers]
-    delattr(config, SHAPE_CONFIG_KEY)
+    if recorded is not None:
+        delattr(config, SHAPE_CONFIG_KEY)
     if hasattr(config, "ziplm_note"):
         delattr(config, "ziplm_note")
     with no_init_weights():
         model = cls(config)
-    shrink(model, structural_plan(shape, arch.group_size))
+    if recorded is not None:
+        shrink(model, structural_plan(shape, arch.group_size))
     if shape.has_ranks:
         apply_ranks(model, shape, init="empty")
+    if trim is not None:
+        from .vocab import attach_empty_head
+
+        attach_empty_head(model, trim)
     state = _read_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # a tensor of another size than the recorded shape / kept vocabulary gives it
+        mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), _one_line(e))
+        raise UserError(f"{path}: weights do not match the recorded shape ({mismatch[:160]})",
+                        "the directory was modified after saving; re-export it with ziplm-deploy") from None
     tied = set(getattr(model, "_tied_weights_keys", None) or {}) if config.tie_word_embeddings else set()
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
@@ -186,6 +202,23 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
         model.to(dtype)
     model.eval()
     return model
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:160]
+
+
+def _recorded_vocab(raw: dict[str, Any], arch: ArchSpec, config_file: str) -> VocabTrim | None:
+    """The trimmed output vocabulary config.json records (checked against the model's vocab size), or None."""
+    payload = raw.get(VOCAB_CONFIG_KEY)
+    if payload is None:
+        return None
+    where = f"{config_file}: {VOCAB_CONFIG_KEY}"
+    trim = VocabTrim.from_json(payload, source=where).validate(arch.vocab, where)
+    if raw.get("tie_word_embeddings"):
+        raise UserError(f"{config_file}: tie_word_embeddings is true but the LM head is trimmed ({VOCAB_CONFIG_KEY})",
+                        "a trimmed head is untied: set tie_word_embeddings to false or re-run trim-vocab")
+    return trim
 
 
 def _mark_pruned(folder: Path) -> None:
@@ -208,7 +241,7 @@ def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: Any = None, 
     tmp = Path(tempfile.mkdtemp(prefix=f"{checks.TEMP_PREFIX}{out.name}.", dir=out.parent))  # swept by later runs
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        if getattr(model.config, SHAPE_CONFIG_KEY, None) is not None:
+        if any(getattr(model.config, key, None) is not None for key in (SHAPE_CONFIG_KEY, VOCAB_CONFIG_KEY)):
             _mark_pruned(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
