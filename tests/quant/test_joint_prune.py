@@ -112,9 +112,14 @@ def test_export_deploys_a_member_in_the_precision_it_was_searched_for(joint):
 def test_verify_times_the_member_int8_against_the_fp32_dense_model(joint, tmp_path):
     root, member = joint["root"], Path(joint["family"]["members"][1]["path"])
     r = cli("verify", "--baseline", root / "dense", "--candidate", member, "--table", root / "int8.json",
-            "--rounds", "5", "--warmup", "1", "--seq", "16", "--report", tmp_path / "v.json")
+            "--rounds", "5", "--warmup", "1", "--seq", "16", "--report", tmp_path / "v.json",
+            "--eval-data", root / "text.txt", "--eval-windows", "2", "--eval-seq", "32")
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["candidate"]["precision"] == "int8-dynamic", r.stderr
+    # quality of the member as deployed (its int8 graph in ONNX Runtime), not of its fp32 directory in PyTorch
+    quality = report["quality"]
+    assert quality["source"] == "onnxruntime", quality
+    assert quality["precision"] == {"baseline": "fp32", "candidate": "int8-dynamic"}
     assert report["baseline"]["precision"] == "fp32"
     sp = report["speedup"]
     assert sp["predicted_baseline_ms"] == pytest.approx(joint["table"].speedup_baseline_ms(), rel=1e-4)

@@ -229,3 +229,18 @@ def test_verify_report_round_trip_and_header(tmp_path):
         VerifyReport.from_json({**REPORT, "version": 2})
     with pytest.raises(UserError, match="status must be 'ok' or 'error'"):
         VerifyReport.from_json({**REPORT, "status": "fine"})
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_quantized_candidate_is_judged_by_top1_not_by_an_error_bound(ok):
+    """int8 logits differ from fp32 by design: the error budgets follow the top-1 verdict of the report (a
+    failed top-1 agreement still fails them), and only for a report whose tolerance kind says top-1."""
+    report = copy.deepcopy(REPORT)
+    report["parity"].update(ok=ok, tolerance={"kind": "top1-agreement", "min_top1_agreement": 0.1})
+    report["parity"]["outputs"][0].update(max_abs=3.5, mean_abs=0.4, ok=ok, top1_agreement=0.4 if ok else 0.02)
+    checks = {c.name: c for c in verdict(report).checks}
+    for name in ("max_parity_abs_error", "max_parity_mean_error"):
+        assert checks[name].passed is ok and checks[name].measured == "top-1 agreement", checks[name]
+    report["parity"]["tolerance"] = {"kind": "atol-rtol"}  # an fp32 candidate with those errors fails the bound
+    checks = {c.name: c for c in verdict(report).checks}
+    assert not checks["max_parity_abs_error"].passed and checks["max_parity_abs_error"].measured == 3.5

@@ -325,8 +325,9 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
         _predict(report, models, opts)
         report.parity = _parity(backend, models["candidate"], plan, opts, log)
         if opts.eval_data:
-            both_dirs = all(r.kind == "directory" for r in models.values())
-            report.quality = _quality(models, opts, log) if both_dirs else _ort_quality(models, opts, log)
+            # PyTorch on directories deployed fp32; a quantized deployment is measured as shipped, in ORT
+            both_fp32_dirs = all(r.kind == "directory" and r.precision == "fp32" for r in models.values())
+            report.quality = _quality(models, opts, log) if both_fp32_dirs else _ort_quality(models, opts, log)
     except UserError as e:
         log(f"error: {e}")
         report.fail(str(e))

@@ -376,9 +376,18 @@ def _parity_rows(parity: Any) -> tuple[list[Any], Reading | None]:
 def _parity_checks(b: Budgets, parity: Any, require_ok: bool) -> list[Check]:
     checks = []
     rows, problem = _parity_rows(parity)
+    tolerance = parity.get("tolerance") if isinstance(parity, dict) else None
+    top1 = isinstance(tolerance, dict) and tolerance.get("kind") == "top1-agreement"
     for name, col, limit in (("max_parity_abs_error", "max_abs", b.max_parity_abs_error),
                              ("max_parity_mean_error", "mean_abs", b.max_parity_mean_error)):
         if limit is None:
+            continue
+        if top1 and not problem:  # a quantized candidate: its logits differ from fp32 by design
+            ok = _parity_ok_check(parity, rows, problem)
+            checks.append(Check(name, ok.passed, "top-1 agreement", f"<= {limit:g} (fp32 candidates)",
+                                "quantized candidate: judged by top-1 agreement with the fp32 reference instead of "
+                                f"an error bound ({'within' if ok.passed else 'NOT within'} its tolerance); budget "
+                                "its quality with max_perplexity_increase"))
             continue
         readings = [read_number(r, (col,), prefix=f"parity.outputs[{i}]", lo=0) for i, r in enumerate(rows)]
         worst = problem or next((r for r in readings if r.value is None), None) or Reading(max(r.value for r in readings))
