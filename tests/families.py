@@ -45,6 +45,18 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4):
     raise ValueError(family)
 
 
+def word_tokenizer(words, size: int):
+    """A word-level tokenizer over ``words`` (plus [UNK], <s>, </s>) padded with fillers to ``size`` ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_words = ["[UNK]", "<s>", "</s>", *dict.fromkeys(words)]
+    vocab = {w: i for i, w in enumerate(vocab_words + [f"w{i}" for i in range(size - len(vocab_words))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+
+
 def tiny_llama_for(tokenizer, layers: int, seed: int = 0):
     """A tiny random Llama (hidden 32, 4 query heads in 2 KV groups, FFN 64, tied embeddings) over the
     vocabulary of a real tokenizer, for commands that read text."""

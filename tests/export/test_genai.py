@@ -39,14 +39,9 @@ EXPECTED_KV = {"zero-heads": [[2, 8], [2, 8]], "dropped": [[2, 8], [2, 8]],
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from families import word_tokenizer
 
-    words = ["[UNK]", "<s>", "</s>", *dict.fromkeys(WORDS)]
-    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(96 - len(words))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+    return word_tokenizer(WORDS, 96)
 
 
 def _model_dir(root, form: str = "dense", seed: int = 0):

@@ -28,18 +28,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def joint(tmp_path_factory) -> dict:
     """A tiny Llama with SmolLM2's tokenizer, its int8 table, and a ziplm family searched on that table."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from families import word_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from ziplm_deploy.core.table import LatencyTable
     from ziplm_deploy.models import save_model
 
     root = tmp_path_factory.mktemp("joint")
-    words = ["[UNK]", "<s>", "</s>", *dict.fromkeys(TEXT.replace(",", " ").replace(".", " ").split())]
-    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(512 - len(words))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+    tokenizer = word_tokenizer(TEXT.replace(",", " ").replace(".", " ").split(), 512)
     # blocks wide enough that int8 MatMuls beat fp32 (on a hidden-32 toy they do not) and a small vocabulary,
     # so that the blocks, not the LM head, dominate the timings
     torch.manual_seed(0)

@@ -38,14 +38,9 @@ PRUNED = ModelShape((LayerShape(2, 48, 1), LayerShape(0, 32, 0), LayerShape(4, 6
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from families import word_tokenizer
 
-    words = ["[UNK]", "<s>", "</s>", *dict.fromkeys(WORDS)]
-    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(96 - len(words))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+    return word_tokenizer(WORDS, 96)
 
 
 def _model_dir(out: Path, shape: ModelShape | None = None) -> Path:
