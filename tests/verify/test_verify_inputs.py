@@ -160,3 +160,25 @@ def test_valid_input_still_verifies(exported_onnx, tmp_path, capsys):
     assert main(["verify", "--baseline", str(exported_onnx), "--candidate", str(cand), "--report",
                  str(tmp_path / "v.json"), "--tolerance", "0", "--target", "0.01", *FAST]) == 0
     assert "PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, predicted", [
+    ({}, 2.0),                                                      # a prefill-table member: its manifest predicts this
+    ({"workload": {"prompt": 16, "generate": 8, "batch": 1}, "budget": "ttft"}, 2.0),  # TTFT is a prefill pass
+    ({"workload": {"prompt": 16, "generate": 8, "batch": 1}, "budget": "e2e"}, None),  # not what one pass measures
+    ({"workload": {"prompt": 16, "generate": 8, "batch": 1}, "budget": "decode"}, None),
+])
+def test_a_workload_members_manifest_prediction_is_not_compared_with_a_prefill_pass(options, predicted):
+    from types import SimpleNamespace
+
+    from ziplm_deploy.verify.measure import Resolved, VerifyOptions, _predict
+
+    manifest = {"options": options, "metrics": {"predicted_speedup": 2.0, "predicted_ms": 10.0}}
+    report = SimpleNamespace(speedup={"measured": 1.9, "candidate_ms": 10.5, "predicted": None, "predicted_ms": None,
+                                      "prediction_error": None, "latency_prediction_error": None,
+                                      "prediction_source": None})
+    models = {"baseline": Resolved("baseline", "dense", "directory"),
+              "candidate": Resolved("candidate", "member", "directory", manifest=manifest)}
+    _predict(report, models, VerifyOptions())
+    assert report.speedup["predicted"] == predicted
+    assert (report.speedup["prediction_error"] is None) == (predicted is None)

@@ -519,8 +519,13 @@ def _predict(report: VerifyReport, models: dict[str, Resolved], opts: VerifyOpti
                   latency_prediction_error=round(sp["candidate_ms"] / predicted_ms - 1, 5),
                   table={"path": str(opts.table), "sha256": file_sha256(opts.table), "fingerprint_differences": diffs})
     else:
-        metrics = (models["candidate"].manifest or {}).get("metrics") or {}
-        if metrics.get("predicted_speedup"):
+        manifest = models["candidate"].manifest or {}
+        metrics = manifest.get("metrics") or {}
+        options = manifest.get("options") or {}
+        # a member searched on a workload predicts its budgeted metric (end to end, decode...), which one prefill
+        # pass does not measure: no prediction here (pass --table, or verify --workload for those figures)
+        workload_budget = options.get("budget") if isinstance(options, dict) and options.get("workload") else None
+        if metrics.get("predicted_speedup") and workload_budget in (None, "ttft"):
             sp.update(predicted=metrics["predicted_speedup"], predicted_ms=metrics.get("predicted_ms"),
                       prediction_source="manifest")
             if metrics.get("predicted_ms"):
