@@ -18,9 +18,9 @@ from typing import Callable
 
 from ..reference import reference_file
 
-REFERENCE_TABLE = reference_file("smollm2-135m_ort-cpu_b1_s128_t1.json")  # profiles/, shipped in the package
 REFERENCE_TABLES = {"fp32": "smollm2-135m_ort-cpu_b1_s128_t1.json",
-                    "int8-dynamic": "smollm2-135m_ort-cpu-int8_b1_s128_t1.json"}  # by deployment precision
+                    "int8-dynamic": "smollm2-135m_ort-cpu-int8_b1_s128_t1.json"}  # profiles/, by deployment precision
+REFERENCE_TABLE = reference_file(REFERENCE_TABLES["fp32"])  # shipped in the package
 DEMO_POLICY = reference_file("demo-pass.yaml")  # policies/
 
 
