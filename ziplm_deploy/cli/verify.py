@@ -7,6 +7,12 @@ ms per token, tokens/s and end-to-end time of both models (model directories are
 folders in the cache; ``export --genai`` folders are timed as they are), the candidate's greedy tokens
 checked token-exact; ``--workload-tables`` adds the workload tables' prediction and its error.
 
+Quality (perplexity or accuracy of both models) is measured whenever it can be: on ``--eval-data``; without
+it, on held-out windows of a pruned member's calibration text (recorded in its manifest, still readable:
+windows of the prune run's tokenisation and length that it did not draw, up to ``--eval-windows``). The
+report and the summary say where the figures came from, or why quality was not measured (``--no-eval``,
+the calibration data gone, no window held out): the gate's quality budgets then fail closed.
+
 Exit 0: measured, parity within tolerance and the target (if any) met within --tolerance;
 1: a check failed, parity could not be checked or a measurement errored (the report is still written);
 2: bad input, refused before any timing (no report written).
@@ -43,9 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--retries", type=nonneg_int, default=1,
                    help="measure again (up to N times) when the re-timed baseline moved: a busy machine (default 1)")
-    p.add_argument("--eval-data", help="also measure quality of both directories on this data (needs torch)")
-    p.add_argument("--eval-windows", type=positive_int, default=8, help="LM windows for --eval-data (default 8)")
-    p.add_argument("--eval-seq", type=positive_int, default=128, help="LM window length for --eval-data (default 128)")
+    p.add_argument("--eval-data",
+                   help="measure quality of both models on this data (default: held-out windows of the candidate's "
+                        "calibration text, when its manifest records it and it is still readable)")
+    p.add_argument("--eval-windows", type=positive_int, default=8,
+                   help="LM windows for quality, --eval-data or held-out calibration text (default 8)")
+    p.add_argument("--eval-seq", type=positive_int, default=128,
+                   help="LM window length for --eval-data (default 128; held-out calibration windows have the prune "
+                        "run's length)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="do not measure quality (the report says so; a gate quality budget then fails)")
     p.add_argument("--cache", help="folder for exports of model directories (default: onnx-cache beside --report)")
     p.add_argument("--workload", metavar="W",
                    help="decoders: time generation in ONNX Runtime GenAI for workload W: chat (prompt 512, generate "
@@ -69,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                          atol=args.atol, rtol=args.rtol, warmup=args.warmup, rounds=args.rounds, seed=args.seed,
                          retries=args.retries,
                          eval_data=args.eval_data, eval_windows=args.eval_windows, eval_seq=args.eval_seq,
+                         no_eval=args.no_eval,
                          workload=args.workload, workload_tables=args.workload_tables)
     out = check_output_path(args.report, "--report")
     cache = check_output_path(args.cache if args.cache else out.parent / "onnx-cache", "--cache", directory=True)
@@ -127,10 +141,20 @@ def format_summary(report) -> str:
             lines.append(f"parity vs {report.parity['reference']}: {r['name']} max|diff| {mx} "
                          f"(mean {r['mean_abs'] if r['mean_abs'] is None else format(r['mean_abs'], '.2e')}) "
                          f"tolerance {r['tolerance']:.2e} {'ok' if r['ok'] else 'FAIL'}")
-    if report.quality:
-        q = report.quality
-        lines.append(f"{q['metric']}: baseline {q['baseline']:.4f}, candidate {q['candidate']:.4f}")
+    lines.append(quality_line(report.quality, generation=bool(report.workload)))
     return "\n".join(lines)
+
+
+def quality_line(q: dict | None, generation: bool = False) -> str:
+    """Both models' quality and where the figures came from, or why quality was not measured."""
+    if not q:
+        return ("quality not measured: no --eval-data" + (" (verify --workload measures quality on --eval-data only)"
+                if generation else ", and the candidate records no calibration data to hold windows out of"))
+    if q.get("metric") is None:
+        return q.get("note") or "quality not measured"
+    line = f"{q['metric']}: baseline {q['baseline']:.4f}, candidate {q['candidate']:.4f}"
+    where = q.get("data_source") or (f"--eval-data {q['data']}" if q.get("data") else None)
+    return f"{line}, on {where}" if where else line
 
 
 def workload_lines(w: dict) -> list[str]:

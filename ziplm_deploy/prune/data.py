@@ -37,9 +37,16 @@ def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else sep[0]
         windows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), windows], dim=1)
     if count is not None and count < n:
-        pick = sorted(random.Random(seed).sample(range(n), count))
-        windows = windows[pick]
+        windows = windows[sampled_indices(n, count, seed)]
     return windows
+
+
+def sampled_indices(n: int, count: int | None, seed: int = 0) -> list[int]:
+    """The indices of the windows ``token_windows`` keeps of ``n`` (sorted): all of them when ``count`` is None
+    or at least ``n``, else ``count`` drawn without replacement with ``seed``."""
+    if count is None or count >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), count))
 
 
 BUILTIN_TEXTS = {"wikipedia": "gensim's bundled Wikipedia test dump (106 articles)"}
@@ -115,6 +122,28 @@ def calibration_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int,
                         seed: int = 0) -> torch.Tensor:
     """``count`` random windows of ``seq_len`` tokens from ``source`` (needs at least ``count``)."""
     return _named_windows("calibration data", source, tokenizer, seq_len, count=count, seed=seed, min_count=count)
+
+
+def heldout_calibration_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int, used_count: int,
+                                seed: int = 0, max_windows: int = 8) -> torch.Tensor:
+    """Up to ``max_windows`` windows of ``source`` that ``calibration_windows(tokenizer, source, seq_len,
+    used_count, seed)`` did not draw: the same tokenisation and cut, only windows outside that sample, spread
+    evenly over the held-out ones in text order (deterministic). A ``UserError`` when none is held out, or when
+    the text gives fewer windows than were drawn (it is not the text the calibration read)."""
+    if max_windows < 1:
+        raise UserError(f"need at least 1 held-out window, got {max_windows}", "pass --eval-windows 1 or more")
+    windows = _named_windows("calibration data", source, tokenizer, seq_len)  # every window, in order
+    n = len(windows)
+    if n < used_count:
+        raise UserError(f"calibration data {source} gives {n} windows of {seq_len} tokens, fewer than the "
+                        f"{used_count} calibration windows drawn from it", "it changed since: pass evaluation data")
+    used = set(sampled_indices(n, used_count, seed))
+    held = [i for i in range(n) if i not in used]
+    if not held:
+        raise UserError(f"calibration data {source} gives {n} windows of {seq_len} tokens, all {n} used for "
+                        f"calibration: none is held out", "pass evaluation data the model was not calibrated on")
+    k = min(max_windows, len(held))
+    return windows[[held[j * len(held) // k] for j in range(k)]]
 
 
 def eval_windows(tokenizer: Any, source: str | os.PathLike, seq_len: int, max_windows: int) -> torch.Tensor:

@@ -259,10 +259,14 @@ def _member_dir(out: Path, method: str, target: float) -> Path:
     return out / f"{method}-{target:g}x"
 
 
-def _manifest_options(config: PruneConfig, latency: LatencyModel) -> dict[str, Any]:
-    """A member manifest's options: the run configuration, and for a workload search its workload and budget
-    (a plain table's run records the configuration alone, as before workloads)."""
+def _manifest_options(config: PruneConfig, latency: LatencyModel, calib: str | os.PathLike) -> dict[str, Any]:
+    """A member manifest's options: the run configuration with its calibration data (a builtin name, or the
+    file's absolute path: ``verify`` measures quality on the windows the run did not calibrate on), and for a
+    workload search its workload and budget."""
+    from .data import BUILTIN_TEXTS
+
     options = asdict(config)
+    options["data"] = str(calib) if str(calib) in BUILTIN_TEXTS else str(Path(calib).resolve())
     if latency.tables is not None:
         options.update(workload=latency.tables.workload.to_json(), budget=latency.metric)
     return options
@@ -330,7 +334,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     baseline_ms, dense_ms = latency.baseline_ms(), latency.dense_ms()
     quant_speedup = baseline_ms / dense_ms  # 1 for an fp32 table
     workload = latency.tables.workload if latency.tables is not None else None
-    options = _manifest_options(config, latency)
+    options = _manifest_options(config, latency, calib)
     report = FamilyReport(config.method, str(model_dir), file_sha256(table_path), latency.fingerprint.to_json(),
                           asdict(config), dense_predicted_ms=dense_ms, precision=latency.precision,
                           baseline_ms=round(baseline_ms, 4), workload=workload.to_json() if workload else None,

@@ -11,8 +11,15 @@
    ONNX Runtime CPU. With no reference, parity is recorded as not checkable (``reference: "none"``,
    ``ok: false``): the gate fails closed, a file is never compared with itself;
 4. measured speedup vs the target and vs the latency table's prediction (or the manifest's);
-5. optionally quality of both (``eval_data``): in PyTorch when both are directories, else perplexity of
-   both ONNX files in ONNX Runtime itself (``verify.ort_quality``, torch-free).
+5. quality of both whenever it can be measured (``plan_quality``, chosen before any work): on ``eval_data``;
+   without it, on held-out windows of the candidate's calibration text (a member directory whose manifest
+   records the prune run's data, still readable: windows of the same tokenisation and length the run did
+   not draw, ``prune.data.heldout_calibration_windows``). In PyTorch when both are directories deployed
+   fp32, else perplexity of both ONNX graphs in ONNX Runtime itself (``verify.ort_quality``; a quantized
+   member is measured as shipped). The block records where its figures came from (``data_kind``,
+   ``data_source``); when quality cannot or must not be measured (``no_eval``, the calibration data gone,
+   no window held out) it says why (``metric`` null, ``note``) and the gate's quality budgets fail closed.
+   No quality source at all (no ``eval_data``, no recorded calibration data): ``quality`` is null.
 
 With ``workload`` (``verify --workload chat|PxG``) generation is timed instead, in ONNX Runtime GenAI:
 TTFT, ms/token, tokens/s and end to end (``verify.generation``).
@@ -70,6 +77,7 @@ class VerifyOptions:
     eval_data: str | None = None
     eval_windows: int = 8
     eval_seq: int = 128
+    no_eval: bool = False  # skip quality (the report says so); the default measures it whenever it can
     min_top1: float | None = None  # quantized candidates: least top-1 agreement with the fp32 reference; None:
     # the tolerance the file was exported with (metadata ziplm_quality), else runtime.quantize.DEFAULT_MIN_TOP1
     workload: str | None = None  # generation workload (chat, PxG): time TTFT / decode in GenAI (verify.generation)
@@ -91,6 +99,8 @@ class VerifyOptions:
             raise UserError(f"--atol and --rtol must be finite numbers >= 0, got {self.atol}, {self.rtol}")
         if self.min_top1 is not None and not 0 <= self.min_top1 <= 1:
             raise UserError(f"the top-1 agreement tolerance is a fraction in [0, 1], got {self.min_top1}")
+        if self.no_eval and self.eval_data:
+            raise UserError("--no-eval and --eval-data contradict each other", "drop one of them")
         if self.workload_tables is not None and self.workload is None:
             raise UserError("--workload-tables needs --workload", "pass --workload W (the tables' workload)")
         return self
@@ -306,6 +316,7 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
         raise UserError("--eval-data measures directories or ONNX files, not TensorRT engines",
                         "drop --eval-data, or verify the ONNX files")
     plan = preflight(paths, kinds, opts)
+    quality_plan = plan_quality(paths, kinds, opts)
     protocol = Protocol(warmup=opts.warmup, rounds=opts.rounds, seed=opts.seed)
     report = VerifyReport(
         producer=f"ziplm-deploy {__version__}", created=now_utc(),
@@ -324,10 +335,14 @@ def verify(baseline: str, candidate: str, opts: VerifyOptions, cache: Path,
         _measure(report, backend, models, opts, protocol, log)
         _predict(report, models, opts)
         report.parity = _parity(backend, models["candidate"], plan, opts, log)
-        if opts.eval_data:
-            # PyTorch on directories deployed fp32; a quantized deployment is measured as shipped, in ORT
-            both_fp32_dirs = all(r.kind == "directory" and r.precision == "fp32" for r in models.values())
+        # PyTorch on directories deployed fp32; a quantized deployment is measured as shipped, in ORT
+        both_fp32_dirs = all(r.kind == "directory" and r.precision == "fp32" for r in models.values())
+        if quality_plan.kind == "eval-data":
             report.quality = _quality(models, opts, log) if both_fp32_dirs else _ort_quality(models, opts, log)
+        elif quality_plan.kind == "heldout-calibration":
+            report.quality = _heldout_quality(models, quality_plan, opts, both_fp32_dirs, log)
+        elif quality_plan.kind == "skip":
+            report.quality = not_measured(quality_plan.note, log)
     except UserError as e:
         log(f"error: {e}")
         report.fail(str(e))
@@ -426,6 +441,61 @@ def plan_parity(candidate: str, kind: str) -> ParityPlan:
                         f"but {p} takes {sorted(info.inputs)}",
                         "keep each FILE.onnx with its own FILE.onnx.reference.npz, or re-export")
     return ParityPlan("export-reference", str(ref_file), file_sha256(ref_file), why_not, stored)
+
+
+@dataclass(frozen=True)
+class QualityPlan:
+    """Where verify's quality figures come from, chosen (and the manifest read) before any work."""
+
+    kind: str  # "eval-data" | "heldout-calibration" | "skip" (not measured: ``note`` says why) | "none" (no source)
+    data: str | None = None  # --eval-data, or the calibration data recorded in the candidate's manifest
+    seq: int = 0  # heldout-calibration: the prune run's window length,
+    calibration_windows: int = 0  # the number of windows it drew
+    seed: int = 0  # and its seed
+    note: str = ""  # skip: the report's quality.note
+
+
+def plan_quality(paths: dict[str, str], kinds: dict[str, str], opts: VerifyOptions) -> QualityPlan:
+    """``--no-eval``: skip; ``--eval-data``: that data; else held-out windows of the calibration text a pruned
+    member's manifest records (``options``: the prune run's ``data``, ``seq_len``, ``windows``, ``seed``) when
+    it can be measured, a skip saying why when it cannot, and "none" for a candidate that records no calibration
+    data (an ONNX file, a directory without a manifest or made by another method). A manifest that records
+    calibration data with unusable options is refused (``UserError``)."""
+    if opts.no_eval:
+        return QualityPlan("skip", note="quality not measured: --no-eval")
+    if opts.eval_data:
+        return QualityPlan("eval-data", str(opts.eval_data))
+    manifest_file = Path(paths["candidate"]) / MANIFEST_FILE
+    if kinds["candidate"] != "directory" or not manifest_file.is_file():
+        return QualityPlan("none")
+    from ..core.arch import arch_from_dir
+    from ..core.manifest import ModelManifest
+    from ..prune.data import BUILTIN_TEXTS
+    from ..prune.family import METHODS
+
+    manifest = ModelManifest.load(manifest_file)
+    options = manifest.options
+    data = options.get("data")
+    if manifest.method not in METHODS or data is None:  # only prune runs draw calibration_windows of their data
+        return QualityPlan("none")
+    values = {k: options.get(k) for k in ("seq_len", "windows", "seed")}
+    bad = [f"options.{k} is {v!r}" for k, v in values.items()
+           if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)]
+    if not isinstance(data, str) or not data:
+        bad.insert(0, f"options.data is {data!r}")
+    if bad:
+        raise UserError(f"{manifest_file}: {', '.join(bad)}: not the calibration of a prune run",
+                        "regenerate the member with `ziplm-deploy prune`, or pass --eval-data or --no-eval")
+    if "engine" in kinds.values():
+        return QualityPlan("skip", note="quality not measured: the baseline is a TensorRT engine "
+                                        "(verify the ONNX files for quality)")
+    if not arch_from_dir(paths["candidate"]).is_decoder:
+        return QualityPlan("skip", note=f"quality not measured: held-out calibration text measures perplexity, and "
+                                        f"{paths['candidate']} is not a decoder (pass --eval-data with labelled text)")
+    if data not in BUILTIN_TEXTS and not Path(data).exists():
+        return QualityPlan("skip", data, note=f"quality not measured: the calibration data {data} recorded in "
+                                              f"{manifest_file} is gone (pass --eval-data)")
+    return QualityPlan("heldout-calibration", data, values["seq_len"], values["windows"], values["seed"])
 
 
 def _torch_source(meta: dict[str, str]) -> tuple[Path | None, str]:
@@ -643,7 +713,64 @@ def _quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[st
             texts, labels = read_labelled(opts.eval_data)
             metric, values[role] = "accuracy", accuracy(model, tokenizer, texts, labels)
     return {"metric": metric, "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
-            "data": str(opts.eval_data), "source": "eval"}
+            "data": str(opts.eval_data), "source": "eval", **_eval_data_origin(opts)}
+
+
+def _eval_data_origin(opts: VerifyOptions) -> dict[str, str]:
+    return {"data_kind": "eval-data", "data_source": f"--eval-data {opts.eval_data}"}
+
+
+def not_measured(note: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The quality block of a verify that did not measure quality: why (``note``), no figures (the gate's
+    quality budgets fail closed on it)."""
+    log(note)
+    return {"metric": None, "baseline": None, "candidate": None, "note": note}
+
+
+def _heldout_quality(models: dict[str, Resolved], plan: QualityPlan, opts: VerifyOptions, in_torch: bool,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """Perplexity of both on up to ``eval_windows`` held-out windows of the candidate's calibration text, cut
+    with its tokenizer (the prune run's) as the run cut it: in PyTorch (``in_torch``) or in ONNX Runtime.
+    Windows that cannot be had (data gone or changed, none held out, no tokenizer) leave it not measured."""
+    from ..models.tokenizer import load_tokenizer
+    from ..prune.data import heldout_calibration_windows
+
+    cand = models["candidate"]
+    tokenizer = load_tokenizer(cand.source)
+    if tokenizer is None:
+        return not_measured(f"quality not measured: {cand.source} has no tokenizer files to cut its calibration "
+                            f"text with (pass --eval-data)", log)
+    try:
+        windows = heldout_calibration_windows(tokenizer, plan.data, plan.seq, plan.calibration_windows, plan.seed,
+                                              opts.eval_windows)
+    except UserError as e:
+        return not_measured(f"quality not measured: {e.message}", log)
+    arch, _ = _arch_and_shape(models["baseline"])
+    if arch is not None and int(windows.max()) >= arch.vocab:
+        return not_measured(f"quality not measured: the candidate's tokenizer gives token ids beyond the baseline's "
+                            f"vocabulary of {arch.vocab} (pass --eval-data)", log)
+    source = (f"held-out calibration text {plan.data} ({len(windows)} windows of {plan.seq} tokens not used for "
+              f"calibration)")
+    values = {}
+    if in_torch:
+        from ..models import load_model
+        from ..prune.evaluate import perplexity
+
+        for role, r in models.items():
+            log(f"quality of the {role} on {source}")
+            values[role] = perplexity(load_model(r.source), windows, progress=False)
+        engine: dict[str, Any] = {"source": "eval"}
+    else:
+        from .ort_quality import ort_perplexity
+
+        for role, r in models.items():
+            log(f"quality of the {role} ({r.precision}) in ONNX Runtime on {source}")
+            values[role] = ort_perplexity(r.onnx, windows.numpy(), threads=opts.threads)
+        engine = {"source": "onnxruntime", "precision": {role: r.precision for role, r in models.items()}}
+    return {"metric": "perplexity", "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
+            "data": plan.data, **engine, "windows": int(len(windows)), "seq": plan.seq,
+            "data_kind": "heldout-calibration", "data_source": source,
+            "calibration": {"windows": plan.calibration_windows, "seed": plan.seed}}
 
 
 def _ort_quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[str], None]) -> dict[str, Any]:
@@ -659,7 +786,8 @@ def _ort_quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable
         values[role] = ort_perplexity(r.onnx, windows, threads=opts.threads)
     return {"metric": "perplexity", "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
             "data": str(opts.eval_data), "source": "onnxruntime", "windows": int(len(windows)),
-            "seq": opts.eval_seq, "precision": {role: r.precision for role, r in models.items()}}
+            "seq": opts.eval_seq, "precision": {role: r.precision for role, r in models.items()},
+            **_eval_data_origin(opts)}
 
 
 def _tokenizer_dir(r: Resolved) -> Path:

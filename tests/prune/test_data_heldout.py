@@ -1,0 +1,71 @@
+"""Held-out calibration windows (``prune.data.heldout_calibration_windows``): windows of the same tokenisation
+and length as a prune run's ``calibration_windows`` that the run did not draw, so verify can measure quality
+on text the model was not calibrated on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from families import word_tokenizer
+
+from ziplm_deploy.core.errors import UserError
+from ziplm_deploy.prune.data import (calibration_windows, heldout_calibration_windows, read_texts, sampled_indices,
+                                     token_windows)
+
+WORDS = [f"t{i}" for i in range(400)]  # every token distinct (not the fillers w0, w1... of word_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    """400 distinct words in 8 paragraphs (EOS between them): 408 tokens, 25 windows of 16."""
+    path = tmp_path_factory.mktemp("heldout") / "calib.txt"
+    path.write_text("\n\n".join(" ".join(WORDS[i:i + 50]) for i in range(0, 400, 50)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_tokenizer(WORDS, 420)
+
+
+def rows(windows: torch.Tensor) -> list[tuple[int, ...]]:
+    return [tuple(r.tolist()) for r in windows]
+
+
+@pytest.mark.parametrize("used, seed", [(4, 0), (4, 7), (20, 3), (1, 0)])
+def test_no_heldout_window_is_a_calibration_window(tokenizer, text, used, seed):
+    calib = rows(calibration_windows(tokenizer, text, 16, used, seed))
+    every = rows(token_windows(tokenizer, read_texts(text), 16))
+    held = rows(heldout_calibration_windows(tokenizer, text, 16, used, seed, max_windows=100))
+    assert len(every) == 25 and len(calib) == used and len(set(every)) == 25
+    assert not set(held) & set(calib)  # none of them was drawn for calibration
+    assert sorted(held + calib) == sorted(every)  # with a large max: every window not drawn, each once
+    assert held == [w for w in every if w not in calib]  # in text order
+
+
+def test_at_most_max_windows_spread_over_the_text_and_deterministic(tokenizer, text):
+    held = heldout_calibration_windows(tokenizer, text, 16, 4, 0, max_windows=5)
+    assert held.shape == (5, 16) and held.dtype == torch.long
+    assert torch.equal(held, heldout_calibration_windows(tokenizer, text, 16, 4, 0, max_windows=5))
+    every = rows(token_windows(tokenizer, read_texts(text), 16))
+    positions = [every.index(r) for r in rows(held)]
+    used = set(sampled_indices(25, 4, 0))
+    assert positions == sorted(positions) and not used & set(positions)
+    assert positions[0] == min(set(range(25)) - used) and positions[-1] >= 15  # from the start to late in the text
+
+
+def test_sampled_indices_are_the_calibration_sample(tokenizer, text):
+    every = token_windows(tokenizer, read_texts(text), 16)
+    assert torch.equal(every[sampled_indices(25, 6, 5)], calibration_windows(tokenizer, text, 16, 6, 5))
+    assert sampled_indices(25, None) == sampled_indices(25, 25) == sampled_indices(25, 30) == list(range(25))
+
+
+def test_none_held_out_or_changed_text_is_a_one_line_error(tokenizer, text, tmp_path):
+    with pytest.raises(UserError, match=r"all 25 used for calibration: none is held out"):
+        heldout_calibration_windows(tokenizer, text, 16, 25, 0)
+    with pytest.raises(UserError, match=r"gives 25 windows of 16 tokens, fewer than the 30 calibration windows"):
+        heldout_calibration_windows(tokenizer, text, 16, 30, 0)
+    with pytest.raises(UserError, match="calibration data not found"):
+        heldout_calibration_windows(tokenizer, tmp_path / "gone.txt", 16, 4, 0)
+    with pytest.raises(UserError, match="at least 1 held-out window"):
+        heldout_calibration_windows(tokenizer, text, 16, 4, 0, max_windows=0)
