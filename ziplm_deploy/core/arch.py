@@ -1,7 +1,9 @@
 """A model's dense architecture, read from a Hugging Face ``config.json`` without torch.
 
 This is what the torch-free side (profiler, predictor, verifier on an edge box) knows about a model.
-Family adapters in ``models/`` use the same object to find modules.
+Each family's reader lives in its package (``families/<name>``), found by ``model_type``; family
+adapters use the same object to find modules. The registry is imported when first needed (it sits in
+a higher layer); ``SUPPORTED_MODEL_TYPES`` is re-exported from it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import checks
 from .errors import UserError
@@ -20,7 +22,7 @@ SHAPE_CONFIG_KEY = "ziplm_shape"
 
 @dataclass(frozen=True)
 class ArchSpec:
-    family: str  # "bert" | "gpt2" | "llama"
+    family: str  # the name of its family package in families/ ("bert", "gpt2", "llama")
     model_type: str  # the config's own model_type ("mistral" is family "llama")
     num_layers: int  # layers of the dense model (dropped layers included)
     hidden: int
@@ -46,119 +48,24 @@ class ArchSpec:
 
     @property
     def is_decoder(self) -> bool:
-        return self.family in ("gpt2", "llama")
+        """A causal LM (decode mode, KV cache, logits): what its family says."""
+        from ..families import family_for
 
-
-class _Fields:
-    """Typed reads of the config.json fields a reader uses: each a ``UserError`` naming the file and key."""
-
-    def __init__(self, config: dict[str, Any], source: str):
-        self.c, self.source = config, source
-
-    def _get(self, key: str, default: Any) -> Any:
-        value = self.c.get(key)
-        if value is None:
-            if default is _REQUIRED:
-                raise UserError(f"{self.source}: missing required key {key!r} for model_type "
-                                f"{self.c.get('model_type')!r}", "fix config.json or re-save the model")
-            return default
-        return value
-
-    def size(self, key: str, default: Any = None) -> int:
-        """A positive integer (``default`` when absent or null; absent without a default: an error)."""
-        value = self._get(key, _REQUIRED if default is None else default)
-        return checks.integer(value, self.source, key, lo=1)
-
-    def optional_size(self, key: str) -> int | None:
-        value = self.c.get(key)
-        return None if value is None else checks.integer(value, self.source, key, lo=1)
-
-    def positive(self, key: str, default: float) -> float:
-        return checks.number(self._get(key, default), self.source, key, lo=0, lo_open=True)
-
-    def text(self, key: str, default: str) -> str:
-        return checks.typed(self._get(key, default), str, self.source, key, "a string")
-
-    def flag(self, key: str, default: bool) -> bool:
-        return checks.typed(self._get(key, default), bool, self.source, key, "true or false")
-
-    def head_dim(self, hidden: int, heads: int, exact: bool = True) -> int:
-        """``head_dim``, else hidden // heads (BERT and GPT-2 need an exact split; Llama floors it)."""
-        explicit = self.optional_size("head_dim")
-        if explicit is not None:
-            return explicit
-        if (hidden % heads if exact else hidden < heads):
-            raise UserError(f"{self.source}: hidden size {hidden} is not divisible by {heads} attention heads",
-                            "fix config.json")
-        return hidden // heads
-
-
-_REQUIRED = object()
-
-
-def _bert(f: _Fields) -> ArchSpec:
-    hidden, heads = f.size("hidden_size"), f.size("num_attention_heads")
-    return ArchSpec(
-        family="bert", model_type=f.text("model_type", "bert"), num_layers=f.size("num_hidden_layers"),
-        hidden=hidden, heads=heads, kv_heads=heads, head_dim=f.head_dim(hidden, heads),
-        ffn=f.size("intermediate_size"), vocab=f.size("vocab_size"), activation=f.text("hidden_act", "gelu"),
-        norm="post-ln", gated_ffn=False, attention_bias=True, ffn_bias=True,
-        norm_eps=f.positive("layer_norm_eps", 1e-12),
-    )
-
-
-def _gpt2(f: _Fields) -> ArchSpec:
-    hidden, heads = f.size("n_embd", 768), f.size("n_head", 12)
-    return ArchSpec(
-        family="gpt2", model_type="gpt2", num_layers=f.size("n_layer", 12), hidden=hidden,
-        heads=heads, kv_heads=heads, head_dim=f.head_dim(hidden, heads), ffn=f.optional_size("n_inner") or 4 * hidden,
-        vocab=f.size("vocab_size", 50257), activation=f.text("activation_function", "gelu_new"),
-        norm="pre-ln", gated_ffn=False, attention_bias=True, ffn_bias=True,
-        norm_eps=f.positive("layer_norm_epsilon", 1e-5), tie_word_embeddings=f.flag("tie_word_embeddings", True),
-    )
-
-
-def _llama(f: _Fields) -> ArchSpec:
-    hidden, heads = f.size("hidden_size"), f.size("num_attention_heads")
-    kv_heads = f.optional_size("num_key_value_heads") or heads
-    if heads % kv_heads:
-        raise UserError(f"{f.source}: {heads} attention heads do not split into {kv_heads} key/value heads",
-                        "fix num_key_value_heads in config.json")
-    model_type = f.text("model_type", "llama")
-    rope = checks.mapping(f.c.get("rope_parameters") or {}, f.source, "rope_parameters")
-    theta = rope.get("rope_theta", f.c.get("rope_theta"))
-    return ArchSpec(
-        family="llama", model_type=model_type, num_layers=f.size("num_hidden_layers"),
-        hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=f.head_dim(hidden, heads, exact=False),
-        ffn=f.size("intermediate_size"), vocab=f.size("vocab_size"), activation=f.text("hidden_act", "silu"),
-        norm="rms", gated_ffn=True, attention_bias=f.flag("attention_bias", model_type == "qwen2"),
-        ffn_bias=f.flag("mlp_bias", False), norm_eps=f.positive("rms_norm_eps", 1e-6),
-        rope_theta=10000.0 if theta is None else checks.number(theta, f.source, "rope_theta", lo=0, lo_open=True),
-        tie_word_embeddings=f.flag("tie_word_embeddings", False),
-    )
-
-
-# model_type -> reader. Qwen2 and Mistral share Llama's module layout (Qwen2 adds q/k/v biases).
-_READERS: dict[str, Callable[[_Fields], ArchSpec]] = {
-    "bert": _bert,
-    "gpt2": _gpt2,
-    "llama": _llama,
-    "mistral": _llama,
-    "qwen2": _llama,
-}
-SUPPORTED_MODEL_TYPES = tuple(_READERS)
+        return family_for(self).is_decoder
 
 
 def arch_from_config(config: Any, source: str = "config") -> ArchSpec:
     """The architecture a config dict describes; every field it uses is type-checked (``source`` names the file)."""
+    from ..families import SUPPORTED_MODEL_TYPES, ConfigFields, family_for
+
     config = checks.mapping(config, source)
     model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in _READERS:
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
         raise UserError(
             f"{source}: unsupported architecture model_type={model_type!r}",
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
         )
-    spec = _READERS[model_type](_Fields(config, source))
+    spec = family_for(model_type).read_config(ConfigFields(config, source))
     archs = config.get("architectures") or [None]
     if not isinstance(archs, list) or not all(a is None or isinstance(a, str) for a in archs):
         raise UserError(f"{source}: architectures must be a list of class names, got {archs!r}", "fix config.json")
@@ -196,3 +103,12 @@ def read_model_config(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 def arch_from_dir(model_dir: str | os.PathLike) -> ArchSpec:
     return arch_from_config(read_model_config(model_dir), source=str(config_path(model_dir)))
+
+
+def __getattr__(name: str) -> Any:
+    """``SUPPORTED_MODEL_TYPES``: the family registry's, imported on first use."""
+    if name == "SUPPORTED_MODEL_TYPES":
+        from ..families import SUPPORTED_MODEL_TYPES
+
+        return SUPPORTED_MODEL_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

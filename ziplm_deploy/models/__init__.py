@@ -1,4 +1,5 @@
-"""Layer 2 (torch side): one adapter per model family, physical shrink, save/load of pruned models."""
+"""Layer 2 (torch side): physical shrink, save/load of pruned models; each family's adapter lives in its
+package (``families/<name>/adapter.py``) and is found here by the model's architecture."""
 
 from __future__ import annotations
 
@@ -6,12 +7,8 @@ from typing import Any
 
 from ..core.arch import ArchSpec, arch_from_config
 from ..core.errors import UserError
+from ..families import family_for
 from .base import FamilyAdapter, LayerPlan, apply_ranks, apply_shape, magnitude_plan, shrink
-from .bert import BertAdapter
-from .gpt2 import GPT2Adapter
-from .llama import LlamaAdapter
-
-_ADAPTERS: dict[str, FamilyAdapter] = {a.family: a for a in (BertAdapter(), GPT2Adapter(), LlamaAdapter())}
 
 
 def adapter_for(model_or_arch: Any) -> FamilyAdapter:
@@ -23,7 +20,7 @@ def adapter_for(model_or_arch: Any) -> FamilyAdapter:
         if config is None:
             raise UserError(f"{type(model_or_arch).__name__} is not a transformers model (it has no .config)")
         arch = arch_from_config(config.to_dict(), source=type(model_or_arch).__name__)
-    return _ADAPTERS[arch.family]
+    return family_for(arch).adapter()
 
 
 from .io import load_model, save_model  # noqa: E402  (needs adapter_for)

@@ -24,6 +24,7 @@ from ..core.arch import SHAPE_CONFIG_KEY, ArchSpec, arch_from_config, arch_from_
 from ..core.errors import UserError
 from ..core.jsonio import read_json
 from ..core.shape import VOCAB_CONFIG_KEY, ModelShape, VocabTrim
+from ..families import family_for
 from .base import LayerPlan, apply_ranks, shrink
 
 WEIGHTS = "model.safetensors"
@@ -122,7 +123,7 @@ def check_model_dir(path: str | os.PathLike) -> ArchSpec:
 def check_seq_len(model_dir: str | os.PathLike, seq_len: int, option: str = "--seq-len") -> None:
     """Refuse windows longer than a model with learned positions (BERT, GPT-2) can embed."""
     raw, source = read_model_config(model_dir), str(config_path(model_dir))
-    key = {"bert": "max_position_embeddings", "gpt2": "n_positions"}.get(arch_from_config(raw, source).family)
+    key = family_for(arch_from_config(raw, source)).positions_key
     if key is None or raw.get(key) is None:
         return
     limit = checks.integer(raw[key], source, key, lo=1)
@@ -162,8 +163,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.
     else:
         shape = ModelShape.from_json(recorded, source=f"{config_file}: {SHAPE_CONFIG_KEY}").validate(arch)
     config.num_hidden_layers = len(shape.layers)
-    if arch.family == "gpt2":
-        config.n_layer = len(shape.layers)
+    setattr(config, family_for(arch).num_layers_key, len(shape.layers))
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None and len(layer_types) != len(shape.layers):
         it = iter(layer_types)

@@ -23,6 +23,7 @@ from ..core.arch import ArchSpec
 from ..core.errors import UserError
 from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
 from ..core.table import FP32_DENSE, AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stats
+from ..families import family_for
 from ..runtime import Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
 from ..runtime.fingerprint import fingerprint
@@ -124,8 +125,9 @@ def _time(sessions: dict[str, Session], protocol: Protocol, progress: bool) -> d
 def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> LatencyTable:
     """Measure the latency table of ``arch`` with ``opts`` on this machine."""
     sizes = opts.sizes
-    if arch.family == "bert" and sizes.decode:
-        raise UserError("BERT has no decode mode", "drop --decode-kv-len for BERT models")
+    if sizes.decode and not arch.is_decoder:
+        label = family_for(arch).label
+        raise UserError(f"{label} has no decode mode", f"drop --decode-kv-len for {label} models")
     backend = opts.backend()
     dense = ModelShape.dense(arch)
     builders: dict[str, Callable[[], Any]] = {}

@@ -1,4 +1,4 @@
-"""GPT-2 family (causal LM): pre-LayerNorm blocks, fused ``c_attn`` Conv1D with (in, out) weights."""
+"""GPT-2 family, PyTorch side: pre-LayerNorm blocks, fused ``c_attn`` Conv1D with (in, out) weights."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Sequence
 
 from torch import nn
 
-from ..core.arch import ArchSpec
-from .base import FamilyAdapter, out_in_weight
-from .surgery import RemovedBlock, head_columns, slice_conv1d_in, slice_conv1d_out
+from ...core.arch import ArchSpec
+from ...models.base import FamilyAdapter, out_in_weight
+from ...models.surgery import RemovedBlock, head_columns, slice_conv1d_in, slice_conv1d_out
 
 
 class GPT2Adapter(FamilyAdapter):
@@ -61,3 +61,6 @@ class GPT2Adapter(FamilyAdapter):
     def set_num_layers(self, model, kept):
         super().set_num_layers(model, kept)
         model.config.n_layer = len(kept)
+
+
+ADAPTER = GPT2Adapter()

@@ -1,4 +1,4 @@
-"""Llama family (causal LM with RoPE and GQA; Mistral and Qwen2 share the layout): pre-RMSNorm blocks."""
+"""Llama family, PyTorch side (Mistral and Qwen2 share the layout): pre-RMSNorm blocks, GQA, SwiGLU."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Sequence
 
 from torch import nn
 
-from ..core.arch import ArchSpec
-from .base import FamilyAdapter, out_in_weight
-from .surgery import RemovedBlock, head_columns, slice_linear_in, slice_linear_out
+from ...core.arch import ArchSpec
+from ...models.base import FamilyAdapter, out_in_weight
+from ...models.surgery import RemovedBlock, head_columns, slice_linear_in, slice_linear_out
 
 
 class LlamaAdapter(FamilyAdapter):
@@ -62,3 +62,6 @@ class LlamaAdapter(FamilyAdapter):
 
     def set_cache_index(self, layer, index):
         layer.self_attn.layer_idx = index
+
+
+ADAPTER = LlamaAdapter()

@@ -1,4 +1,4 @@
-"""BERT family (encoder; BertModel, BertForSequenceClassification, ...): post-LayerNorm blocks."""
+"""BERT family, PyTorch side (BertModel, BertForSequenceClassification, ...): post-LayerNorm blocks."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Sequence
 
 from torch import nn
 
-from ..core.arch import ArchSpec
-from .base import FamilyAdapter, out_in_weight
-from .surgery import PassThrough, PostLNRemovedBlock, head_columns, slice_linear_in, slice_linear_out
+from ...core.arch import ArchSpec
+from ...models.base import FamilyAdapter, out_in_weight
+from ...models.surgery import PassThrough, PostLNRemovedBlock, head_columns, slice_linear_in, slice_linear_out
 
 
 class BertAdapter(FamilyAdapter):
@@ -55,3 +55,6 @@ class BertAdapter(FamilyAdapter):
         out = layer.output
         layer.intermediate = PassThrough()
         layer.output = PostLNRemovedBlock(out.dense.bias, out.LayerNorm, returns_tuple=False)
+
+
+ADAPTER = BertAdapter()
