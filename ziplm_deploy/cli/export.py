@@ -19,12 +19,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--precision", default=None, choices=("fp32", "int8-dynamic"),
                    help="int8-dynamic: FILE.onnx is the ONNX Runtime quantize_dynamic graph (QInt8 weights), validated "
-                        "against the fp32 PyTorch model by top-1 agreement (and --eval-data perplexity), not 1e-3 parity "
-                        "(default: the precision the model was pruned for, from its manifest.json; else fp32)")
+                        "against the fp32 PyTorch model by top-1 agreement (and --eval-data perplexity), not 1e-3 parity; "
+                        "with --genai the folder's model.onnx is, validated by teacher-forced top-1 agreement and "
+                        "GenAI == the graph's own greedy loop (default: the precision the model was pruned for, from "
+                        "its manifest.json; else fp32)")
     p.add_argument("--per-channel", action="store_true", help="with int8-dynamic: per-channel weight scales")
     p.add_argument("--min-top1", type=fraction, default=None,
-                   help="int8: least top-1 agreement with fp32 PyTorch on the random validation tokens (default 0.1: "
-                        "catches a broken graph; judge quality on text with --eval-data --max-ppl-increase)")
+                   help="int8: least top-1 agreement with fp32 PyTorch on the random validation tokens (--genai: at the "
+                        "check prompts' generation positions, teacher-forced) (default 0.1: catches a broken graph; "
+                        "judge quality on text with --eval-data --max-ppl-increase)")
     p.add_argument("--eval-data", help="int8: also measure the perplexity of the quantized graph in ONNX Runtime against "
                    "the fp32 model's on this text (.txt, .jsonl or wikipedia)")
     p.add_argument("--eval-windows", type=positive_int, default=8, help="int8 --eval-data: windows (default 8)")
@@ -33,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="int8 --eval-data: fail when perplexity rises by more than this fraction over fp32")
     p.add_argument("--genai", metavar="OUTDIR", help="decoders: write an ONNX Runtime GenAI model folder instead of "
                    "--out (one prefill+decode graph with past KV, genai_config.json, tokenizer, manifest), checked "
-                   "token-exact against transformers greedy generate")
+                   "token-exact against transformers greedy generate (int8: the fp32 graph is, before quantization)")
     p.add_argument("--genai-full-logits", action="store_true",
                    help="--genai: logits for every position (scoring) instead of the last one (generation)")
     p.add_argument("--genai-check-tokens", type=positive_int, metavar="N",
@@ -95,12 +98,23 @@ def _run_genai(args: argparse.Namespace) -> int:
     if args.out is not None or args.with_past:
         raise UserError(f"--genai cannot be combined with {'--out' if args.out is not None else '--with-past'}",
                         "a --genai folder always has past KV; export the .onnx file in a separate call")
-    if getattr(args, "precision", None) not in (None, "fp32"):
-        raise UserError(f"--genai writes fp32 folders, not --precision {args.precision}", "drop --precision")
-    quant = [f"--{k.replace('_', '-')}" for k in ("per_channel", "min_top1", "eval_data", "max_ppl_increase")
-             if getattr(args, k, None) is not None and getattr(args, k) is not False]  # 0 is given
-    if quant:
-        raise UserError(f"{', '.join(quant)} validate a quantized --out export, not a --genai folder", "drop them")
+    text = [f"--{k.replace('_', '-')}" for k in ("eval_data", "max_ppl_increase") if getattr(args, k, None) is not None]
+    if text:
+        raise UserError(f"{', '.join(text)} validate a quantized --out export, not a --genai folder (an int8 one is "
+                        "validated by teacher-forced top-1 agreement, --min-top1, and its greedy generation)",
+                        "drop them")
+    from ..runtime.quantize import DEFAULT_MIN_TOP1, Precision
+
+    per_channel = bool(getattr(args, "per_channel", False))
+    if getattr(args, "precision", None) is None:
+        label, per_channel = _pruned_for(args.model, per_channel)
+    else:
+        label = args.precision
+    precision = Precision(label, per_channel)  # --per-channel without a quantized precision is refused here
+    min_top1 = getattr(args, "min_top1", None)
+    if min_top1 is not None and not precision.quantized:
+        raise UserError("--min-top1 validates a quantized export, not a --genai folder in fp32 (checked token-exact)",
+                        "add --precision int8-dynamic, or drop --min-top1")
     out = check_genai_target(args.genai, args.overwrite)
     check_genai_model(arch_from_dir(args.model))
     tokens = args.genai_check_tokens or DEFAULT_CHECK_TOKENS
@@ -109,13 +123,26 @@ def _run_genai(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     result = export_genai(load_model(args.model), out, full_logits=args.genai_full_logits, check_tokens=tokens,
-                          overwrite=args.overwrite, source=args.model)
-    for n, (prompt, new) in enumerate(zip(result.prompts, result.outputs)):
-        print(f"  prompt {n} ({len(prompt)} tokens): {len(new)} generated tokens identical")
+                          overwrite=args.overwrite, source=args.model, precision=precision,
+                          min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1)
     kv = ", ".join(f"{k.heads}x{k.head_dim}" for k in result.kv)
-    print(f"exported GenAI folder {result.folder} in {result.seconds:.1f}s (KV heads x head size per layer: {kv}; "
-          f"logits: {'all positions' if args.genai_full_logits else 'last position'}); GenAI greedy generation "
-          f"equals transformers on {len(result.prompts)} prompts x {tokens} tokens")
+    where = (f"exported GenAI folder {result.folder} ({precision.label}) in {result.seconds:.1f}s (KV heads x head "
+             f"size per layer: {kv}; logits: {'all positions' if args.genai_full_logits else 'last position'})")
+    q = result.quantized
+    if q is None:
+        for n, (prompt, new) in enumerate(zip(result.prompts, result.outputs)):
+            print(f"  prompt {n} ({len(prompt)} tokens): {len(new)} generated tokens identical")
+        print(f"{where}; GenAI greedy generation equals transformers on {len(result.prompts)} prompts x {tokens} "
+              "tokens")
+        return 0
+    for n, (prompt, g) in enumerate(zip(result.prompts, q.greedy)):
+        print(f"  prompt {n} ({len(prompt)} tokens): {g['equal']} of {g['positions']} greedy tokens equal to fp32 "
+              f"transformers, the first {g['prefix']} in a row")
+    print(f"{where}; the fp32 graph generated token-exact like transformers before quantization; GenAI greedy "
+          f"generation equals the quantized graph's own greedy loop in ONNX Runtime on {len(result.prompts)} prompts "
+          f"x {tokens} tokens; teacher-forced top-1 agreement with fp32 PyTorch {q.top1_agreement:.1%} of "
+          f"{q.positions} generation positions (>= {q.min_top1:.0%}); greedy tokens equal to fp32 transformers "
+          f"{q.greedy_agreement:.1%} (reported)")
     return 0
 
 

@@ -8,9 +8,10 @@ The folder (``export --genai OUTDIR``)::
                          KV heads and head size are literal per layer, so GenAI reads them from the shapes.
                          Prefill is the same graph fed a zero-length past.
     genai_config.json    what ``onnxruntime_genai.Model`` reads (type llama/mistral/qwen2/gpt2).
-    ziplm_genai.json     manifest: shape, per-layer KV, source and its content hash, the check's prompts
-                         and tokens, every file's sha256; ``output_vocab`` (kept tokens of a trimmed LM head,
-                         whose K logits the graph gathers back into vocabulary positions) or null.
+    ziplm_genai.json     manifest: shape, per-layer KV, source and its content hash, ``precision`` (absent in
+                         folders written before int8: fp32), the check's prompts and tokens, every file's
+                         sha256; ``output_vocab`` (kept tokens of a trimmed LM head, whose K logits the graph
+                         gathers back into vocabulary positions) or null.
     tokenizer files      copied from the source directory (``og.Tokenizer`` needs tokenizer.json and
                          tokenizer_config.json).
 
@@ -22,6 +23,22 @@ tokens from fixed prompts must equal ``transformers`` greedy ``generate`` token 
 ``GenaiValidationError`` (a ``UserError``: exit 2, like every export validation failure) names the
 prompt and the first differing position and nothing is left behind. The folder checks
 (``read_genai_folder``) are torch-free.
+
+``precision=int8-dynamic``: model.onnx is the fp32 graph (first checked token-exact as above) quantized by
+``runtime.quantize.quantize_file_to`` (what ``export --precision`` and the profiler use, so an int8 table
+predicts it). An int8 graph cannot generate what fp32 PyTorch generates token for token, so it is validated
+for what it is (``check_quantized_folder``):
+
+* GenAI's greedy tokens must equal the quantized graph's own greedy loop in ONNX Runtime (``graph_decode``:
+  same graph, same kernels) token for token: GenAI adds nothing of its own;
+* teacher-forced top-1 agreement with fp32 PyTorch at the generation positions (the last prompt position
+  and each position of ``transformers``' fp32 greedy continuation, fed through the graph's own prefill and
+  decode path as GenAI runs it) at least ``min_top1`` (default ``DEFAULT_MIN_TOP1``, as ``export
+  --precision``: a wiring check);
+* greedy agreement with ``transformers`` fp32 (matching prefix and equal tokens per prompt) is reported.
+
+The manifest's ``check`` then also holds ``kind`` "top1-agreement", ``reference_outputs`` (fp32) and those
+figures; the graph's metadata gets ``ziplm_quality`` (``inspect`` shows it) next to ``ziplm_precision``.
 """
 
 from __future__ import annotations
@@ -35,11 +52,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .. import __version__
 from ..core import checks
 from ..core.checks import TEMP_PREFIX
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json, check_header, read_json
+from ..runtime.quantize import DEFAULT_MIN_TOP1, FP32, QUALITY_METADATA, TOP1_KIND, Precision, precision_of_metadata
 
 GRAPH_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
@@ -68,6 +88,29 @@ class KvLayer:
     head_dim: int
 
 
+@dataclass(frozen=True)
+class QuantizedCheck:
+    """How an int8 folder compares with fp32 PyTorch on the check prompts (``check_quantized_folder``)."""
+
+    reference: list[list[int]]  # transformers' fp32 greedy tokens (until EOS)
+    greedy: list[dict[str, int]]  # per prompt: {"prefix": equal leading tokens, "equal", "positions"}
+    top1_agreement: float  # teacher-forced, at the generation positions
+    positions: int
+    min_top1: float
+
+    @property
+    def greedy_agreement(self) -> float:
+        total = sum(g["positions"] for g in self.greedy)
+        return sum(g["equal"] for g in self.greedy) / total if total else 1.0
+
+    def quality_json(self, precision: Precision) -> dict[str, Any]:
+        """The ``ziplm_quality`` record (the format of ``export.quantize``'s, graph "genai")."""
+        return {"kind": TOP1_KIND, "precision": precision.label, "reference": "pytorch-fp32", "graph": "genai",
+                "top1_agreement": round(self.top1_agreement, 6), "positions": self.positions,
+                "min_top1_agreement": self.min_top1, "positions_are": "teacher-forced generation positions",
+                "greedy_agreement": round(self.greedy_agreement, 6)}
+
+
 @dataclass
 class GenaiResult:
     folder: Path
@@ -77,6 +120,8 @@ class GenaiResult:
     seconds: float = 0.0
     check_seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
+    precision: Precision = FP32
+    quantized: QuantizedCheck | None = None  # int8: the check against fp32 PyTorch
 
 
 @dataclass(frozen=True)
@@ -89,6 +134,7 @@ class GenaiFolder:
     kv: list[KvLayer]
     vocab: int
     last_only: bool
+    precision: str = "fp32"  # the graph's ziplm_precision (absent: fp32)
 
 
 # --- the graph --------------------------------------------------------------------------------------------
@@ -173,8 +219,9 @@ def genai_config(model, kv: list[KvLayer], first_heads: int) -> dict[str, Any]:
 
 
 # --- reading a folder (torch-free) --------------------------------------------------------------------------
-def _graph_kv(graph: Path, where: str) -> tuple[list[KvLayer], int, bool]:
-    """Per-layer KV (from the ``past_key_values.N.key`` inputs), vocab and whether logits are last-only."""
+def _graph_kv(graph: Path, where: str) -> tuple[list[KvLayer], int, bool, str]:
+    """Per-layer KV (from the ``past_key_values.N.key`` inputs), vocab, whether logits are last-only and the
+    precision label its metadata records."""
     import onnx
 
     try:
@@ -202,7 +249,8 @@ def _graph_kv(graph: Path, where: str) -> tuple[list[KvLayer], int, bool]:
         problem = f"KV inputs out of sequence: {stray}" if kv else "no past_key_values.0.key input"
         raise UserError(f"{where}: {graph.name} has {problem}", "re-export with ziplm-deploy export --genai")
     logits = dims["logits"]
-    return kv, logits[-1], len(logits) == 3 and logits[1] == 1
+    precision = precision_of_metadata({p.key: p.value for p in proto.metadata_props}, f"{where}: {graph.name}")
+    return kv, logits[-1], len(logits) == 3 and logits[1] == 1, precision.label
 
 
 def read_genai_folder(folder: str | os.PathLike) -> GenaiFolder:
@@ -218,7 +266,7 @@ def read_genai_folder(folder: str | os.PathLike) -> GenaiFolder:
     if not graph.is_file():
         raise UserError(f"{where}: model.decoder.filename names {name}, which is missing from {folder}",
                         "re-export the folder with ziplm-deploy export --genai")
-    kv, vocab, last_only = _graph_kv(graph, where)
+    kv, vocab, last_only, precision = _graph_kv(graph, where)
     expect = {"model.vocab_size": (body.get("vocab_size"), vocab),
               "model.decoder.num_hidden_layers": (decoder.get("num_hidden_layers"), len(kv)),
               "model.decoder.num_key_value_heads": (decoder.get("num_key_value_heads"), kv[0].heads),
@@ -228,7 +276,7 @@ def read_genai_folder(folder: str | os.PathLike) -> GenaiFolder:
             raise UserError(f"{where}: {key} is {have}, but {name} has {want} (KV layers: "
                             f"{', '.join(f'{k.heads}x{k.head_dim}' for k in kv)})",
                             "re-export the folder with ziplm-deploy export --genai")
-    return GenaiFolder(folder, config, graph, kv, vocab, last_only)
+    return GenaiFolder(folder, config, graph, kv, vocab, last_only, precision)
 
 
 # --- generation: GenAI vs transformers ----------------------------------------------------------------------
@@ -281,6 +329,10 @@ def _until_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
     return next((list(tokens[:i]) for i, t in enumerate(tokens) if t in eos), list(tokens))
 
 
+def _eos_ids(value: Any) -> set[int]:
+    return set(value) if isinstance(value, list) else {value}
+
+
 def first_difference(got: Sequence[int], want: Sequence[int]) -> int | None:
     """The first position where two token sequences differ (a missing token counts), else None."""
     for i in range(max(len(got), len(want))):
@@ -295,8 +347,7 @@ def check_genai_folder(folder: str | os.PathLike, model, prompts: Sequence[Seque
     prompt, token for token; a ``GenaiValidationError`` names the prompt and the first differing position."""
     read_genai_folder(folder)
     want = [list(r) for r in reference] if reference is not None else torch_generate(model, prompts, tokens)
-    eos = model.config.eos_token_id
-    eos = set(eos) if isinstance(eos, list) else {eos}
+    eos = _eos_ids(model.config.eos_token_id)
     want = [_until_eos(w, eos) for w in want]  # GenAI stops on EOS without returning it
     got = [_until_eos(g, eos) for g in genai_generate(folder, prompts, tokens)]
     for n, (prompt, g, w) in enumerate(zip(prompts, got, want)):
@@ -309,6 +360,114 @@ def check_genai_folder(folder: str | os.PathLike, model, prompts: Sequence[Seque
                 f"GenAI {shown(g)}, transformers {shown(w)}",
                 "report this as a bug; the folder was not written")
     return got
+
+
+# --- int8 folders: the graph's own loop in ONNX Runtime, teacher-forced top-1 against fp32 PyTorch ----------
+_ORT_INTS = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def graph_session(graph: str | os.PathLike) -> Any:
+    """A CPU ONNX Runtime session of a folder's graph with ORT's defaults (all graph optimisations, default
+    threads): the options a GenAI folder's session gets (its genai_config sets none)."""
+    from ..verify.ort_quality import ort_session
+
+    return ort_session(graph)
+
+
+def graph_decode(session: Any, prompt: Sequence[int], steps: int, eos: set[int],
+                 forced: Sequence[int] | None = None) -> tuple[list[int], np.ndarray]:
+    """The folder graph's generation loop as GenAI runs it (batch 1): a prefill pass over ``prompt`` with a
+    zero-length past, then one decode step per token with the presents fed back as the past. Greedy (arg-max,
+    EOS stops it without being returned, at most ``steps`` tokens) or, with ``forced``, teacher-forced on those
+    tokens (``steps`` is then their number). Returns the tokens and each step's last-position logits
+    [steps run, vocab] (torch-free)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    ints = {n: _ORT_INTS.get(inputs[n].type, np.int64) for n in ("input_ids", "attention_mask", "position_ids")
+            if n in inputs}
+    past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32) for n, i in inputs.items()
+            if n.startswith("past_key_values.")}
+    runs = len(forced) if forced is not None else steps
+    tokens: list[int] = []
+    logits: list[np.ndarray] = []
+    feed_ids, length = [int(t) for t in prompt], 0
+    for step in range(runs):
+        length += len(feed_ids)
+        feed = {"input_ids": np.array([feed_ids], dtype=ints["input_ids"]),
+                "attention_mask": np.ones((1, length), dtype=ints["attention_mask"]), **past}
+        if "position_ids" in ints:
+            feed["position_ids"] = np.arange(length - len(feed_ids), length, dtype=ints["position_ids"])[None]
+        out = dict(zip(names, session.run(names, feed)))
+        row = np.asarray(out["logits"])[0, -1]
+        logits.append(row)
+        token = int(forced[step]) if forced is not None else int(np.argmax(row))
+        if forced is None and token in eos:
+            break
+        tokens.append(token)
+        past = {n: out["present." + n[len("past_key_values."):]] for n in past}
+        feed_ids = [token]
+    return tokens, np.stack(logits) if logits else np.zeros((0, 0), dtype=np.float32)
+
+
+def torch_forced_logits(model, prompt: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+    """fp32 PyTorch's logits at the positions that predict ``continuation`` after ``prompt`` (one forward)."""
+    import torch
+
+    ids = torch.tensor([[*prompt, *continuation]], dtype=torch.long)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    return out.logits[0, len(prompt) - 1: len(prompt) + len(continuation) - 1].float().numpy()
+
+
+def greedy_agreement(got: Sequence[int], want: Sequence[int]) -> dict[str, int]:
+    """{"prefix": leading tokens equal, "equal": positions equal, "positions": the longer length}."""
+    first = first_difference(got, want)
+    return {"prefix": len(got) if first is None else first, "equal": sum(a == b for a, b in zip(got, want)),
+            "positions": max(len(got), len(want))}
+
+
+def _prompt_text(n: int, prompt: Sequence[int]) -> str:
+    return f"prompt {n} ({len(prompt)} tokens, {list(prompt)[:8]}{'...' if len(prompt) > 8 else ''})"
+
+
+def check_quantized_folder(folder: str | os.PathLike, model, prompts: Sequence[Sequence[int]], tokens: int,
+                           min_top1: float = DEFAULT_MIN_TOP1, reference: Sequence[Sequence[int]] | None = None
+                           ) -> tuple[list[list[int]], QuantizedCheck]:
+    """A quantized folder checked for what it is (module docstring): GenAI greedy == the graph's own greedy
+    loop in ONNX Runtime token for token, then teacher-forced top-1 agreement with fp32 PyTorch (``model``) at
+    the generation positions >= ``min_top1``; a ``GenaiValidationError`` otherwise. ``reference``: transformers'
+    fp32 greedy tokens (``torch_generate``), computed when not given. Returns GenAI's tokens and the figures."""
+    from ..verify.ort_quality import top1_agreement
+
+    info = read_genai_folder(folder)
+    eos = _eos_ids(model.config.eos_token_id)
+    full = [list(r) for r in reference] if reference is not None else torch_generate(model, prompts, tokens)
+    got = [_until_eos(g, eos) for g in genai_generate(folder, prompts, tokens)]
+    session = graph_session(info.graph)
+    for n, (prompt, g) in enumerate(zip(prompts, got)):
+        own, _ = graph_decode(session, prompt, tokens, eos)
+        pos = first_difference(g, own)
+        if pos is not None:
+            shown = lambda seq: str(seq[pos] if pos < len(seq) else "end")  # noqa: E731
+            raise GenaiValidationError(
+                f"GenAI greedy generation of the {info.precision} folder differs from its own graph's greedy loop "
+                f"in ONNX Runtime on {_prompt_text(n, prompt)} at generated position {pos}: GenAI {shown(g)}, "
+                f"graph {shown(own)}", "report this as a bug; the folder was not written")
+    scored = [(graph_decode(session, p, len(r), eos, forced=r)[1], torch_forced_logits(model, p, r))
+              for p, r in zip(prompts, full) if r]
+    positions = sum(len(w) for _, w in scored)
+    top1 = top1_agreement(np.concatenate([g for g, _ in scored]), np.concatenate([w for _, w in scored])) \
+        if scored else 0.0
+    check = QuantizedCheck([_until_eos(r, eos) for r in full],
+                           [greedy_agreement(g, _until_eos(r, eos)) for g, r in zip(got, full)],
+                           top1, positions, min_top1)
+    if not top1 >= min_top1:
+        raise GenaiValidationError(
+            f"the {info.precision} folder's teacher-forced top-1 agreement with fp32 PyTorch is {top1:.1%} of "
+            f"{positions} generation positions, below the least allowed {min_top1:.1%} (greedy tokens equal to "
+            f"fp32 transformers: {check.greedy_agreement:.1%})",
+            "try --per-channel, lower --min-top1, or export fp32 (--precision fp32); the folder was not written")
+    return got, check
 
 
 def check_prompts(vocab: int, tokenizer_dir: str | os.PathLike | None) -> list[list[int]]:
@@ -350,17 +509,21 @@ def check_genai_model(arch) -> None:
 
 def export_genai(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
                  full_logits: bool = False, check_tokens: int = DEFAULT_CHECK_TOKENS, overwrite: bool = False,
-                 source: str | os.PathLike | None = None, source_sha256: str | None = None) -> GenaiResult:
+                 source: str | os.PathLike | None = None, source_sha256: str | None = None,
+                 precision: Precision = FP32, min_top1: float = DEFAULT_MIN_TOP1) -> GenaiResult:
     """Write ``model``'s GenAI folder to ``out`` (a temp folder renamed into place once it generates
     token-exact); the tokenizer files come from ``tokenizer_dir`` (default: ``source``). The model is put in
-    eval mode, fp32, on the CPU (in place)."""
+    eval mode, fp32, on the CPU (in place). A quantized ``precision``: the checked fp32 graph quantized and
+    validated against fp32 PyTorch (module docstring; ``min_top1``: least teacher-forced top-1 agreement)."""
     from ..models import adapter_for
+    from ..runtime.quantize import quantize_file_to
     from .onnx import _add_metadata, _kv_heads, _source_metadata
 
     adapter = adapter_for(model)
     check_genai_model(adapter.arch(model))
     out = check_genai_target(out, overwrite)
     checks.integer(check_tokens, "export_genai", "check_tokens", lo=1)
+    checks.number(min_top1, "export_genai", "min_top1", lo=0.0, hi=1.0)
     model = model.eval().float().cpu()
     kv = [KvLayer(h, d) for h, d in _kv_heads(model)]
     if not kv:
@@ -376,19 +539,39 @@ def export_genai(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathL
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.name}.", dir=out.parent))
     try:
-        _export_graph(model, tmp / GRAPH_FILE, last_only=not full_logits)
-        _add_metadata(tmp / GRAPH_FILE, model, "genai", _source_metadata(source, source_sha256))
-        atomic_write_json(tmp / GENAI_CONFIG, config)
+        fp32_dir = tmp / "fp32" if precision.quantized else tmp  # a quantized folder's graph is made from this one
+        fp32_dir.mkdir(exist_ok=True)
+        _export_graph(model, fp32_dir / GRAPH_FILE, last_only=not full_logits)
+        _add_metadata(fp32_dir / GRAPH_FILE, model, "genai", _source_metadata(source, source_sha256))
+        atomic_write_json(fp32_dir / GENAI_CONFIG, config)
         copied = _copy_tokenizer(tokenizer_dir, tmp)
         check_started = time.perf_counter()
-        outputs = check_genai_folder(tmp, model, prompts, check_tokens)
+        reference = torch_generate(model, prompts, check_tokens)
+        outputs = check_genai_folder(fp32_dir, model, prompts, check_tokens, reference=reference)
+        quantized = None
+        if precision.quantized:  # the same function and settings as export --precision and the profiler
+            quantize_file_to(fp32_dir / GRAPH_FILE, tmp / GRAPH_FILE, precision)
+            shutil.rmtree(fp32_dir)
+            atomic_write_json(tmp / GENAI_CONFIG, config)
+            outputs, quantized = check_quantized_folder(tmp, model, prompts, check_tokens, min_top1, reference)
+            _add_quality(tmp / GRAPH_FILE, quantized.quality_json(precision))
         check_seconds = time.perf_counter() - check_started
         files = _write_manifest(tmp, model, kv, prompts, outputs, check_tokens, full_logits, source, source_sha256,
-                                [GRAPH_FILE, GENAI_CONFIG, *copied])
+                                [GRAPH_FILE, GENAI_CONFIG, *copied], precision, quantized)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return GenaiResult(out, kv, prompts, outputs, time.perf_counter() - started, check_seconds, files)
+    return GenaiResult(out, kv, prompts, outputs, time.perf_counter() - started, check_seconds, files, precision,
+                       quantized)
+
+
+def _add_quality(graph: Path, record: dict[str, Any]) -> None:
+    """The graph's ``ziplm_quality`` metadata (metadata only: what was checked runs unchanged)."""
+    import onnx
+
+    proto = onnx.load(str(graph))
+    proto.metadata_props.add(key=QUALITY_METADATA, value=json.dumps(record))
+    onnx.save_model(proto, str(graph))
 
 
 def _copy_tokenizer(tokenizer_dir: str | os.PathLike | None, folder: Path) -> list[str]:
@@ -404,7 +587,8 @@ def _copy_tokenizer(tokenizer_dir: str | os.PathLike | None, folder: Path) -> li
 
 
 def _write_manifest(folder: Path, model, kv: list[KvLayer], prompts, outputs, tokens: int, full_logits: bool,
-                    source, source_sha256, names: list[str]) -> dict[str, str]:
+                    source, source_sha256, names: list[str], precision: Precision = FP32,
+                    quantized: QuantizedCheck | None = None) -> dict[str, str]:
     import datetime as dt
 
     from ..core.manifest import file_sha256
@@ -415,16 +599,24 @@ def _write_manifest(folder: Path, model, kv: list[KvLayer], prompts, outputs, to
     files = {name: file_sha256(folder / name) for name in names}
     origin = _source_metadata(source, source_sha256)
     trim = vocab_trim_of(model)  # a trimmed LM head: K rows scattered over the whole vocabulary
+    check: dict[str, Any] = {"tokens": tokens, "prompts": prompts, "outputs": outputs}
+    if quantized is not None:  # outputs: GenAI's (== the quantized graph's own greedy loop in ORT)
+        check.update({"kind": TOP1_KIND, "reference": "transformers-fp32", "reference_outputs": quantized.reference,
+                      "greedy": quantized.greedy, "greedy_agreement": round(quantized.greedy_agreement, 6),
+                      "top1_agreement": round(quantized.top1_agreement, 6), "top1_positions": quantized.positions,
+                      "min_top1_agreement": quantized.min_top1, "graph_greedy": "token-exact",
+                      "fp32_graph": "token-exact"})
     atomic_write_json(folder / MANIFEST_FILE, {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "producer": f"ziplm-deploy {__version__}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "family": adapter_for(model).arch(model).family, "model_type": model.config.model_type,
         "source": origin.get("ziplm_source"), "source_sha256": origin.get("ziplm_source_sha256"),
         "shape": adapter_for(model).shape_of(model).to_json(), "logits": "full" if full_logits else "last",
+        "precision": precision.label,
         "kv_layers": [[k.heads, k.head_dim] for k in kv],
         "output_vocab": None if trim is None else {"kept": len(trim.kept), "vocab_size": trim.vocab_size,
                                                    "fill_margin": trim.fill_margin},
-        "check": {"tokens": tokens, "prompts": prompts, "outputs": outputs}, "files": files})
+        "check": check, "files": files})
     return files
 
 
@@ -451,9 +643,20 @@ def read_genai_manifest(folder: str | os.PathLike, hashes: bool = True) -> dict[
     if recorded != [[k.heads, k.head_dim] for k in info.kv]:
         raise UserError(f"{where}: kv_layers {recorded} do not match {info.graph.name}'s "
                         f"{[[k.heads, k.head_dim] for k in info.kv]}", "re-export the folder")
+    precision = manifest_precision(payload, where)
+    if precision != info.precision:
+        raise UserError(f"{where}: precision {precision} does not match {info.graph.name}'s {info.precision} "
+                        "(metadata ziplm_precision)", "re-export the folder")
     if hashes:
         _check_hashes(folder, checks.mapping(payload.get("files"), where, "files"), where)
     return payload
+
+
+def manifest_precision(payload: dict[str, Any], where: str = MANIFEST_FILE) -> str:
+    """The precision label a manifest records; folders written before int8 GenAI folders have none: fp32."""
+    label = payload.get("precision", "fp32")
+    checks.typed(label, str, where, "precision", "a precision label")
+    return Precision.parse(label, f"{where}: precision").label
 
 
 def _check_hashes(folder: Path, files: dict[str, Any], where: str) -> None:

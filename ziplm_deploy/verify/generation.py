@@ -11,7 +11,9 @@ What is measured, per model, for a workload of P prompt tokens, G generated toke
 - **end to end**: TTFT + decode, the time of one whole generation of G tokens.
 
 Engine: **ONNX Runtime GenAI**, driving the folders ``export --genai`` writes (a model directory is
-exported into the cache folder first, validated token-exact against ``transformers``). Why GenAI and not
+exported into the cache folder first, in the precision it was pruned for (its manifest.json: a member of an
+int8 search is timed int8, as ``verify`` without ``--workload`` times it), validated token-exact against
+``transformers``, or, int8, as ``export.genai`` validates quantized folders). Why GenAI and not
 ONNX Runtime sessions on ``export --with-past`` graphs with a KV-cache loop written here: GenAI is what
 users ship (its C++ generator owns the KV cache, the attention mask / position ids, trimmed prefill logits
 and greedy selection), so its numbers are the deployment's; a Python loop over plain sessions would copy
@@ -34,8 +36,8 @@ moved more than ``max_drift``. Generator set-up (``og.Generator``) is outside th
      "engine": {"name": "onnxruntime-genai", "version", "onnxruntime", "provider", "threads", "opt_level",
                 "prompt_seed", "min_length", "max_length"},
      "statistic": "p25",
-     "baseline" | "candidate": {"folder", "ttft_ms": STATS, "ms_per_token": STATS | null, "e2e_ms": STATS,
-                                "tokens_per_s": float | null, "generated_tokens": G, "tokens": [...]},
+     "baseline" | "candidate": {"folder", "precision", "ttft_ms": STATS, "ms_per_token": STATS | null,
+                                "e2e_ms": STATS, "tokens_per_s": float | null, "generated_tokens": G, "tokens": [...]},
      "speedup": {"ttft", "decode", "e2e"},     # baseline / candidate at the statistic (decode: ms/token)
      "token_agreement": 0.9,                   # share of the G greedy tokens equal to the baseline's (reported)
      "timing": {"baseline_recheck": STATS (e2e), "drift", "max_drift", "interference", "attempts"},
@@ -49,13 +51,20 @@ STATS = {"p25", "p50", "p90", "n"} (ms). The report's top-level ``baseline/candi
 ``parity`` is token parity of the candidate's GenAI greedy tokens: against ``transformers`` greedy
 ``generate`` (``min_new_tokens = G``) on its source directory when it and torch are here ("pytorch"),
 else the folder's own export check re-run in GenAI against the tokens recorded at export, all its files'
-hashes checked ("genai-export-check"), else not checkable ("none": the gate fails closed).
+hashes checked ("genai-export-check"), else not checkable ("none": the gate fails closed). A quantized
+candidate against "pytorch" cannot be token-exact with fp32: its greedy agreement is reported and it is
+judged by the teacher-forced top-1 agreement of its graph (its own prefill + decode path in ONNX Runtime)
+with fp32 PyTorch at the G generation positions (``tolerance.kind`` "top1-agreement", at least the
+tolerance it was exported with); its "genai-export-check" stays token-exact (GenAI now vs GenAI at export,
+the same quantized graph). The precision timed is in ``baseline``/``candidate.precision``, in each role of
+the ``workload`` block and in the fingerprint.
 
 Refused before any export or timing (``UserError``, exit 2): an encoder, an ONNX file or a TensorRT engine
 (``--workload`` times GenAI folders or model directories), a runtime other than ``ort-cpu`` /
-``ort-cuda``, a workload without generated tokens, P + G beyond the model's context length, models of
-different vocabularies, workload tables of another workload, model or precision, ``--table``, and
-``--eval-data`` unless both models are directories.
+``ort-cuda`` (int8 folders: ``ort-cpu`` only), a workload without generated tokens, P + G beyond the
+model's context length, models of different vocabularies, workload tables of another workload, model or
+precision (the candidate's; a baseline of another precision than the tables cannot be predicted from
+them), ``--table``, and ``--eval-data`` unless both models are directories.
 """
 
 from __future__ import annotations
@@ -94,6 +103,7 @@ class Input:
     context: int | None  # the longest sequence it takes (P + G must fit)
     arch: Any  # ArchSpec of its dense model, or None (a GenAI folder without ziplm metadata)
     shape: Any  # its ModelShape, or None (a directory: read after export)
+    precision: str = "fp32"  # label: a folder's graph's, or what a directory is exported as (pruned for)
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,11 @@ def check_inputs(baseline: str, candidate: str, opts: Any) -> Plan:
         raise UserError("--eval-data with --workload measures quality in PyTorch and needs both models as "
                         "directories", "pass the model directories, or drop --eval-data")
     _check_engine(opts)
+    quantized = [r for r in inputs.values() if r.precision != "fp32"]
+    if quantized and GENAI_PROVIDERS[opts.runtime] is not None:
+        r = quantized[0]
+        raise UserError(f"--{r.role} {r.source} is {r.precision}: ONNX Runtime's dynamic int8 graphs are timed on the "
+                        f"CPU, not --runtime {opts.runtime}", "use --runtime ort-cpu")
     tables = _check_tables(opts.workload_tables, workload, inputs) if opts.workload_tables else None
     return Plan(workload, inputs, tables)
 
@@ -163,17 +178,16 @@ def _check_input(path: str, role: str) -> Input:
         raise UserError(f"--{role} {p} is a {arch.family} encoder: --workload generates tokens and needs a decoder "
                         "(causal LM)", "verify encoders without --workload")
     check_genai_model(arch)
-    precision = pruned_precision(p)
-    if precision != "fp32":
-        raise UserError(f"--{role} {p} was pruned for {precision}, but GenAI folders are fp32: its generation "
-                        "would be timed in another precision than it was searched for",
-                        "verify it without --workload (ONNX Runtime, in its precision)")
+    from ..runtime.quantize import Precision
+
+    precision = Precision.parse(pruned_precision(p), f"{p}/{MANIFEST_FILE}: fingerprint.precision").label
     if importlib.util.find_spec("torch") is None:  # a directory is exported to a GenAI folder first
         raise UserError(f"--{role} {p} is a model directory: exporting it to a GenAI folder needs torch",
                         "export it with `ziplm-deploy export --genai` where torch is, and pass the folder")
     config = json.loads((p / "config.json").read_text())
     context = config.get("max_position_embeddings") or config.get("n_positions")
-    return Input(role, str(p), "directory", arch.vocab, context if isinstance(context, int) else None, arch, None)
+    return Input(role, str(p), "directory", arch.vocab, context if isinstance(context, int) else None, arch, None,
+                 precision)
 
 
 def _check_genai_input(folder: Path, role: str) -> Input:
@@ -190,7 +204,7 @@ def _check_genai_input(folder: Path, role: str) -> Input:
     context = info.config["model"].get("context_length")
     context = None if context is None else integer(context, str(folder / "genai_config.json"),
                                                    "model.context_length", lo=1)
-    return Input(role, str(folder), "genai", info.vocab, context, arch, shape)
+    return Input(role, str(folder), "genai", info.vocab, context, arch, shape, info.precision)
 
 
 def _check_engine(opts: Any) -> None:
@@ -206,7 +220,8 @@ def _check_engine(opts: Any) -> None:
 
 
 def _check_tables(path: str, workload: Any, inputs: dict[str, Input]) -> Any:
-    """Workload tables of exactly this workload, of the candidate's (and baseline's) model, in fp32."""
+    """Workload tables of exactly this workload, of the candidate's (and baseline's) model, in the candidate's
+    precision (and the baseline's: tables of one precision do not predict a model timed in another)."""
     from ..core.workload import WorkloadTables
 
     tables = WorkloadTables.load(path)
@@ -222,9 +237,16 @@ def _check_tables(path: str, workload: Any, inputs: dict[str, Input]) -> Any:
         tables.prefill.check_arch(r.arch, f"--{r.role} {r.source}")
         if r.shape is not None:
             r.shape.validate(tables.arch, source=f"{r.source} metadata")
-    mismatch = tables.prefill.fingerprint.precision_mismatch("fp32", "a GenAI folder (always fp32)")
-    if mismatch:
-        raise UserError(f"--workload-tables {path}: {mismatch}", "profile the workload in fp32")
+    from ..runtime.quantize import Precision
+
+    for r in (inputs["candidate"], inputs["baseline"]):
+        mismatch = tables.prefill.fingerprint.precision_mismatch(r.precision, f"--{r.role} {r.source}")
+        if mismatch:
+            fix = (f"profile the workload with {Precision.parse(r.precision).cli_flags}" if r.role == "candidate" else
+                   f"pass a baseline in {tables.prefill.fingerprint.precision} (e.g. the dense model's `export --genai "
+                   f"{Precision.parse(tables.prefill.fingerprint.precision).cli_flags}` folder), or drop "
+                   "--workload-tables")
+            raise UserError(f"--workload-tables {path}: {mismatch}", fix)
     return tables
 
 
@@ -241,6 +263,13 @@ class Folder:
     manifest: dict[str, Any] | None  # manifest.json of a model directory
     config: dict[str, Any]  # genai_config.json
 
+    @property
+    def precision(self) -> str:
+        """The timed graph's precision label (its ziplm_precision metadata; absent: fp32)."""
+        from ..runtime.quantize import precision_of_metadata
+
+        return precision_of_metadata(self.metadata, str(self.graph)).label
+
     def shape(self) -> Any:
         from .measure import _metadata_arch_and_shape
 
@@ -254,7 +283,8 @@ class Folder:
         out: dict[str, Any] = {
             "source": self.input.source, "kind": self.input.kind, "folder": str(self.folder), "file": str(self.graph),
             "sha256": file_sha256(self.graph), "bytes": self.graph.stat().st_size, "params": onnx_params(self.graph),
-            "shape": json.loads(shape) if shape else None, "latency": None, "manifest": None, "precision": "fp32",
+            "shape": json.loads(shape) if shape else None, "latency": None, "manifest": None,
+            "precision": self.precision,
             "genai": {"logits": gm.get("logits"), "kv_layers": gm.get("kv_layers"), "source": gm.get("source"),
                       "source_sha256": gm.get("source_sha256")} if gm else None}
         if self.manifest:
@@ -273,35 +303,46 @@ def resolve(r: Input, cache: Path, log: Callable[[str], None]) -> Folder:
 
     manifest = None
     if r.kind == "directory":
-        folder = export_dir(Path(r.source), cache, log)
+        folder = export_dir(Path(r.source), cache, log, r.precision)
         if (Path(r.source) / MANIFEST_FILE).is_file():
             manifest = json.loads((Path(r.source) / MANIFEST_FILE).read_text())
     else:
         folder = Path(r.source)
     info = read_genai_folder(folder)
+    if info.precision != r.precision:  # a folder changed between the checks and now, or an export bug
+        raise UserError(f"{folder} is {info.precision}, but {r.source} was to be timed {r.precision}",
+                        "run verify again")
     genai_manifest = read_genai_manifest(folder, hashes=False) if (folder / GENAI_MANIFEST).is_file() else None
     config = json.loads((folder / GENAI_CONFIG).read_text())
     return Folder(r, folder, info.graph, onnx_metadata(info.graph), genai_manifest, manifest, config)
 
 
-def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None]) -> Path:
-    """``export --genai`` of a model directory into ``cache``, keyed by the directory's content hash."""
-    from ..export.genai import export_genai, read_genai_manifest
+def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], precision: str = "fp32") -> Path:
+    """``export --genai`` of a model directory into ``cache`` in ``precision`` (the label it was pruned for),
+    keyed by the directory's content hash and the precision."""
+    from ..export.genai import export_genai, manifest_precision, read_genai_manifest
+    from ..runtime.quantize import DEFAULT_MIN_TOP1, Precision
     from .measure import dir_digest
 
+    p = Precision.parse(precision, f"{model_dir}/{MANIFEST_FILE}: fingerprint.precision")
     digest = dir_digest(model_dir)
-    out = cache / f"{model_dir.name}-{digest[:16]}-genai"
+    tag = "" if not p.quantized else "-" + p.label.replace("/", "-")
+    out = cache / f"{model_dir.name}-{digest[:16]}{tag}-genai"
     if out.is_dir():
         try:
-            if read_genai_manifest(out).get("source_sha256") == digest:
+            payload = read_genai_manifest(out)
+            if payload.get("source_sha256") == digest and manifest_precision(payload) == p.label:
                 log(f"reusing GenAI export {out}")
                 return out
         except UserError as e:
             log(f"re-exporting {out}: {e}")
     from ..models import load_model  # torch: only for directories
 
-    log(f"exporting {model_dir} to the GenAI folder {out} (PyTorch, checked token-exact)")
-    export_genai(load_model(model_dir), out, overwrite=True, source=model_dir, source_sha256=digest)
+    how = ("checked token-exact" if not p.quantized else
+           f"{p.label}: the precision it was pruned for; checked against fp32 by top-1 agreement")
+    log(f"exporting {model_dir} to the GenAI folder {out} (PyTorch, {how})")
+    export_genai(load_model(model_dir), out, overwrite=True, source=model_dir, source_sha256=digest, precision=p,
+                 min_top1=DEFAULT_MIN_TOP1)
     return out
 
 
@@ -454,7 +495,7 @@ def verify_workload(baseline: str, candidate: str, opts: Any, cache: Path,
         report.workload = block
         report.parity = token_parity(folders["candidate"], block["candidate"]["tokens"],
                                      prompt_ids(folders["candidate"].config, plan.inputs["candidate"].vocab, w,
-                                                opts.seed)[0], w, log)
+                                                opts.seed)[0], w, log, getattr(opts, "min_top1", None))
         if opts.eval_data:
             from .measure import Resolved, _quality
 
@@ -518,7 +559,8 @@ def _measure(report: VerifyReport, folders: dict[str, Folder], plan: Plan, opts:
                        "opt_level": opts.opt_level, "prompt_seed": opts.seed, "min_length": total,
                        "max_length": total},
             "statistic": st,
-            "baseline": base.to_json(folders["baseline"].folder), "candidate": cand.to_json(folders["candidate"].folder),
+            "baseline": {**base.to_json(folders["baseline"].folder), "precision": folders["baseline"].precision},
+            "candidate": {**cand.to_json(folders["candidate"].folder), "precision": folders["candidate"].precision},
             "speedup": speedup, "token_agreement": round(agree, 5),
             "timing": {k: report.timing[k] for k in ("baseline_recheck", "drift", "max_drift", "interference",
                                                      "attempts")},
@@ -548,7 +590,7 @@ def _fingerprint(opts: Any, w: Any, folder: Folder) -> Any:
         opt_level=opts.opt_level, threads=opts.threads, dtype="float32", batch=w.batch, seq=w.prompt,
         mode="generate", kv_len=0, opset=onnx_info(folder.graph).opset,
         platform=f"{platform.system()} {platform.machine()}", producer=f"ziplm-deploy {__version__}",
-        precision="fp32")
+        precision=folder.precision)
 
 
 def _predict(report: VerifyReport, block: dict[str, Any], folders: dict[str, Folder], plan: Plan,
@@ -596,18 +638,29 @@ def _predict(report: VerifyReport, block: dict[str, Any], folders: dict[str, Fol
 
 
 # --- token parity -------------------------------------------------------------------------------------------
-def token_parity(cand: Folder, tokens: list[int], prompt: np.ndarray, w: Any,
-                 log: Callable[[str], None]) -> dict[str, Any]:
-    """The candidate's GenAI greedy tokens against an independent reference (never against itself)."""
+def token_parity(cand: Folder, tokens: list[int], prompt: np.ndarray, w: Any, log: Callable[[str], None],
+                 min_top1: float | None = None) -> dict[str, Any]:
+    """The candidate's GenAI greedy tokens against an independent reference (never against itself); a quantized
+    candidate against fp32 PyTorch is judged by teacher-forced top-1 agreement (``min_top1``: the tolerance;
+    None: the one it was exported with)."""
     source, why_not = _torch_source(cand)
     if source is not None:
-        log(f"parity: the candidate's {w.generate} GenAI tokens vs transformers greedy generate on {source}")
-        want = torch_tokens(source, [int(t) for t in prompt], w.generate)
-        rows = [_token_row("tokens", tokens, want)]
+        from ..models import load_model
         from .measure import dir_digest
 
-        return _parity_block("pytorch", str(source), dir_digest(source),
-                             f"transformers greedy generate (min_new_tokens {w.generate}) on the timed prompt", rows)
+        log(f"parity: the candidate's {w.generate} GenAI tokens vs transformers greedy generate on {source}")
+        model = load_model(source).eval().float().cpu()
+        ids = [int(t) for t in prompt]
+        want = _greedy_tokens(model, ids, w.generate)
+        rows = [_token_row("tokens", tokens, want)]
+        note = f"transformers greedy generate (min_new_tokens {w.generate}) on the timed prompt"
+        if cand.precision == "fp32":
+            return _parity_block("pytorch", str(source), dir_digest(source), note, rows)
+        tolerance = _top1_row(cand, model, ids, want, rows[0], min_top1, log)
+        block = _parity_block("pytorch", str(source), dir_digest(source),
+                              f"{note} (fp32); the {cand.precision} candidate is judged by teacher-forced top-1 "
+                              "agreement, its greedy tokens' agreement is reported", rows)
+        return {**block, "tolerance": tolerance}
     gm = cand.genai_manifest
     if gm is None:
         return _parity_block("none", None, None, f"{why_not}, and {cand.folder} has no ziplm_genai.json export "
@@ -627,9 +680,54 @@ def token_parity(cand: Folder, tokens: list[int], prompt: np.ndarray, w: Any,
     eos = set(eos) if isinstance(eos, list) else {eos}
     got = genai_generate(cand.folder, prompts, n)
     rows = [_token_row(f"prompt {i}", _until(g, eos), list(o)) for i, (g, o) in enumerate(zip(got, outputs))]
+    note = "GenAI greedy tokens now vs transformers' recorded at export (files hash-checked)"
+    if cand.precision != "fp32":
+        top1 = check.get("top1_agreement")
+        note = (f"GenAI greedy tokens of the {cand.precision} graph now vs its own recorded at export (files "
+                f"hash-checked); at export it agreed with fp32 PyTorch on "
+                f"{top1 if isinstance(top1, (int, float)) else '?'} of its teacher-forced top-1 positions")
     return _parity_block("genai-export-check", str(cand.folder / GENAI_MANIFEST),
-                         file_sha256(cand.folder / GENAI_MANIFEST),
-                         "GenAI greedy tokens now vs transformers' recorded at export (files hash-checked)", rows)
+                         file_sha256(cand.folder / GENAI_MANIFEST), note, rows)
+
+
+def _top1_row(cand: Folder, model: Any, prompt: list[int], want: list[int], row: dict[str, Any],
+              min_top1: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """A quantized candidate's verdict (in ``row``, in place): teacher-forced top-1 agreement of its graph (its own
+    prefill + decode path in ONNX Runtime, fed the fp32 greedy tokens ``want``) with fp32 PyTorch's logits at
+    the generation positions, at least the tolerance. Returns the parity block's ``tolerance``."""
+    from ..export.genai import graph_decode, graph_session, torch_forced_logits
+    from .ort_quality import top1_agreement
+
+    least, source = _min_top1(cand, min_top1)
+    log(f"parity: the candidate is {cand.precision}: judged by teacher-forced top-1 agreement of its graph with fp32 "
+        f"PyTorch at the {len(want)} generation positions (at least {least:.0%}, {source}); its greedy tokens' "
+        "agreement with fp32 is reported, not token-exact")
+    got = graph_decode(graph_session(cand.graph), prompt, len(want), set(), forced=want)[1]
+    agreement = top1_agreement(got, torch_forced_logits(model, prompt, want))
+    row.update(top1_agreement=round(agreement, 6), min_top1_agreement=least, top1_positions=len(want),
+               ok=bool(agreement >= least))
+    return {"kind": "top1-agreement", "min_top1_agreement": least, "source": source, "candidate": cand.precision,
+            "reference_precision": "fp32", "judged": [row["name"]],
+            "positions": "teacher-forced: the timed prompt's last position, then each fp32 greedy token's",
+            "greedy_tokens": "agreement reported, not gated"}
+
+
+def _min_top1(cand: Folder, option: float | None) -> tuple[float, str]:
+    """The top-1 tolerance of a quantized candidate and where it comes from."""
+    from ..core.checks import number
+    from ..runtime.quantize import DEFAULT_MIN_TOP1, quality_of_metadata
+
+    if option is not None:
+        return option, "option"
+    check = (cand.genai_manifest or {}).get("check")
+    recorded = check.get("min_top1_agreement") if isinstance(check, dict) else None
+    where = str(cand.folder / "ziplm_genai.json")
+    if recorded is None:
+        record = quality_of_metadata(cand.metadata, str(cand.graph)) or {}
+        recorded, where = record.get("min_top1_agreement"), f"{cand.graph}: metadata ziplm_quality"
+    if recorded is None:
+        return DEFAULT_MIN_TOP1, "default"
+    return number(recorded, where, "min_top1_agreement", lo=0.0, hi=1.0), "the tolerance it was exported with"
 
 
 def _until(tokens: list[int], eos: set[Any]) -> list[int]:
@@ -661,12 +759,15 @@ def _torch_source(cand: Folder) -> tuple[Path | None, str]:
 
 def torch_tokens(model_dir: Path, prompt: list[int], tokens: int) -> list[int]:
     """``transformers`` greedy ``generate`` of exactly ``tokens`` new tokens (EOS masked, like GenAI's min_length)."""
+    from ..models import load_model
+
+    return _greedy_tokens(load_model(model_dir).eval().float().cpu(), prompt, tokens)
+
+
+def _greedy_tokens(model: Any, prompt: list[int], tokens: int) -> list[int]:
     import torch
     from transformers import GenerationConfig
 
-    from ..models import load_model
-
-    model = load_model(model_dir).eval().float().cpu()
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
     config = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, num_beams=1,
                               eos_token_id=eos,
