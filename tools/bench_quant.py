@@ -9,6 +9,10 @@ news text (gensim lee_background.cor, windows of 512) computed on the ONNX file 
 predicts the int8 members' speedups over int8 dense and, with its fp32 dense reference, over fp32 dense.
 
     python tools/bench_quant.py [--targets 1.5 2] [--joint-targets 2.5 3] [--int8-table T.json]
+        [--precision int8-dynamic/fp32-embed/fp32-down] [--dense-recipes int8-dynamic/fp32-embed ...]
+
+``--precision`` is the int8 recipe of the table, the joint family and every "int8" point (default plain
+``int8-dynamic``); ``--dense-recipes`` adds the dense model quantized with other recipes, for comparison.
 
 Writes tools/results/quant_smollm2.{json,md}.
 """
@@ -56,7 +60,8 @@ def int8_table(args, work: Path):
         return LatencyTable.load(path), path, json.loads(info_file.read_text()) if info_file.is_file() else None
     log(f"profiling the int8 table into {path} (load {load_average()})")
     before, t0 = load_average(), time.perf_counter()
-    opts = ProfileOptions(seq=128, threads=1, precision=Precision(INT8), protocol=Protocol(rounds=args.profile_rounds))
+    opts = ProfileOptions(seq=128, threads=1, precision=Precision.parse(args.precision),
+                          protocol=Protocol(rounds=args.profile_rounds))
     table = profile(arch_from_dir(smollm2_dir()), opts, progress=False)
     table.save(path)
     info = {"seconds": round(time.perf_counter() - t0, 1), "load_before": before, "load_after": load_average(),
@@ -88,15 +93,17 @@ def export_point(model_dir: str, stem: str, work: Path) -> Path:
     return fp32
 
 
-def quantized_point(fp32: Path, work: Path, per_channel: bool) -> Path:
-    """The quantized twin of an fp32 export, as ``export --precision int8-dynamic`` writes it (top-1 recorded)."""
+def quantized_point(fp32: Path, work: Path, label: str, per_channel: bool = False) -> Path:
+    """The quantized twin of an fp32 export, as ``export --precision LABEL`` writes it (top-1 recorded)."""
     from ziplm_deploy.export.quantize import quantize_exported
-    from ziplm_deploy.runtime.quantize import Precision
+    from ziplm_deploy.runtime.quantize import precision_from_args
 
-    q = work / ("int8pc" if per_channel else "int8") / fp32.name
+    precision = precision_from_args(label, per_channel)
+    folder = "int8pc" if precision.label == "int8-dynamic/per-channel" else precision.label.replace("int8-dynamic", "int8").replace("/", "-")
+    q = work / folder / fp32.name
     q.parent.mkdir(parents=True, exist_ok=True)
     if not q.is_file():
-        result = quantize_exported([fp32], q.parent, Precision(INT8, per_channel), min_top1=0.0)
+        result = quantize_exported([fp32], q.parent, precision, min_top1=0.0)
         log(f"{q}: {result.quality[0].to_json(result.precision)}")
     return q
 
@@ -111,9 +118,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--profile-rounds", type=int, default=50)
     p.add_argument("--int8-table")
+    p.add_argument("--precision", default=INT8, help="int8 recipe of the table, the joint family and the int8 points")
+    p.add_argument("--dense-recipes", nargs="*", default=[], help="the dense model also quantized with these recipes")
     p.add_argument("--per-channel-points", nargs="*", default=["dense", "ziplm-2x"],
                    help="points also quantized with per-channel weight scales (not predicted: the table is per-tensor)")
     p.add_argument("--work", help="working folder (default: a new temp folder)")
+    p.add_argument("--tag", default="", help="suffix of the result files (quant_smollm2<tag>.json/.md)")
     args = p.parse_args()
     run(args)
 
@@ -183,9 +193,12 @@ def run(args) -> None:
         fp32 = export_point(pt["dir"], name, work)
         if not pt.get("int8_only"):
             files[f"{name}/fp32"] = fp32
-        files[f"{name}/int8"] = quantized_point(fp32, work, per_channel=False)
+        files[f"{name}/int8"] = quantized_point(fp32, work, args.precision)
         if name in args.per_channel_points:
-            files[f"{name}/int8-per-channel"] = quantized_point(fp32, work, per_channel=True)
+            files[f"{name}/int8-per-channel"] = quantized_point(fp32, work, args.precision, per_channel=True)
+        if name == "dense":
+            for label in args.dense_recipes:
+                files[f"dense/{label}"] = quantized_point(fp32, work, label)
     ppls = perplexities(work, files, evalw)
     rows = [predicted_row(key, path, points, table8, ppls[key]) for key, path in files.items()]
     load_before, stats = measure(args, files, rows, table8.arch.vocab)
@@ -197,7 +210,8 @@ def run(args) -> None:
         "int8_table_refs_ms": {"int8_dense": round(table8.predict(table8.dense_shape()), 3),
                                "fp32_dense": round(table8.references[FP32_DENSE].get(st), 3)},
         "settings": {"runtime": "onnxruntime CPU, 1 thread, opt level all", "batch": 1, "seq": 128, "statistic": "p25",
-                     "rounds": args.rounds, "quantization": "quantize_dynamic, QInt8 weights (per-tensor unless noted)",
+                     "rounds": args.rounds, "quantization": f"quantize_dynamic, QInt8 weights, recipe {args.precision} "
+                                                            "(the int8 rows; per-tensor unless noted)",
                      "calibration": f"{args.windows} x 128 Wikipedia tokens",
                      "quality": f"perplexity in ONNX Runtime on {evalw.size} held-out tokens (lee_background.cor), windows of 512",
                      "recovery": "none (one-shot)", "load_at_timing": load_before,
@@ -205,7 +219,7 @@ def run(args) -> None:
         "rows": rows, "timings": {k: v.to_json() for k, v in stats.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = ROOT / "tools" / "results" / "quant_smollm2.json"
+    out = ROOT / "tools" / "results" / f"quant_smollm2{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
@@ -231,7 +245,7 @@ def predicted_row(key: str, path: Path, points: dict, table8, ppl: float) -> dic
     from ziplm_deploy.core.table import LatencyTable
     from ziplm_deploy.core.table import FP32_DENSE
 
-    name, precision = key.split("/")
+    name, precision = key.split("/", 1)
     shape = points[name]["shape"]
     shape = ModelShape.from_json(shape, "member") if shape else table8.dense_shape()
     row = {"model": key, "point": name, "precision": precision, "perplexity": round(ppl, 3),

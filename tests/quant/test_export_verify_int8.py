@@ -177,7 +177,7 @@ def test_verify_refuses_a_table_of_another_precision(tiny, tmp_path, one_line_er
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--per-channel"], "--per-channel needs a quantized precision"),
+    (["--per-channel"], "per-channel needs a quantized precision"),
     (["--min-top1", "0.5"], "--min-top1 validate a quantized export"),
     (["--precision", "int8-dynamic", "--max-ppl-increase", "0.1"], "--max-ppl-increase needs --eval-data"),
     (["--precision", "int8-dynamic", "--min-top1", "1.5"], "--min-top1"),
@@ -226,3 +226,20 @@ def test_block_model_quantizes_the_tied_head_like_the_export(tiny):
     exported = onnx.load(str(tiny["int8"]))
     assert head_ops(blocks) == head_ops(exported)
     assert head_ops(exported)[0] == "MatMul" and "DequantizeLinear" in head_ops(exported)[1]
+
+
+def test_export_of_a_recipe_keeps_the_named_nodes_fp32_and_records_the_recipe(tiny, tmp_path):
+    """``--precision int8-dynamic/fp32-embed/fp32-down``: the exported graph's two FFN output projections stay
+    fp32 MatMuls, the (tied) embedding table stays a float initializer, and the label is in the metadata."""
+    from collections import Counter
+
+    out = tmp_path / "recipe.onnx"
+    r = cli("export", "--model", tiny["dir"], "--out", out, "--precision", "int8-dynamic/fp32-embed/fp32-down")
+    assert r.returncode == 0, r.stderr
+    assert meta_of(out)["ziplm_precision"] == "int8-dynamic/fp32-embed/fp32-down"
+    q, plain = onnx.load(str(out)), onnx.load(str(tiny["int8"]))
+    ops, plain_ops = Counter(n.op_type for n in q.graph.node), Counter(n.op_type for n in plain.graph.node)
+    assert ops["MatMulInteger"] == plain_ops["MatMulInteger"] - 2  # one down projection per layer
+    gathers = [n for n in q.graph.node if n.op_type == "Gather" and n.input[0] in {i.name for i in q.graph.initializer}]
+    tables = {i.name: i for i in q.graph.initializer}
+    assert gathers and all(tables[g.input[0]].data_type == onnx.TensorProto.FLOAT for g in gathers)

@@ -37,7 +37,7 @@ def test_unknown_labels_are_refused(label):
 
 
 def test_per_channel_needs_a_quantized_precision():
-    with pytest.raises(UserError, match="--per-channel needs a quantized precision"):
+    with pytest.raises(UserError, match="per-channel needs a quantized precision"):
         Precision("fp32", per_channel=True)
 
 

@@ -68,16 +68,38 @@ def test_check_refuses_a_table_of_another_precision(no_torch_env, model_dir, int
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--per-channel"], "--per-channel needs a quantized precision"),
+    (["--per-channel"], "per-channel needs a quantized precision"),
+    (["--precision", "fp32/fp32-down"], "unknown precision 'fp32/fp32-down'"),
+    (["--precision", "int8-dynamic/fp32-down/fp32-down"], "unknown precision"),
     (["--precision", "int8-dynamic", "--runtime", "ort-cuda"], "runtime ort-cuda does not run it"),
     (["--precision", "int8-dynamic", "--dtype", "float16"], "quantizes float32 graphs, not float16"),
-    (["--precision", "int4"], "invalid choice: 'int4'"),
+    (["--precision", "int4"], "unknown precision 'int4'"),
 ])
 def test_bad_precision_options_exit_2_before_work(no_torch_env, model_dir, tmp_path, flags, message, one_line_error):
     out = tmp_path / "t.json"
     r = cli(no_torch_env, "profile", "--model", str(model_dir), "--out", str(out), *flags, *FAST)
     one_line_error(r, message)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_table_records_its_recipe_and_refuses_plain_int8_checks(no_torch_env, model_dir, int8_table,
+                                                                         tmp_path, one_line_error):
+    """``int8-dynamic/fp32-embed/fp32-down`` (options in any order) profiles torch-free, its fingerprint names the
+    recipe, and a check in another recipe (plain int8) is refused, as is checking the plain table in the recipe."""
+    from ziplm_deploy.core.table import LatencyTable
+
+    table = tmp_path / "recipe.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--precision", "int8-dynamic/fp32-down/fp32-embed",
+            "--out", str(table), "--check", "1", "--check-rounds", "3", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert LatencyTable.load(table).fingerprint.precision == "int8-dynamic/fp32-embed/fp32-down"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--table", str(table), "--precision", "int8-dynamic",
+            "--check", "1", "--check-out", str(tmp_path / "c.json"), *FAST)
+    one_line_error(r, "measured in precision int8-dynamic/fp32-embed/fp32-down", "this check is int8-dynamic")
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--table", str(int8_table), "--precision",
+            "int8-dynamic/fp32-embed/fp32-down", "--check", "1", "--check-out", str(tmp_path / "c.json"), *FAST)
+    one_line_error(r, "measured in precision int8-dynamic,", "this check is int8-dynamic/fp32-embed/fp32-down")
+    assert not (tmp_path / "c.json").exists()
 
 
 def test_quantize_and_ort_perplexity_without_torch(no_torch_env, tmp_path):

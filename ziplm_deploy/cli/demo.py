@@ -16,11 +16,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=argtypes.positive_int, default=20, help="interleaved timing rounds (default 20)")
     p.add_argument("--windows", type=argtypes.positive_int, default=64,
                    help="calibration windows of 128 tokens (default 64)")
-    p.add_argument("--precision", default="int8-dynamic", choices=("fp32", "int8-dynamic"),
+    p.add_argument("--precision", default="int8-dynamic", type=_precision_label,
                    help="deployment precision (default int8-dynamic: ZipLM stacked on ONNX Runtime int8, targets are "
-                        "total speedups over the fp32 dense model and int8 alone covers about 1.87x; fp32: pruning only)")
+                        "total speedups over the fp32 dense model and int8 alone covers about 1.87x; fp32: pruning "
+                        "only; int8 recipe options as for profile: /fp32-embed, /fp32-down, /per-channel)")
     p.add_argument("--probe-windows", type=argtypes.positive_int, default=2,
                    help="windows each sensitivity probe of the search is scored on (default 2)")
+
+
+def _precision_label(text: str) -> str:
+    """A precision label, normalised (argparse turns the UserError into a usage error, exit 2)."""
+    from ..core.errors import UserError
+    from ..runtime.quantize import Precision
+
+    try:
+        return Precision.parse(text, "--precision").label
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import fraction, nonneg_float, positive_int, seq_len
+from ..runtime.quantize import PRECISION_HELP, Precision, precision_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", type=nonneg_float, default=1e-3,
                    help="validation: tolerance relative to each output's max |value| (default 1e-3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--precision", default=None, choices=("fp32", "int8-dynamic"),
-                   help="int8-dynamic: FILE.onnx is the ONNX Runtime quantize_dynamic graph (QInt8 weights), validated "
+    p.add_argument("--precision", default=None,
+                   help=PRECISION_HELP + ". int8-dynamic: FILE.onnx is the ONNX Runtime quantize_dynamic graph (QInt8 weights), validated "
                         "against the fp32 PyTorch model by top-1 agreement (and --eval-data perplexity), not 1e-3 parity; "
                         "with --genai the folder's model.onnx is, validated by teacher-forced top-1 agreement and "
                         "GenAI == the graph's own greedy loop (default: the precision the model was pruned for, from "
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.genai is not None or args.out is None or args.genai_full_logits or args.genai_check_tokens is not None:
         return _run_genai(args)
     if args.precision is None:
-        args.precision, args.per_channel = _pruned_for(args.model, args.per_channel)
+        args.precision = _pruned_for(args.model)
     from pathlib import Path
 
     from ..core.arch import arch_from_dir
@@ -103,14 +104,11 @@ def _run_genai(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(text)} validate a quantized --out export, not a --genai folder (an int8 one is "
                         "validated by teacher-forced top-1 agreement, --min-top1, and its greedy generation)",
                         "drop them")
-    from ..runtime.quantize import DEFAULT_MIN_TOP1, Precision
+    from ..runtime.quantize import DEFAULT_MIN_TOP1
 
     per_channel = bool(getattr(args, "per_channel", False))
-    if getattr(args, "precision", None) is None:
-        label, per_channel = _pruned_for(args.model, per_channel)
-    else:
-        label = args.precision
-    precision = Precision(label, per_channel)  # --per-channel without a quantized precision is refused here
+    label = _pruned_for(args.model) if getattr(args, "precision", None) is None else args.precision
+    precision = precision_from_args(label, per_channel)  # --per-channel without a quantized precision is refused
     min_top1 = getattr(args, "min_top1", None)
     if min_top1 is not None and not precision.quantized:
         raise UserError("--min-top1 validates a quantized export, not a --genai folder in fp32 (checked token-exact)",
@@ -146,18 +144,17 @@ def _run_genai(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pruned_for(model: str, per_channel: bool) -> tuple[str, bool]:
-    """(precision, per_channel) the model was pruned for: a member searched on a quantized table is deployed
+def _pruned_for(model: str) -> str:
+    """The precision label the model was pruned for: a member searched on a quantized table is deployed
     quantized, so its export is too unless --precision says otherwise. fp32 without such a manifest."""
     from ..core.manifest import pruned_precision
-    from ..runtime.quantize import Precision
 
     label = pruned_precision(model)
     precision = Precision.parse(label, f"{model}/manifest.json: fingerprint.precision")
     if precision.quantized:
         print(f"{model} was pruned on a {label} latency table (manifest.json): exporting it {label}; "
               f"pass --precision fp32 for the fp32 graph")
-    return precision.name, per_channel or precision.per_channel
+    return precision.label
 
 
 def _quant_options(args: argparse.Namespace) -> list[str]:
@@ -168,9 +165,9 @@ def _quant_options(args: argparse.Namespace) -> list[str]:
 def _run_quantized(args: argparse.Namespace, out) -> int:
     """``--precision int8-dynamic``: options and text checked before the model is loaded."""
     from ..core.errors import UserError
-    from ..runtime.quantize import DEFAULT_MIN_TOP1, Precision
+    from ..runtime.quantize import DEFAULT_MIN_TOP1
 
-    precision = Precision(args.precision, args.per_channel)
+    precision = precision_from_args(args.precision, args.per_channel)
     if not precision.quantized:
         raise UserError(f"{', '.join(_quant_options(args))} validate a quantized export",
                         "add --precision int8-dynamic, or drop them")

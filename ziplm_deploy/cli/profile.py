@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from . import argtypes
+from ..runtime.quantize import PRECISION_HELP, precision_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intra-op threads (default 1; 0: the runtime's default)")
     p.add_argument("--opt-level", default="all", help="graph optimisation level: disabled|basic|extended|all")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "int8-dynamic"),
+    p.add_argument("--precision", default="fp32",
                    help="deployment precision: every graph is quantized as `export --precision` quantizes the model "
-                        "(int8-dynamic: ONNX Runtime quantize_dynamic, QInt8 weights; ort-cpu) (default fp32)")
+                        "(int8-dynamic: ONNX Runtime quantize_dynamic, QInt8 weights; ort-cpu): " + PRECISION_HELP +
+                        " (default fp32)")
     p.add_argument("--per-channel", action="store_true", help="with int8-dynamic: per-channel weight scales")
     p.add_argument("--ffn-step", type=argtypes.positive_int, default=32, help="FFN width grid step (default 32)")
     p.add_argument("--rank-step", type=argtypes.nonneg_int, default=0, metavar="R",
@@ -62,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from ..core.jsonio import atomic_write_json
     from ..core.table import LatencyTable
     from ..profiling.profiler import ProfileOptions, check, check_precision, profile, random_shapes
-    from ..runtime.quantize import Precision
     from ..runtime.timing import Protocol
 
     if args.workload is not None:
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--out", args.out), ("--check-out", args.check_out)):
         if path is not None:
             check_output_path(path, option)
-    precision = Precision(args.precision, args.per_channel)
+    precision = precision_from_args(args.precision, args.per_channel)
     check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
@@ -141,7 +142,6 @@ def _run_workload(args: argparse.Namespace) -> int:
     from ..core.workload import Workload
     from ..profiling.profiler import ProfileOptions, check_precision
     from ..profiling.workload import profile_workload, workload_kv_lens
-    from ..runtime.quantize import Precision
     from ..runtime.timing import Protocol
 
     workload = Workload.parse(args.workload, batch=args.batch)
@@ -158,7 +158,7 @@ def _run_workload(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_path(out, "--out", directory=out.suffix.lower() != ".json")
     kv_lens = workload_kv_lens(workload, args.kv_lens)
-    precision = Precision(args.precision, args.per_channel)
+    precision = precision_from_args(args.precision, args.per_channel)
     check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)

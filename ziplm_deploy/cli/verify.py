@@ -127,6 +127,12 @@ def format_summary(report) -> str:
         lines.append(f"parity: not checkable ({report.parity.get('note')})")
     elif report.parity:
         for r in report.parity["outputs"]:
+            if "agreement" in r and "top1_agreement" in r:  # generation, quantized candidate: top-1 is the verdict
+                lines.append(f"parity vs {report.parity['reference']} (fp32): {r['name']} teacher-forced top-1 "
+                             f"agreement {r['top1_agreement']:.1%} of {r.get('top1_positions', r['positions'])} positions, "
+                             f"tolerance >= {r['min_top1_agreement']:.0%} {'ok' if r['ok'] else 'FAIL'}; greedy tokens equal "
+                             f"{r['agreement']:.0%} (reported)")
+                continue
             if "agreement" in r:  # generation: greedy tokens, token-exact
                 first = "" if r["first_difference"] is None else f", first difference at token {r['first_difference']}"
                 lines.append(f"parity vs {report.parity['reference']}: {r['name']} {r['agreement']:.0%} of "
@@ -160,8 +166,11 @@ def quality_line(q: dict | None, generation: bool = False) -> str:
 def workload_lines(w: dict) -> list[str]:
     """TTFT / ms-per-token / tokens/s / end-to-end of both models, their speedups and (with tables) predictions."""
     spec, st = w["workload"], w["statistic"]
+    precisions = {w[role].get("precision", "fp32") for role in ("baseline", "candidate")}
+    timed = (f"; baseline {w['baseline'].get('precision', 'fp32')}, candidate {w['candidate'].get('precision', 'fp32')}"
+             if precisions != {"fp32"} else "")
     lines = [f"workload {spec['name']} (prompt {spec['prompt']}, generate {spec['generate']}, batch {spec['batch']}) "
-             f"in {w['engine']['name']} {w['engine']['version']}, {st}:"]
+             f"in {w['engine']['name']} {w['engine']['version']}, {st}{timed}:"]
     pred = w.get("prediction")
 
     def cell(value, fmt: str) -> str:

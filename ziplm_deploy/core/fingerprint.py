@@ -2,8 +2,8 @@
 
 A table only predicts the deployment it was measured in: same CPU/GPU, runtime and version, provider,
 optimisation level, threads, dtype, precision and input sizes. ``differences`` lists what does not match.
-``precision`` (``fp32``, ``int8-dynamic``, ``int8-dynamic/per-channel``: the graphs were quantized so) came
-later: a fingerprint without it was measured in fp32.
+``precision`` (``fp32``, ``int8-dynamic`` and its recipe options, e.g. ``int8-dynamic/per-channel/fp32-embed``:
+the graphs were quantized so) came later: a fingerprint without it was measured in fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from .errors import UserError
 
 _INT_FIELDS = ("cores", "threads", "batch", "seq", "kv_len", "opset")
 DEFAULT_PRECISION = "fp32"  # of fingerprints written before precisions existed
-PRECISION_LABELS = ("fp32", "int8-dynamic", "int8-dynamic/per-channel")  # runtime.quantize.Precision.label
+# int8 recipe options, in label order (runtime.quantize.Precision): per-channel weight scales; the embedding
+# table kept fp32 (a tied LM head is then not dequantized on every call); FFN output projections kept fp32
+PRECISION_OPTIONS = ("per-channel", "fp32-embed", "fp32-down")
+PRECISION_LABELS = ("fp32",) + tuple(  # every runtime.quantize.Precision.label
+    "int8-dynamic" + "".join(f"/{o}" for i, o in enumerate(PRECISION_OPTIONS) if mask >> i & 1)
+    for mask in range(2 ** len(PRECISION_OPTIONS)))
 
 
 @dataclass(frozen=True)

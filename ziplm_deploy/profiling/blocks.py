@@ -127,7 +127,8 @@ def linear_graph(arch: ArchSpec, kind: str, rank: int | None, sizes: Sizes, dtyp
     din, dout = kind_dims(arch, kind)
     b = GraphBuilder(dtype, seed)
     x = b.add_input("x", ["batch", "seq", din])
-    b.add_output(_ffn_linear(b, arch, x, "ffn", din, dout, rank), "y", ["batch", "seq", dout])
+    key = "ffn.down" if kind == "out" else "ffn.up"  # names the role, as in the blocks (``int8-dynamic/fp32-down``)
+    b.add_output(_ffn_linear(b, arch, x, key, din, dout, rank), "y", ["batch", "seq", dout])
     return b.model(f"{arch.family}_linear_{kind}_{rank or 'dense'}")
 
 

@@ -114,7 +114,7 @@ class GraphBuilder:
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> Any:
         outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))  # named: quantizers exclude by name
         return outs[0] if n_out == 1 else outs
 
     def add_input(self, name: str, dims: list[int | str], elem: int | None = None) -> str:
@@ -122,7 +122,7 @@ class GraphBuilder:
         return name
 
     def add_output(self, value: str, name: str, dims: list[int | str]) -> None:
-        self.nodes.append(helper.make_node("Identity", [value], [name]))
+        self.nodes.append(helper.make_node("Identity", [value], [name], name=name))
         self.outputs.append(helper.make_tensor_value_info(name, self.elem, dims))
 
     def model(self, name: str) -> onnx.ModelProto:

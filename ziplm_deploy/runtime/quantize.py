@@ -5,21 +5,29 @@
 MatMuls with a constant weight only. The profiler (block graphs, ``--check`` shapes), the exporter and
 edge devices all call ``quantize_graph``, so a latency table predicts the model exactly as shipped.
 
-A precision is named by its label: ``fp32``, ``int8-dynamic`` or ``int8-dynamic/per-channel``; the label
-goes into table fingerprints and into the ONNX metadata (``ziplm_precision``).
+A precision is named by its label: ``fp32``, or ``int8-dynamic`` with recipe options in this order:
+``/per-channel`` (per-output-channel weight scales), ``/fp32-embed`` (the token-embedding table stays fp32:
+with a tied LM head, int8 makes every call dequantize the whole 49,152 x 576 table before the head's fp32
+MatMul, so keeping it fp32 is faster, not only more accurate) and ``/fp32-down`` (every FFN output
+projection stays fp32: its input, the FFN's hidden activations, carries the massive per-token outliers that
+per-tensor dynamic activation quantization cannot represent; on SmolLM2 those MatMuls are most of int8's
+quality loss). The label goes into table fingerprints and into the ONNX metadata (``ziplm_precision``).
+Measured on SmolLM2-135M (tools/results/int8_recipes_smollm2.md).
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.fingerprint import PRECISION_LABELS
+from ..core.fingerprint import PRECISION_LABELS, PRECISION_OPTIONS
 
 PRECISIONS = ("fp32", "int8-dynamic")
 PER_CHANNEL = "per-channel"
@@ -38,12 +46,20 @@ DEFAULT_MIN_TOP1 = 0.1
 class Precision:
     name: str = "fp32"
     per_channel: bool = False
+    fp32_embed: bool = False  # the embedding table is not quantized (see the module docstring)
+    fp32_down: bool = False  # FFN output projections are not quantized
 
     def __post_init__(self) -> None:
         if self.name not in PRECISIONS:
             raise UserError(f"unknown precision {self.name!r}", f"choose one of {', '.join(PRECISIONS)}")
-        if self.per_channel and self.name == "fp32":
-            raise UserError("--per-channel needs a quantized precision", "pass --precision int8-dynamic --per-channel")
+        if self.name == "fp32" and self.options:
+            raise UserError(f"{', '.join(self.options)} needs a quantized precision",
+                            "pass --precision int8-dynamic/" + "/".join(self.options))
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        flags = (self.per_channel, self.fp32_embed, self.fp32_down)
+        return tuple(o for o, on in zip(PRECISION_OPTIONS, flags) if on)
 
     @property
     def quantized(self) -> bool:
@@ -51,23 +67,37 @@ class Precision:
 
     @property
     def label(self) -> str:
-        return f"{self.name}/{PER_CHANNEL}" if self.per_channel else self.name
+        return "/".join((self.name, *self.options))
 
     @property
     def cli_flags(self) -> str:
-        """The command-line options that select this precision."""
-        return f"--precision {self.name}" + (" --per-channel" if self.per_channel else "")
+        """The command-line option that selects this precision."""
+        return f"--precision {self.label}"
 
     @staticmethod
     def parse(label: str, source: str = "precision") -> "Precision":
-        """The precision a label names (``int8-dynamic/per-channel``); anything else is a ``UserError``."""
-        if label not in PRECISION_LABELS:
-            raise UserError(f"{source}: unknown precision {label!r}", f"expected one of {', '.join(PRECISION_LABELS)}")
-        name, _, option = str(label).partition("/")
-        return Precision(name, bool(option))
+        """The precision a label names (``int8-dynamic/per-channel/fp32-embed``; options in any order, each
+        once); anything else is a ``UserError``."""
+        name, *options = str(label).split("/")
+        canonical = "/".join((name, *sorted(options, key=lambda o: PRECISION_OPTIONS.index(o)
+                                                  if o in PRECISION_OPTIONS else -1)))
+        if not isinstance(label, str) or len(set(options)) != len(options) or canonical not in PRECISION_LABELS:
+            raise UserError(f"{source}: unknown precision {label!r}",
+                            f"fp32, or int8-dynamic with options {', '.join('/' + o for o in PRECISION_OPTIONS)} "
+                            "(e.g. int8-dynamic/fp32-embed)")
+        return Precision(name, *(o in options for o in PRECISION_OPTIONS))
 
 
 FP32 = Precision()
+PRECISION_HELP = ("fp32, or int8-dynamic with recipe options appended: /per-channel, /fp32-embed (keep the embedding "
+                  "table fp32: faster with a tied LM head), /fp32-down (keep FFN output projections fp32: most of "
+                  "int8's quality loss), e.g. int8-dynamic/fp32-embed/fp32-down")
+
+
+def precision_from_args(label: str, per_channel: bool = False, source: str = "--precision") -> Precision:
+    """The precision a command line names: a label (``--precision``), ``--per-channel`` adding that option."""
+    precision = Precision.parse(label, source)
+    return replace(precision, per_channel=True) if per_channel else precision
 
 
 def quantize_graph(model: Any, precision: Precision) -> bytes:
@@ -96,7 +126,8 @@ def quantize_file_to(model: Any, out: str | os.PathLike, precision: Precision) -
         level = root.level
         root.setLevel(logging.ERROR)  # quantize_dynamic warns about pre-processing on every call
         try:
-            quantize_dynamic(proto, out, per_channel=precision.per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(proto, out, per_channel=precision.per_channel, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=fp32_nodes(proto, precision))
         finally:
             root.setLevel(level)
         proto = onnx.load(str(out))
@@ -105,6 +136,56 @@ def quantize_file_to(model: Any, out: str | os.PathLike, precision: Precision) -
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save_model(proto, str(out))
+
+
+# the FFN output projection of a layer, as the PyTorch exporter's name scopes record it (Llama and BERT
+# ``layers.N``/``layer.N``, GPT-2 ``h.N``), a FLOP-factorised one's two halves included
+_DOWN_SCOPES = {"llama": "mlp.down_proj", "gpt2": "mlp.c_proj", "bert": "output.dense"}
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+def fp32_nodes(proto: Any, precision: Precision) -> list[str]:
+    """Names of the nodes ``precision`` keeps in fp32: embedding ``Gather``s of an initializer table
+    (``fp32-embed``), and the FFN output projections' ``MatMul``/``Gemm`` (``fp32-down``): in the
+    profiler's graphs the ones whose weight is ``[layers.N.]ffn.down[.first|.second].weight``, in exported
+    graphs the ones the exporter scoped under a layer's output projection. A graph where ``fp32-down``
+    finds none is refused: quantizing it all would silently ship another recipe than the label says."""
+    inits = {i.name for i in proto.graph.initializer}
+    keep = []
+    if precision.fp32_embed:
+        keep += [n.name for n in proto.graph.node if n.op_type == "Gather" and n.input and n.input[0] in inits]
+    if precision.fp32_down:
+        matmuls = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
+        if matmuls and not any(_BLOCK_WEIGHT.match(i) for n in proto.graph.node for i in n.input) and not any(
+                p.key == _SCOPES_KEY for n in matmuls for p in n.metadata_props):
+            raise UserError(f"precision {precision.label}: cannot tell the FFN output projections in graph "
+                            f"{proto.graph.name!r} (neither ziplm-deploy block weights nor exporter name scopes)",
+                            "export the model with ziplm-deploy export, or drop /fp32-down")
+        for n in (n for n in matmuls if _is_ffn_down(n)):  # quantize_dynamic first rewrites a Gemm to
+            keep += [n.name, f"{n.name}_MatMul"] if n.op_type == "Gemm" else [n.name]  # <name>_MatMul + Add
+    missing = [n for n in keep if not n]
+    if missing:
+        raise UserError(f"precision {precision.label}: graph {proto.graph.name!r} has unnamed nodes to keep in fp32",
+                        "export the model with ziplm-deploy export")
+    return keep
+
+
+_BLOCK_WEIGHT = re.compile(r"^((layers\.\d+\.)?(attn|ffn)|embed|lm_head)\.")  # profiling/blocks.py names
+_BLOCK_DOWN = re.compile(r"^(layers\.\d+\.)?ffn\.down(\.first|\.second)?\.weight$")
+_EXPORT_DOWN = re.compile(r"\.(?:layers?|h)\.\d+\.(?:%s)(?:\.|$)" % "|".join(re.escape(d) for d in _DOWN_SCOPES.values()))
+
+
+def _is_ffn_down(node: Any) -> bool:
+    if any(_BLOCK_DOWN.match(i) for i in node.input):
+        return True
+    for prop in node.metadata_props:
+        if prop.key == _SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return False
+            return any(isinstance(sc, str) and _EXPORT_DOWN.search("." + sc) for sc in scopes)
+    return False
 
 
 def precision_of_metadata(meta: dict[str, str], source: str) -> Precision:
