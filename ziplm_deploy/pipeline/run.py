@@ -1,5 +1,10 @@
 """Run a pipeline: profile -> prune -> (distill) -> export -> (engine) -> verify -> gate -> report, resumable.
 
+Verify times one prefill pass of each member against the dense model; with ``verify.generation`` (and
+``prune.workload_tables``) it times the run's workload in ONNX Runtime GenAI instead (``verify --workload`` with
+the run's copy of the workload tables), and judges each member's target on the metric it was searched for
+(``prune.budget``).
+
 Each stage writes its artifacts atomically into the run directory and records, in ``state.json``,
 a key: the hash of its options and of its inputs' contents. A re-run skips every stage whose key is
 unchanged and whose outputs are still there; an interrupted run resumes at the stage it stopped in,
@@ -263,21 +268,28 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
             for m in reached:
                 name = Path(m["path"]).name
                 target = _verify_target(spec, m, name, log)
-                opts = VerifyOptions(runtime=v.runtime, batch=v.batch, seq=v.seq, threads=v.threads, target=target,
-                                     tolerance=v.tolerance, table=str(table_path), rounds=v.rounds,
-                                     atol=spec.export.atol if spec.export else 1e-4,
-                                     rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
+                common = dict(runtime=v.runtime, threads=v.threads, target=target, tolerance=v.tolerance,
+                              rounds=v.rounds, atol=spec.export.atol if spec.export else 1e-4,
+                              rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
+                if v.generation:  # the run's workload in GenAI, predicted from the run's copy of its tables
+                    w = _run_workload(run_workload)
+                    opts = VerifyOptions(batch=w.batch, workload=w.name, workload_tables=str(run_workload),
+                                         target_metric=spec.prune.budget or "e2e", **common)
+                else:
+                    opts = VerifyOptions(batch=v.batch, seq=v.seq, table=str(table_path), **common)
                 baseline, candidate = (engines["dense"], engines[name]) if engines else (spec.model, m["path"])
                 rep = verify(baseline, candidate, opts, cache, log=lambda s: log("  " + s))
                 out = verify_dir / f"{name}.verify.json"
                 rep.save(out)
                 reports[name] = str(out)
+                _fault_point("verify-saved")
                 sp = rep.speedup or {}
-                log(f"  {name}: measured {sp.get('measured')}x, predicted {sp.get('predicted')}x" if rep.ok
+                what = f"{sp.get('metric')} speedup " if v.generation else ""
+                log(f"  {name}: measured {what}{sp.get('measured')}x, predicted {sp.get('predicted')}x" if rep.ok
                     else f"  {name}: measurement failed: {rep.error}")
             return list(reports.values()), reports
 
-        verify_reports = stage("verify", _sha([asdict(spec.verify), prune_key, model_key,
+        verify_reports = stage("verify", _sha([_verify_options(spec), prune_key, model_key,
                                                asdict(spec.export) if spec.export else None, *trained_key,
                                                *([asdict(spec.engine)] if spec.engine else [])]), do_verify)
 
@@ -310,6 +322,27 @@ def _prune_options(spec: PipelineSpec) -> dict[str, Any]:
     return options
 
 
+def _verify_options(spec: PipelineSpec) -> dict[str, Any]:
+    """The verify section's part of the stage key; without ``generation`` exactly what it was before that option
+    existed (a run directory made then resumes without verifying again)."""
+    options = asdict(spec.verify)
+    if not options["generation"]:
+        del options["generation"]
+    return options
+
+
+def _run_workload(manifest: Path):
+    from ..core.workload import WorkloadTables
+
+    return WorkloadTables.load(manifest).workload
+
+
+def _fault_point(name: str) -> None:
+    from ..prune.family import _fault_point as fault
+
+    fault(name)
+
+
 def _workload_latency(path: str | os.PathLike, budget: str | None, source: str):
     from ..core.workload import WorkloadTables
     from ..prune.search import LatencyModel
@@ -320,31 +353,71 @@ def _workload_latency(path: str | os.PathLike, budget: str | None, source: str):
 def _check_workload(spec: PipelineSpec) -> Path | None:
     """The manifest of ``prune.workload_tables`` (None without), refused before any work when it does not load,
     does not describe the model, has no decode step for ``budget: decode``, or when verify would time a prefill
-    pass of another length or batch than the workload's prompt (verify predicts it from the prefill table)."""
+    pass of another length or batch than the workload's prompt (verify predicts it from the prefill table); with
+    ``verify.generation``, when the model is an encoder or verify could not time the workload
+    (``_check_generation``)."""
     p = spec.prune
     if p.workload_tables is None:
         return None
     from ..core.arch import arch_from_dir
 
+    arch = arch_from_dir(spec.model)
+    generation = spec.verify is not None and spec.verify.generation
+    if generation and not arch.is_decoder:
+        raise UserError(f"verify.generation generates tokens, and {spec.model} is a {arch.family} encoder",
+                        "drop verify.generation (verify then times one prefill pass)")
     manifest = Path(p.workload_tables)
     if manifest.is_dir():
         manifest = manifest / "workload.json"
     latency = _workload_latency(manifest, p.budget, f"prune.workload_tables {manifest}")
-    latency.check_arch(arch_from_dir(spec.model), spec.model)
+    latency.check_arch(arch, spec.model)
     w = latency.tables.workload
     v = spec.verify
-    if v is not None and (v.seq, v.batch) != (w.prompt, w.batch):
+    if generation:
+        _check_generation(spec, manifest, latency.tables)
+    elif v is not None and (v.seq, v.batch) != (w.prompt, w.batch):
         raise UserError(f"verify times a prefill pass of batch {v.batch}, seq {v.seq}, but workload {w.name} has "
                         f"batch {w.batch}, prompt {w.prompt}: its prefill table cannot predict that pass",
                         f"set verify.seq: {w.prompt} and verify.batch: {w.batch}")
     return manifest
 
 
+def _check_generation(spec: PipelineSpec, manifest: Path, tables: Any) -> None:
+    """``verify.generation``, before any work: a workload that generates tokens, tables of the fp32 deployment (the
+    baseline is the dense model, fp32: tables of another precision cannot predict it), and everything
+    ``verify --workload`` checks of its inputs (GenAI installed, the context length, the tables), on the dense model."""
+    from ..verify.generation import check_inputs
+    from ..verify.measure import VerifyOptions
+
+    w = tables.workload
+    fix = "profile a generation workload (`ziplm-deploy profile --workload chat`), or drop verify.generation"
+    if w.generate < 1:
+        raise UserError(f"verify.generation times generated tokens, and workload {w.name} of "
+                        f"prune.workload_tables generates none", fix)
+    precision = tables.prefill.fingerprint.precision
+    if precision != "fp32":
+        raise UserError(f"verify.generation times the members against the dense model in fp32, and prune.workload_"
+                        f"tables {manifest} are {precision}: they cannot predict the fp32 baseline",
+                        "verify the members with `ziplm-deploy verify --workload` against the dense model's "
+                        f"{precision} GenAI folder, or drop verify.generation")
+    v = spec.verify
+    opts = VerifyOptions(runtime=v.runtime, threads=v.threads, rounds=v.rounds, batch=w.batch, workload=w.name,
+                         workload_tables=str(manifest), target_metric=spec.prune.budget or "e2e",
+                         eval_data=v.eval_data)
+    try:
+        check_inputs(spec.model, spec.model, opts.validate())
+    except UserError as e:
+        raise UserError(f"verify.generation: {e.message}", e.hint) from None
+
+
 def _verify_target(spec: PipelineSpec, member: dict[str, Any], name: str, log: Callable[[str], None]) -> float:
     """What verify judges a member's measured speedup against. Verify times one prefill pass: with a workload
-    budget other than TTFT, that is the member's predicted TTFT speedup (its e2e / decode target is predicted)."""
+    budget other than TTFT, that is the member's predicted TTFT speedup (its e2e / decode target is predicted).
+    With ``verify.generation`` it times the workload, and judges the member's own target on its budget's metric."""
     budget = spec.prune.budget or "e2e"
     prediction = member.get("workload_prediction")
+    if spec.verify is not None and spec.verify.generation:
+        return member["target"]
     if spec.prune.workload_tables is None or budget == "ttft" or not prediction:
         return member["target"]
     ttft = prediction["speedup"]["ttft"]

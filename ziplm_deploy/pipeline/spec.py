@@ -9,6 +9,9 @@
     export: {with_past: false}
     engine: {precision: fp16, opt: 1x128}   # optional: TensorRT engines (GPU); verify then times them
     verify: {runtime: ort-cpu, threads: 1, rounds: 20}
+    # with prune.workload_tables, time generation of the workload in ONNX Runtime GenAI instead of one prefill pass
+    # (TTFT, ms/token, tokens/s, end to end; the target judged on prune.budget's metric; no seq/batch: the workload's)
+    # verify: {generation: true, rounds: 20}
     gate: {policy: policies/demo-pass.yaml}
     report: true
 """
@@ -141,13 +144,34 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class VerifySpec:
+    """``seq`` / ``batch`` of the prefill pass verify times (default 128 / 1); with ``generation`` (and
+    ``prune.workload_tables``) verify times the workload's generation in ONNX Runtime GenAI instead, and the
+    workload sets them (they stay None)."""
+
     runtime: str = "ort-cpu"
     threads: int = 1
-    batch: int = 1
-    seq: int = 128
+    batch: int | None = None
+    seq: int | None = None
     rounds: int = 20
     tolerance: float = 0.05
     eval_data: str | None = None
+    generation: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.generation:
+            object.__setattr__(self, "batch", 1 if self.batch is None else self.batch)
+            object.__setattr__(self, "seq", 128 if self.seq is None else self.seq)
+            return
+        from ..verify.generation import GENAI_PROVIDERS
+
+        given = [k for k in ("seq", "batch") if getattr(self, k) is not None]
+        if given:
+            raise UserError(f"verify.{given[0]} does not go with verify.generation: the workload of "
+                            "prune.workload_tables sets the prompt length and batch", f"drop verify.{given[0]}")
+        if self.runtime not in GENAI_PROVIDERS:
+            raise UserError(f"verify.generation times generation in ONNX Runtime GenAI; verify.runtime {self.runtime} "
+                            "has no generation loop here",
+                            f"set verify.runtime: {' or '.join(GENAI_PROVIDERS)}, or drop verify.generation")
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,14 @@ class PipelineSpec:
         if self.gate is not None and self.verify is None:
             raise UserError("the gate judges verify reports, and this pipeline has no verify section",
                             "add a verify section (e.g. 'verify: {}') or drop the gate")
+        if self.verify is not None and self.verify.generation:
+            if self.prune.workload_tables is None:
+                raise UserError("verify.generation times the workload of prune.workload_tables, and this pipeline "
+                                "has none", "add prune.workload_tables (from `ziplm-deploy profile --workload`), or "
+                                "drop verify.generation")
+            if self.engine is not None:
+                raise UserError("verify.generation times generation in ONNX Runtime GenAI, not TensorRT engines",
+                                "drop the engine section, or verify.generation")
         if self.engine is None:
             return
         if self.export is None:

@@ -46,8 +46,12 @@ moved more than ``max_drift``. Generator set-up (``og.Generator``) is outside th
                            "error": {"baseline" | "candidate": {"ttft_ms", "ms_per_token", "e2e_ms"},
                                      "speedup": {"ttft", "decode", "e2e"}}}}   # measured / predicted - 1
 
-STATS = {"p25", "p50", "p90", "n"} (ms). The report's top-level ``baseline/candidate.latency`` and
-``speedup`` are those of the end-to-end time (what ``min_speedup`` / ``max_latency_ms`` then gate);
+STATS = {"p25", "p50", "p90", "n"} (ms). The report's top-level ``baseline/candidate.latency`` is the end-to-end
+time (what ``max_latency_ms`` gates); its ``speedup`` block is of the metric the ``target`` is judged on,
+``target_metric`` (``speedup.metric``: ``e2e`` by default, ``ttft`` or ``decode`` for a member searched for that
+budget): its ``baseline_ms`` / ``candidate_ms`` (TTFT, ms per token or end to end), ``measured``, ``target_deviation``
+and, with tables, ``predicted``, ``predicted_ms`` and both prediction errors are that metric's, so ``min_speedup``,
+``max_target_shortfall`` and ``max_prediction_error`` judge the number the member was searched for;
 ``parity`` is token parity of the candidate's GenAI greedy tokens: against ``transformers`` greedy
 ``generate`` (``min_new_tokens = G``) on its source directory when it and torch are here ("pytorch"),
 else the folder's own export check re-run in GenAI against the tokens recorded at export, all its files'
@@ -62,7 +66,8 @@ the ``workload`` block and in the fingerprint.
 Refused before any export or timing (``UserError``, exit 2): an encoder, an ONNX file or a TensorRT engine
 (``--workload`` times GenAI folders or model directories), a runtime other than ``ort-cpu`` /
 ``ort-cuda`` (int8 folders: ``ort-cpu`` only), a workload without generated tokens, P + G beyond the
-model's context length, models of different vocabularies, workload tables of another workload, model or
+model's context length, a ``target_metric`` other than ``e2e`` / ``ttft`` / ``decode`` (``decode`` needs G >= 2),
+models of different vocabularies, workload tables of another workload, model or
 precision (the candidate's; a baseline of another precision than the tables cannot be predicted from
 them), ``--table``, and ``--eval-data`` unless both models are directories.
 """
@@ -87,6 +92,8 @@ GENAI_PROVIDERS = {"ort-cpu": None, "ort-cuda": "cuda"}  # verify runtime -> Gen
 OPT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 METRICS = ("ttft_ms", "ms_per_token", "e2e_ms")
+# speedup metric -> its time: a ``RoleTiming`` attribute and a ``WorkloadPrediction`` / report key (``target_metric``)
+TARGET_METRICS = {"e2e": ("e2e", "e2e_ms"), "ttft": ("ttft", "ttft_ms"), "decode": ("per_token", "ms_per_token")}
 ENGINE_SUFFIXES = (".plan", ".engine")
 _INPUT_HINT = "pass a model directory or its `ziplm-deploy export --genai` folder"
 
@@ -129,6 +136,12 @@ def check_inputs(baseline: str, candidate: str, opts: Any) -> Plan:
     if workload.generate < 1:
         raise UserError(f"workload {workload.name} generates no token", "time one prefill pass with verify --seq "
                         f"{workload.prompt} (no --workload), or pass a generation workload such as chat or 128x32")
+    metric = target_metric(opts)
+    if metric not in TARGET_METRICS:
+        raise UserError(f"unknown target metric {metric!r}", f"choose one of: {', '.join(TARGET_METRICS)}")
+    if metric == "decode" and workload.generate < 2:
+        raise UserError(f"workload {workload.name} generates one token: no decode step to judge a decode target on",
+                        "generate at least 2 tokens, or judge the target on e2e or ttft")
     inputs = {role: _check_input(path, role) for role, path in (("baseline", baseline), ("candidate", candidate))}
     if inputs["baseline"].vocab != inputs["candidate"].vocab:
         raise UserError(f"--baseline has a vocabulary of {inputs['baseline'].vocab} tokens, --candidate "
@@ -150,6 +163,11 @@ def check_inputs(baseline: str, candidate: str, opts: Any) -> Plan:
                         f"CPU, not --runtime {opts.runtime}", "use --runtime ort-cpu")
     tables = _check_tables(opts.workload_tables, workload, inputs) if opts.workload_tables else None
     return Plan(workload, inputs, tables)
+
+
+def target_metric(opts: Any) -> str:
+    """The speedup the target is judged on (``VerifyOptions.target_metric``; e2e for options without one)."""
+    return getattr(opts, "target_metric", "e2e")
 
 
 def _check_input(path: str, role: str) -> Input:
@@ -543,15 +561,7 @@ def _measure(report: VerifyReport, folders: dict[str, Folder], plan: Plan, opts:
                      "max_drift": protocol.max_drift, "interference": abs(moved) > protocol.max_drift,
                      "attempts": attempt, "metric": "e2e"}
     report.fingerprint = _fingerprint(opts, w, folders["candidate"]).to_json()
-    target = opts.target
-    measured = speedup["e2e"]
-    report.speedup = {"statistic": st, "metric": "e2e", "baseline_ms": base.e2e.get(st), "candidate_ms": cand.e2e.get(st),
-                      "measured": measured, "target": target, "tolerance": opts.tolerance,
-                      "target_source": "option" if target is not None else None,
-                      "meets_target": None if target is None else bool(measured >= target * (1 - opts.tolerance)),
-                      "target_deviation": None if target is None else round(measured / target - 1, 5),
-                      "predicted": None, "predicted_ms": None, "prediction_error": None,
-                      "latency_prediction_error": None, "prediction_source": None, "table": None}
+    report.speedup = speedup_block(target_metric(opts), base, cand, speedup, st, opts.target, opts.tolerance)
     total = w.prompt + w.generate
     return {"workload": {"name": w.name, **w.to_json()},
             "engine": {"name": "onnxruntime-genai", "version": og.__version__, "onnxruntime": _ort_version(),
@@ -565,6 +575,25 @@ def _measure(report: VerifyReport, folders: dict[str, Folder], plan: Plan, opts:
             "timing": {k: report.timing[k] for k in ("baseline_recheck", "drift", "max_drift", "interference",
                                                      "attempts")},
             "prediction": None}
+
+
+def speedup_block(metric: str, base: RoleTiming, cand: RoleTiming, speedup: dict[str, float | None], statistic: str,
+                  target: float | None, tolerance: float) -> dict[str, Any]:
+    """The report's ``speedup`` block: ``target`` judged on the measured speedup of ``metric`` (e2e, ttft or decode,
+    the times being that metric's: end to end, TTFT or ms per token); a metric not measured (decode of G = 1) meets
+    no target."""
+    attr = TARGET_METRICS[metric][0]
+    b, c = getattr(base, attr), getattr(cand, attr)
+    measured = speedup[metric]
+    judged = target is not None and measured is not None
+    return {"statistic": statistic, "metric": metric, "baseline_ms": b.get(statistic) if b else None,
+            "candidate_ms": c.get(statistic) if c else None,
+            "measured": measured, "target": target, "tolerance": tolerance,
+            "target_source": "option" if target is not None else None,
+            "meets_target": None if target is None else judged and bool(measured >= target * (1 - tolerance)),
+            "target_deviation": round(measured / target - 1, 5) if judged else None,
+            "predicted": None, "predicted_ms": None, "prediction_error": None,
+            "latency_prediction_error": None, "prediction_source": None, "table": None}
 
 
 def _ort_version() -> str | None:
@@ -595,7 +624,8 @@ def _fingerprint(opts: Any, w: Any, folder: Folder) -> Any:
 
 def _predict(report: VerifyReport, block: dict[str, Any], folders: dict[str, Folder], plan: Plan,
              opts: Any) -> dict[str, Any]:
-    """The workload tables' prediction for both shapes, and measured / predicted - 1 per metric."""
+    """The workload tables' prediction for both shapes, and measured / predicted - 1 per metric; the ``speedup``
+    block gets the prediction of its own metric (``target_metric``)."""
     from ..core.fingerprint import DeviceFingerprint
     from ..core.workload import speedups
 
@@ -625,10 +655,17 @@ def _predict(report: VerifyReport, block: dict[str, Any], folders: dict[str, Fol
     path = Path(opts.workload_tables)
     manifest = path / "workload.json" if path.is_dir() else path
     sp = report.speedup
-    sp.update(predicted=None if psp["e2e"] is None else round(psp["e2e"], 5),
-              predicted_ms=round(pred["candidate"].e2e_ms, 5), prediction_source="workload-tables",
-              predicted_baseline_ms=round(pred["baseline"].e2e_ms, 5),
-              prediction_error=errors["speedup"]["e2e"], latency_prediction_error=errors["candidate"]["e2e_ms"],
+    metric = sp.get("metric", "e2e")
+    key = TARGET_METRICS[metric][1]
+
+    def ms(p: Any) -> float | None:
+        value = getattr(p, key)
+        return None if value is None else round(value, 5)
+
+    sp.update(predicted=None if psp[metric] is None else round(psp[metric], 5),
+              predicted_ms=ms(pred["candidate"]), prediction_source="workload-tables",
+              predicted_baseline_ms=ms(pred["baseline"]),
+              prediction_error=errors["speedup"][metric], latency_prediction_error=errors["candidate"][key],
               table={"path": str(manifest), "sha256": file_sha256(manifest), "fingerprint_differences": diffs})
     return {"tables": {"path": str(manifest), "sha256": file_sha256(manifest), "kv_lens": list(tables.kv_lens),
                        "fingerprint_differences": diffs},

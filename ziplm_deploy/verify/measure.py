@@ -82,6 +82,8 @@ class VerifyOptions:
     # the tolerance the file was exported with (metadata ziplm_quality), else runtime.quantize.DEFAULT_MIN_TOP1
     workload: str | None = None  # generation workload (chat, PxG): time TTFT / decode in GenAI (verify.generation)
     workload_tables: str | None = None  # with workload: the tables' prediction and its error
+    target_metric: str = "e2e"  # with workload: the speedup ``target`` judges: e2e | ttft | decode (the metric a
+    # member was searched for, prune --budget)
 
     def validate(self) -> "VerifyOptions":
         if self.runtime not in VERIFY_RUNTIMES:
