@@ -190,7 +190,8 @@ def run(args) -> None:
     files = {}
     for name, pt in points.items():
         log(f"exporting {name}")
-        fp32 = export_point(pt["dir"], name, work)
+        # exports are cached by file name: a joint member's name carries its table's tag (runs of several tables)
+        fp32 = export_point(pt["dir"], f"{name}-{Path(pt['dir']).parent.name}" if pt.get("int8_only") else name, work)
         if not pt.get("int8_only"):
             files[f"{name}/fp32"] = fp32
         files[f"{name}/int8"] = quantized_point(fp32, work, args.precision)
@@ -231,12 +232,12 @@ def perplexities(work: Path, files: dict, evalw) -> dict:
 
     ppl_file = work / "perplexities.json"
     ppls = json.loads(ppl_file.read_text()) if ppl_file.is_file() else {}
-    for key, path in files.items():
-        if key not in ppls:
+    for key, path in files.items():  # cached by file: the same point in another recipe is another file
+        if str(path) not in ppls:
             log(f"perplexity of {key} in ONNX Runtime")
-            ppls[key] = ort_perplexity(path, evalw, threads=1)
+            ppls[str(path)] = ort_perplexity(path, evalw, threads=1)
             ppl_file.write_text(json.dumps(ppls, indent=1))
-    return ppls
+    return {key: ppls[str(path)] for key, path in files.items()}
 
 
 def predicted_row(key: str, path: Path, points: dict, table8, ppl: float) -> dict:
