@@ -189,3 +189,30 @@ def test_llama_decode_block_matches_last_prefill_position():
                Sizes(B, 1, "decode", S))
     np.testing.assert_allclose(out["out"], _np(ref[:, S:]), atol=ATOL)
     assert out["present_key"].shape == (B, kv, S + 1, d)
+
+
+def test_qwen2_attention_has_qkv_biases_and_no_output_bias():
+    """Qwen2 = Llama layout with q/k/v biases; its o_proj has none (the block graph used to add one). The graph
+    takes exactly the real module's weights by name (an extra ``o.bias`` would be a random initializer)."""
+    torch.manual_seed(4)
+    config = transformers.Qwen2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=48, num_hidden_layers=1, vocab_size=50,
+                                      attn_implementation="eager", rms_norm_eps=1e-5)
+    layer = transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer(config, layer_idx=0).eval()
+    assert layer.self_attn.o_proj.bias is None and layer.self_attn.q_proj.bias is not None
+    rope = transformers.models.qwen2.modeling_qwen2.Qwen2RotaryEmbedding(config)
+    arch = arch_from_config(config.to_dict())
+    heads, kv, d = 4, 2, arch.head_dim
+    a = layer.self_attn
+    w = {**_llama_attention_weights(layer, heads, kv, d),
+         "layers.0.attn.q.bias": _np(a.q_proj.bias), "layers.0.attn.k.bias": _np(a.k_proj.bias),
+         "layers.0.attn.v.bias": _np(a.v_proj.bias)}
+    graph = block_graph(arch, "attention", heads, Sizes(B, S), kv, weights=w)
+    assert not any(i.name == "layers.0.attn.o.bias" for i in graph.graph.initializer)
+    x = torch.randn(B, S, arch.hidden)
+    cos, sin = rope(x, torch.arange(S).repeat(B, 1))
+    mask = _causal(S)
+    with torch.no_grad():
+        ref = x + a(layer.input_layernorm(x), position_embeddings=(cos, sin), attention_mask=torch.from_numpy(mask))[0]
+    out = _run(arch, "attention", heads, kv, w, {"hidden": _np(x), "mask": mask, "cos": _np(cos), "sin": _np(sin)})
+    np.testing.assert_allclose(out["out"], _np(ref), atol=ATOL)

@@ -194,6 +194,17 @@ def test_genai_folders_with_workload_tables(verified, tables, pair, tmp_path, ca
     assert "TTFT ms" in stdout and "tokens/s" in stdout and "pred. speedup" in stdout
 
 
+def test_target_metric_judges_the_named_speedup(verified, tmp_path):
+    """``--target-metric decode``: the report's speedup block is the decode speedup, judged against --target."""
+    dense, pruned = _folders(verified)
+    out = tmp_path / "verify.json"
+    main(["verify", "--baseline", str(dense), "--candidate", str(pruned), "--workload", WORKLOAD, "--target", "1.01",
+          "--target-metric", "decode", "--report", str(out), *FAST])
+    r = VerifyReport.load(out)
+    assert r.speedup["metric"] == "decode" and r.speedup["measured"] == r.workload["speedup"]["decode"]
+    assert r.speedup["target"] == 1.01 and r.speedup["meets_target"] == (r.speedup["measured"] >= 1.01 * 0.95)
+
+
 def test_genai_folders_verify_without_torch(verified, pair, no_torch_env):
     dense, pruned = _folders(verified)
     out = pair["root"] / "verify-no-torch.json"
@@ -231,6 +242,7 @@ def others(pair, tmp_path_factory) -> dict[str, Path]:
     ("prefill-table", "--table is a prefill latency table"),
     ("seq", "--seq does not go with --workload"),
     ("eval-data-on-folders", "--eval-data with --workload"),
+    ("target-metric-without-workload", "--target-metric needs --workload"),
 ])
 def test_bad_input_exits_2_before_any_work(case, message, pair, tables, others, verified, tmp_path, capsys):
     dense, pruned = str(pair["dense"]), str(pair["pruned"])
@@ -264,6 +276,9 @@ def test_bad_input_exits_2_before_any_work(case, message, pair, tables, others, 
         extra = ["--seq", "16"]
     elif case == "eval-data-on-folders":
         args["baseline"], extra = folder, ["--eval-data", "wikipedia"]
+    elif case == "target-metric-without-workload":
+        args.pop("workload")
+        extra = ["--target-metric", "decode"]
     argv = ["verify", *[x for k, v in args.items() for x in (f"--{k}", v)], "--report", str(tmp_path / "v.json"),
             "--cache", str(tmp_path / "cache"), *extra]
     capsys.readouterr()

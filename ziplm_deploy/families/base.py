@@ -51,6 +51,8 @@ class GraphParts:
     embeddings: Callable[[GraphBuilder, ArchSpec, str, str, str, Sizes], tuple[str, BlockContext]]
     # (b, arch, hidden) -> None: whole model, adds its outputs
     head: Callable[[GraphBuilder, ArchSpec, str], None]
+    # arch -> whether the attention output projection has a bias (Llama: attention_bias; Qwen2: never)
+    attention_out_bias: Callable[[ArchSpec], bool] = lambda arch: arch.attention_bias
 
 
 @dataclass(frozen=True)

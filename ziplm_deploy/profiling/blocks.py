@@ -58,7 +58,7 @@ def attention_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, heads: 
         v = b.op("Concat", [past[1], v], axis=2)
         present = (k, v)
     ctx_heads = sdpa(b, q, repeat_kv(b, k, heads, kv, d), repeat_kv(b, v, heads, kv, d), ctx.mask, d)
-    out = parts.dense(b, merge_heads(b, ctx_heads, heads, d), f"{p}.o", heads * d, e, arch.attention_bias)
+    out = parts.dense(b, merge_heads(b, ctx_heads, heads, d), f"{p}.o", heads * d, e, parts.attention_out_bias(arch))
     return parts.block_output(b, arch, x, out, p), present
 
 

@@ -29,4 +29,6 @@ PARTS = GraphParts(
     context_inputs=_context_inputs, block_input=ops.pre_norm, block_output=ops.residual,
     removed_block=ops.removed_adds_zero, qkv=ops.separate_qkv, rotate=ops.rotary, dense=ops.linear,
     embeddings=_embeddings, head=ops.lm_head,
+    # Qwen2's q/k/v carry biases (attention_bias) but its o_proj never does; Llama's and Mistral's follow the flag
+    attention_out_bias=lambda arch: arch.attention_bias and arch.model_type != "qwen2",
 )
