@@ -76,7 +76,7 @@ def _spec(root: Path, **overrides) -> dict:
     ({"model": "m", "prune": {"targets": [1.5, "fast"]}}, "'prune.targets[1]' must be a number"),
     ({"model": "m", "distill": {"teacher": False, "kd_weight": 1.0}}, "need distill.teacher: true"),
     ({"model": "m", "distill": {"stpes": 3}}, "unknown key 'distill.stpes'"),
-    ({"model": "m", "profile": {"precision": "int4"}}, "profile.precision 'int4' is not one of"),
+    ({"model": "m", "profile": {"precision": "int4"}}, "profile.precision 'int4' is not a precision label"),
 ])
 def test_schema_errors_name_the_bad_key(tmp_path, bad, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -3,6 +3,7 @@ profiler's block and model graphs and in graphs exported from PyTorch (Llama, GP
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -152,3 +153,127 @@ def test_fingerprints_accept_every_recipe():
 
     for label in PRECISION_LABELS:
         assert DeviceFingerprint.from_json({**FP, "precision": label}, "t").precision == label
+
+
+# --- fp32-down=L,...: some layers only ---------------------------------------------------------------------------
+@pytest.mark.parametrize("given,canonical", [
+    ("int8-dynamic/fp32-down=9,1,2", "int8-dynamic/fp32-down=1,2,9"),
+    ("int8-dynamic/fp32-down=0/fp32-embed", "int8-dynamic/fp32-embed/fp32-down=0"),
+    ("int8-dynamic/per-channel/fp32-down=3", "int8-dynamic/per-channel/fp32-down=3"),
+])
+def test_layer_lists_parse_to_a_canonical_label(given, canonical):
+    p = Precision.parse(given)
+    assert p.label == canonical and Precision.parse(canonical) == p
+    assert p.keeps_down(p.fp32_down_layers[0]) and not p.keeps_down(1000)
+    from test_precision import FP
+
+    assert DeviceFingerprint.from_json({**FP, "precision": canonical}, "t").precision == canonical
+    if given != canonical:  # machine-written labels are canonical
+        with pytest.raises(UserError, match="must be a precision label"):
+            DeviceFingerprint.from_json({**FP, "precision": given}, "t")
+
+
+@pytest.mark.parametrize("label", ["int8-dynamic/fp32-down=1,1", "int8-dynamic/fp32-down/fp32-down=1",
+                                   "int8-dynamic/fp32-down=", "int8-dynamic/fp32-down=-1", "int8-dynamic/fp32-down=01",
+                                   "int8-dynamic/fp32-down=1/fp32-down=2", "fp32/fp32-down=1", "int8-dynamic/fp32-down=a"])
+def test_bad_layer_lists_are_refused(label):
+    with pytest.raises(UserError, match="unknown precision"):
+        Precision.parse(label)
+
+
+def test_model_graph_keeps_only_the_listed_layers_down_projections():
+    arch = arch_from_config(LLAMA)
+    graph = model_graph(arch, ModelShape.dense(arch), Sizes(1, 8))
+    kept = fp32_nodes(graph, Precision.parse("int8-dynamic/fp32-down=0,2"))
+    weights = {n.name: [i for i in n.input if i.endswith("ffn.down.weight")] for n in graph.graph.node}
+    assert sorted(w for n in kept for w in weights[n]) == ["layers.0.ffn.down.weight", "layers.2.ffn.down.weight"]
+    assert fp32_nodes(block_graph(arch, "ffn", 64, Sizes(1, 8)), Precision.parse("int8-dynamic/fp32-down=0")) == \
+        fp32_nodes(block_graph(arch, "ffn", 64, Sizes(1, 8)), DOWN)  # the block graph is layer 0
+    assert fp32_nodes(linear_graph(arch, "out", None, Sizes(1, 8)), Precision.parse("int8-dynamic/fp32-down=0")) == []
+
+
+def test_an_export_with_a_dropped_layer_maps_graph_layers_to_dense_indices(tmp_path):
+    """Dense layer 0 dropped: the export's graph layer 0 is dense layer 1, so ``fp32-down=1`` keeps graph layer 0's
+    projection (read from the export's ``ziplm_shape`` metadata) and ``fp32-down=0`` keeps none."""
+    import torch
+    from families import tiny_model
+
+    from ziplm_deploy.export.onnx import export_onnx
+    from ziplm_deploy.models import apply_shape
+
+    torch.manual_seed(0)
+    model = tiny_model("llama", layers=3).eval()
+    a = model.config
+    kv = a.num_key_value_heads
+    shape = ModelShape((LayerShape(dropped=True),
+                        LayerShape(heads=a.num_attention_heads, kv_heads=kv, ffn=a.intermediate_size),
+                        LayerShape(heads=a.num_attention_heads, kv_heads=kv, ffn=a.intermediate_size // 2)))
+    apply_shape(model, shape)
+    export_onnx(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    scopes = {n.name: next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+              for n in proto.graph.node if any(p.key == "pkg.torch.onnx.name_scopes" for p in n.metadata_props)}
+    kept = fp32_nodes(proto, Precision.parse("int8-dynamic/fp32-down=1"))
+    assert len(kept) == 1 and "layers.0.mlp.down_proj" in scopes[kept[0]]
+    assert fp32_nodes(proto, Precision.parse("int8-dynamic/fp32-down=0")) == []
+    [last] = fp32_nodes(proto, Precision.parse("int8-dynamic/fp32-down=2"))
+    assert "layers.1.mlp.down_proj" in scopes[last]
+    q = onnx.load_from_string(quantize_graph(proto, Precision.parse("int8-dynamic/fp32-down=1")))
+    assert {p.key: p.value for p in q.metadata_props}["ziplm_precision"] == "int8-dynamic/fp32-down=1"
+
+
+@pytest.fixture(scope="module")
+def layer_table():
+    """A tiny Llama profiled in ``int8-dynamic/fp32-embed/fp32-down=1`` (few rounds: entries, not timings, are
+    checked here)."""
+    from ziplm_deploy.profiling.profiler import ProfileOptions, profile
+    from ziplm_deploy.runtime.timing import Protocol
+
+    arch = arch_from_config(LLAMA)
+    opts = ProfileOptions(seq=8, ffn_step=32, protocol=Protocol(warmup=1, rounds=3, recheck=2),
+                          precision=Precision.parse("int8-dynamic/fp32-embed/fp32-down=1"))
+    return profile(arch, opts, progress=False)
+
+
+def test_a_layer_list_table_has_both_ffn_variants_and_uses_them_per_layer(layer_table, tmp_path):
+    from ziplm_deploy.core.table import LatencyTable
+
+    t = layer_table
+    assert t.fingerprint.precision == "int8-dynamic/fp32-embed/fp32-down=1" and t.fp32_down_layers == (1,)
+    assert [e.ffn for e in t.ffn_fp32_down] == [e.ffn for e in t.ffn]
+    st = t.statistic
+    down = {e.ffn: e.stats.get(st) for e in t.ffn_fp32_down}
+    plain = {e.ffn: e.stats.get(st) for e in t.ffn}
+    assert t.ffn_ms(64, layer=1) == down[64] and t.ffn_ms(64, layer=0) == plain[64] and t.ffn_ms(64) == plain[64]
+    shape = ModelShape.dense(t.arch)
+    assert t.raw_sum(shape) == pytest.approx(sum(t.attention_ms(l.heads, l.kv) for l in shape.layers)
+                                             + 2 * plain[64] + down[64])
+    t.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").ffn_fp32_down == t.ffn_fp32_down
+    payload = json.loads((tmp_path / "t.json").read_text())
+    no_down = {k: v for k, v in payload.items() if k != "ffn_fp32_down"}
+    with pytest.raises(UserError, match="needs 'ffn_fp32_down' entries"):
+        LatencyTable.from_json(no_down, "t.json")
+    plain_fp = {**payload, "fingerprint": {**payload["fingerprint"], "precision": "int8-dynamic/fp32-embed"}}
+    with pytest.raises(UserError, match="needs no 'ffn_fp32_down' entries"):
+        LatencyTable.from_json(plain_fp, "t.json")
+    beyond = {**payload, "fingerprint": {**payload["fingerprint"], "precision": "int8-dynamic/fp32-down=7"}}
+    with pytest.raises(UserError, match="names layer 7 of a 3-layer model"):
+        LatencyTable.from_json(beyond, "t.json")
+
+
+def test_the_search_times_each_layers_ffn_in_its_own_precision(layer_table):
+    from ziplm_deploy.prune.search import as_latency_model
+
+    model = as_latency_model(layer_table)
+    a = layer_table.calibration.alpha
+    assert model.option_ms("ffn", 64, 1) == pytest.approx(a * layer_table.ffn_ms(64, 1))
+    assert model.option_ms("ffn", 64, 0) == pytest.approx(a * layer_table.ffn_ms(64, 0))
+
+
+def test_profiling_a_layer_beyond_the_model_is_refused():
+    from ziplm_deploy.profiling.profiler import ProfileOptions, profile
+
+    opts = ProfileOptions(seq=8, precision=Precision.parse("int8-dynamic/fp32-down=3"))
+    with pytest.raises(UserError, match="names layer 3 of a 3-layer model"):
+        profile(arch_from_config(LLAMA), opts, progress=False)

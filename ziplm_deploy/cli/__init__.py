@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ziplm_deploy.cli.export", "export a model directory to a validated ONNX file"),
     "inspect": ("ziplm_deploy.cli.inspect", "print the per-layer shape, parameters and FLOPs of a model or ONNX file"),
     "profile": ("ziplm_deploy.cli.profile", "measure a latency table in the deployment runtime (torch-free)"),
+    "int8-plan": ("ziplm_deploy.cli.int8_plan", "rank layers by how badly int8 represents their FFN output "
+                  "projection input; print the precision label keeping the worst fp32"),
     "predict": ("ziplm_deploy.cli.predict", "predict a shape's latency and speedup from a latency table"),
     "prune": ("ziplm_deploy.cli.prune", "prune to a family of models, one per speedup target (ZipLM and baselines)"),
     "eval": ("ziplm_deploy.cli.eval", "perplexity (causal LM) or accuracy (classifier) of a model on data"),

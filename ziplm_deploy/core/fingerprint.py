@@ -8,6 +8,7 @@ the graphs were quantized so) came later: a fingerprint without it was measured 
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -19,9 +20,55 @@ DEFAULT_PRECISION = "fp32"  # of fingerprints written before precisions existed
 # int8 recipe options, in label order (runtime.quantize.Precision): per-channel weight scales; the embedding
 # table kept fp32 (a tied LM head is then not dequantized on every call); FFN output projections kept fp32
 PRECISION_OPTIONS = ("per-channel", "fp32-embed", "fp32-down")
-PRECISION_LABELS = ("fp32",) + tuple(  # every runtime.quantize.Precision.label
+PRECISION_LABELS = ("fp32",) + tuple(  # the labels without a layer list (runtime.quantize.Precision.label)
     "int8-dynamic" + "".join(f"/{o}" for i, o in enumerate(PRECISION_OPTIONS) if mask >> i & 1)
     for mask in range(2 ** len(PRECISION_OPTIONS)))
+# ``fp32-down=L,L,...``: only those layers' FFN output projections stay fp32 (dense-model layer indices)
+_DOWN_LAYERS = re.compile(r"^fp32-down=(0|[1-9][0-9]*)(,(0|[1-9][0-9]*))*$")
+
+
+def canonical_precision(label: Any) -> str | None:
+    """The canonical form of a precision label (options in ``PRECISION_OPTIONS`` order, a layer list sorted), or
+    None when ``label`` is not one: unknown or repeated options, ``fp32`` with options, both ``fp32-down`` and
+    ``fp32-down=...``, a repeated layer."""
+    if not isinstance(label, str):
+        return None
+    name, *options = label.split("/")
+    if name == "fp32":
+        return None if options else "fp32"
+    if name != "int8-dynamic":
+        return None
+    flags: set[str] = set()
+    layers: list[int] | None = None
+    for option in options:
+        if _DOWN_LAYERS.match(option):
+            listed = [int(x) for x in option.partition("=")[2].split(",")]
+            if layers is not None or len(set(listed)) != len(listed):
+                return None
+            layers = sorted(listed)
+        elif option in PRECISION_OPTIONS and option not in flags:
+            flags.add(option)
+        else:
+            return None
+    if layers is not None and "fp32-down" in flags:
+        return None
+    parts = [o for o in PRECISION_OPTIONS if o in flags]
+    if layers is not None:
+        parts.append("fp32-down=" + ",".join(map(str, layers)))
+    return "/".join((name, *parts))
+
+
+def fp32_down_layers(label: str) -> tuple[int, ...]:
+    """The layer list of a (canonical) label's ``fp32-down=L,...`` option; () without one."""
+    for option in label.split("/")[1:]:
+        if option.startswith("fp32-down="):
+            return tuple(int(x) for x in option.partition("=")[2].split(","))
+    return ()
+
+
+def is_precision_label(label: Any) -> bool:
+    """A precision label as machine-written (canonical)."""
+    return label is not None and canonical_precision(label) == label
 
 
 @dataclass(frozen=True)
@@ -85,8 +132,9 @@ def _field(name: str, value: Any, source: str) -> Any:
         return integer(value, source, key, lo=0)
     if name == "precision":
         label = typed(value, str, source, key, "a string")
-        if label not in PRECISION_LABELS:
-            raise UserError(f"{source}: {key} must be one of {', '.join(PRECISION_LABELS)}, got {label!r}",
+        if not is_precision_label(label):
+            raise UserError(f"{source}: {key} must be a precision label ({', '.join(PRECISION_LABELS[:3])}, ...), "
+                            f"got {label!r}",
                             "regenerate the table with `ziplm-deploy profile`")
         return label
     if name == "gpu":

@@ -39,7 +39,7 @@ from typing import Any
 from .arch import ArchSpec
 from .checks import integer, mapping, number, typed
 from .errors import UserError
-from .fingerprint import DeviceFingerprint
+from .fingerprint import DeviceFingerprint, fp32_down_layers
 from .jsonio import atomic_write_json, check_header, read_json
 from .shape import LINEAR_KINDS, LayerShape, ModelShape, linear_kind
 
@@ -144,18 +144,22 @@ class LatencyTable:
     references: dict[str, Stats]  # "dense", "removed", optionally "dense_recheck", "linear:in", "linear:out"
     calibration: Calibration
     lowrank: tuple[RankEntry, ...] = ()
+    # a precision with ``fp32-down=L,...``: FFN entries timed with the output projection fp32, used for layers L
+    ffn_fp32_down: tuple[FfnEntry, ...] = ()
 
     # --- construction -------------------------------------------------------------------------
     @staticmethod
     def build(fingerprint: DeviceFingerprint, arch: ArchSpec, protocol: dict[str, Any],
               attention: list[AttentionEntry], ffn: list[FfnEntry], references: dict[str, Stats],
-              lowrank: list[RankEntry] | tuple[RankEntry, ...] = ()) -> "LatencyTable":
+              lowrank: list[RankEntry] | tuple[RankEntry, ...] = (),
+              ffn_fp32_down: list[FfnEntry] | tuple[FfnEntry, ...] = ()) -> "LatencyTable":
         """A table whose calibration is fitted from its own entries and reference models."""
         table = LatencyTable(
             fingerprint, arch, dict(protocol),
             tuple(sorted(attention, key=lambda e: (e.heads, e.kv_heads))),
             tuple(sorted(ffn, key=lambda e: e.ffn)),
             dict(references), Calibration(1.0, 0.0, 0.0), _sorted_ranks(lowrank),
+            tuple(sorted(ffn_fp32_down, key=lambda e: e.ffn)),
         )
         return table.recalibrated()
 
@@ -214,9 +218,17 @@ class LatencyTable:
         raise UserError(f"latency table has no attention entry for {heads} heads / {kv} kv_heads",
                         f"entries (heads/kv_heads): {have}; profile the missing ones")
 
-    def ffn_ms(self, width: int) -> float:
-        grid = [e.ffn for e in self.ffn]
-        vals = [e.stats.get(self.statistic) for e in self.ffn]
+    @property
+    def fp32_down_layers(self) -> tuple[int, ...]:
+        """Layers whose FFN output projection the table's precision keeps fp32 (``fp32-down=L,...``)."""
+        return fp32_down_layers(self.fingerprint.precision)
+
+    def ffn_ms(self, width: int, layer: int | None = None) -> float:
+        """An FFN block of ``width`` neurons; in layer ``layer`` (dense index) of a ``fp32-down=L,...`` table
+        the entries timed with that layer's output projection fp32."""
+        entries = self.ffn_fp32_down if layer is not None and layer in self.fp32_down_layers else self.ffn
+        grid = [e.ffn for e in entries]
+        vals = [e.stats.get(self.statistic) for e in entries]
         if width < 0 or width > grid[-1]:
             raise UserError(f"FFN width {width} outside the table's grid 0..{grid[-1]}")
         i = bisect_left(grid, width)
@@ -279,7 +291,7 @@ class LatencyTable:
         for i, layer in enumerate(shape.layers):
             if layer.dropped:
                 continue
-            total += self.attention_ms(layer.heads, layer.kv) + self.ffn_ms(layer.ffn)
+            total += self.attention_ms(layer.heads, layer.kv) + self.ffn_ms(layer.ffn, i)
             if layer.ranks:
                 total += self._rank_delta(i, layer)
         return total
@@ -338,8 +350,12 @@ class LatencyTable:
         if not lowrank and other.lowrank:
             lowrank = other.lowrank
             refs.update({k: v for k, v in other.references.items() if k.startswith("linear:")})
+        down = {e.ffn: e for e in self.ffn_fp32_down}
+        for e in other.ffn_fp32_down:
+            if e.ffn not in down or e.stats.n > down[e.ffn].stats.n:
+                down[e.ffn] = e
         return LatencyTable.build(self.fingerprint, self.arch, self.protocol, list(att.values()),
-                                  list(ffn.values()), refs, lowrank)
+                                  list(ffn.values()), refs, lowrank, list(down.values()))
 
     # --- JSON ---------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -355,6 +371,7 @@ class LatencyTable:
             "calibration": self.calibration.to_json(),
             # written only when present, so tables without FLOP entries stay readable by older versions
             **({"lowrank": [e.to_json() for e in self.lowrank]} if self.lowrank else {}),
+            **({"ffn_fp32_down": [e.to_json() for e in self.ffn_fp32_down]} if self.ffn_fp32_down else {}),
         }
 
     @staticmethod
@@ -363,7 +380,7 @@ class LatencyTable:
         the entries the predictor needs, and a calibration that reproduces its own reference models."""
         check_header(payload, TABLE_FORMAT, (TABLE_VERSION,), source)
         keys = {"format", "version", "fingerprint", "arch", "protocol", "attention", "ffn", "references", "calibration"}
-        missing, unknown = keys - set(payload), set(payload) - keys - {"lowrank"}
+        missing, unknown = keys - set(payload), set(payload) - keys - {"lowrank", "ffn_fp32_down"}
         if missing or unknown:
             raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
                             "regenerate the table with `ziplm-deploy profile`")
@@ -384,10 +401,23 @@ class LatencyTable:
             if e.linear not in LINEAR_KINDS or f"linear:{e.linear}" not in refs:
                 raise UserError(f"{source}: lowrank[{i}]: bad low-rank entry {e.linear}/{e.rank}",
                                 "entries need linear in/out, rank >= 1 and the matching 'linear:' reference")
+        fingerprint = DeviceFingerprint.from_json(payload["fingerprint"], source)
+        down = [FfnEntry(integer(d["ffn"], source, f"ffn_fp32_down[{i}].ffn", lo=0),
+                         Stats.from_json(d, source, f"ffn_fp32_down[{i}]"))
+                for i, d in enumerate(_entries(payload, "ffn_fp32_down", ("ffn",), source, optional=True))]
+        layers = fp32_down_layers(fingerprint.precision)
+        if bool(layers) != bool(down) or (down and sorted(e.ffn for e in down) != sorted(e.ffn for e in ffn)):
+            raise UserError(f"{source}: a table of precision {fingerprint.precision} needs "
+                            + ("'ffn_fp32_down' entries on the 'ffn' grid" if layers else "no 'ffn_fp32_down' entries"),
+                            "regenerate the table with `ziplm-deploy profile`")
+        if layers and max(layers) >= arch.num_layers:
+            raise UserError(f"{source}: precision {fingerprint.precision} names layer {max(layers)} of a "
+                            f"{arch.num_layers}-layer model", "regenerate the table with the model's layer indices")
         table = LatencyTable(
-            DeviceFingerprint.from_json(payload["fingerprint"], source), arch, protocol,
+            fingerprint, arch, protocol,
             tuple(sorted(att, key=lambda e: (e.heads, e.kv_heads))), tuple(sorted(ffn, key=lambda e: e.ffn)),
             refs, _calibration_from_json(payload["calibration"], source), _sorted_ranks(lowrank),
+            tuple(sorted(down, key=lambda e: e.ffn)),
         )
         table._check_calibration(source)
         return table

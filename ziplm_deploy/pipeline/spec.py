@@ -39,16 +39,16 @@ class ProfileSpec:
     opt_level: str = "all"
     ffn_step: int = 32
     rounds: int = 50
-    # the deployment precision (fp32, int8-dynamic, int8-dynamic/per-channel): the table is measured so, prune
+    # the deployment precision (fp32, int8-dynamic[/recipe options]): the table is measured so, prune
     # then searches total speedups over the fp32 dense model, and members are exported and verified so
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        from ..core.fingerprint import PRECISION_LABELS
+        from ..core.fingerprint import is_precision_label
 
-        if self.precision not in PRECISION_LABELS:
-            raise UserError(f"profile.precision {self.precision!r} is not one of {', '.join(PRECISION_LABELS)}",
-                            "use fp32 or int8-dynamic")
+        if not isinstance(self.precision, str) or not is_precision_label(self.precision):
+            raise UserError(f"profile.precision {self.precision!r} is not a precision label",
+                            "use fp32, int8-dynamic or int8-dynamic with recipe options (e.g. int8-dynamic/fp32-embed)")
 
 
 @dataclass(frozen=True)

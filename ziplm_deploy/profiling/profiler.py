@@ -14,7 +14,7 @@ model with, so the table predicts the quantized model. Such a table also times t
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -97,13 +97,16 @@ def _load(backend: Backend, model: Any, sizes: Sizes, vocab: int, precision: Pre
 
 
 def _load_all(backend: Backend, builders: dict[str, Callable[[], Any]], sizes: Sizes, vocab: int,
-              progress: bool, precision: Precision = FP32) -> dict[str, Session]:
-    """Every graph loaded in ``precision``; names starting ``fp32:`` are loaded unquantized."""
+              progress: bool, precision: Precision = FP32,
+              overrides: dict[str, Precision] | None = None) -> dict[str, Session]:
+    """Every graph loaded in ``precision`` (or its entry in ``overrides``); names starting ``fp32:`` are loaded
+    unquantized."""
     sessions: dict[str, Session] = {}
     try:
         with _bar(progress, len(builders), "building", "graph") as update:
             for name, build in builders.items():
-                sessions[name] = _load(backend, build(), sizes, vocab, FP32 if name.startswith("fp32:") else precision)
+                own = FP32 if name.startswith("fp32:") else (overrides or {}).get(name, precision)
+                sessions[name] = _load(backend, build(), sizes, vocab, own)
                 update(1)
     except BaseException:
         _close(sessions)
@@ -133,8 +136,14 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     builders: dict[str, Callable[[], Any]] = {}
     for heads, kv in attention_grid(arch):
         builders[f"attn:{heads}/{kv}"] = (lambda h=heads, k=kv: block_graph(arch, "attention", h, sizes, k, opts.dtype))
+    overrides: dict[str, Precision] = {}
+    down_layers = opts.precision.fp32_down_layers
     for width in ffn_grid(arch.ffn, opts.ffn_step):
         builders[f"ffn:{width}"] = (lambda w=width: block_graph(arch, "ffn", w, sizes, None, opts.dtype))
+        if down_layers:  # fp32-down=L,...: both variants of every FFN block, whatever layer the graph names
+            builders[f"ffn32:{width}"] = builders[f"ffn:{width}"]
+            overrides[f"ffn:{width}"] = replace(opts.precision, fp32_down_layers=())
+            overrides[f"ffn32:{width}"] = replace(opts.precision, fp32_down=True, fp32_down_layers=())
     ranks = _rank_points(arch, opts.rank_step)
     for kind, rank in ranks:
         builders[f"rank:{kind}/{rank}"] = (lambda k=kind, r=rank: linear_graph(arch, k, r, sizes, opts.dtype))
@@ -146,7 +155,10 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     builders["ref:removed"] = lambda: model_graph(arch, removed, sizes, opts.dtype)
     if opts.precision.quantized:
         builders["fp32:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
-    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision)
+    if down_layers and max(down_layers) >= arch.num_layers:
+        raise UserError(f"precision {opts.precision.label} names layer {max(down_layers)} of a {arch.num_layers}-layer "
+                        "model", "list layers 0.." + str(arch.num_layers - 1))
+    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision, overrides)
     try:
         samples = _time(sessions, opts.protocol, progress)
         samples["ref:dense_recheck"] = recheck(sessions["ref:dense"].run_bound, opts.protocol.recheck)
@@ -165,7 +177,8 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks"}
     if ranks:
         protocol["rank_step"] = opts.rank_step
-    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs, lowrank)
+    ffn32 = [FfnEntry(w, stats[f"ffn32:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)] if down_layers else []
+    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs, lowrank, ffn32)
 
 
 def _rank_points(arch: ArchSpec, step: int) -> list[tuple[str, int]]:

@@ -212,10 +212,10 @@ class FamilyReport:
 
 
 def _precision_label(value: Any, source: str) -> str:
-    from ..core.fingerprint import PRECISION_LABELS
+    from ..core.fingerprint import is_precision_label
 
-    if value not in PRECISION_LABELS:
-        raise UserError(f"{source}: precision is {value!r}, not one of {', '.join(PRECISION_LABELS)}",
+    if not is_precision_label(value):
+        raise UserError(f"{source}: precision is {value!r}, not a precision label (fp32, int8-dynamic, ...)",
                         "regenerate the family with `ziplm-deploy prune`")
     return value
 

@@ -127,18 +127,19 @@ class LatencyModel:
         """Calibrated time an attention block with ``heads`` (``kv_heads``) adds to ``T``."""
         return sum(c * t.calibration.alpha * t.attention_ms(heads, kv_heads) for c, t in self.terms)
 
-    def ffn_ms(self, width: int) -> float:
-        """Calibrated time an FFN block of ``width`` neurons adds to ``T``."""
-        return sum(c * t.calibration.alpha * t.ffn_ms(width) for c, t in self.terms)
+    def ffn_ms(self, width: int, layer: int | None = None) -> float:
+        """Calibrated time an FFN block of ``width`` neurons (in layer ``layer``: a table may time some layers'
+        output projections in another precision) adds to ``T``."""
+        return sum(c * t.calibration.alpha * t.ffn_ms(width, layer) for c, t in self.terms)
 
-    def option_ms(self, kind: str, units: int) -> float:
+    def option_ms(self, kind: str, units: int, layer: int | None = None) -> float:
         """Time a module keeping ``units`` (attention: KV groups for GQA, else heads; FFN: neurons) adds to ``T``."""
         if kind == "attn":
             arch = self.arch
             gqa = arch.kv_heads != arch.heads
             return self.attention_ms(units * (arch.group_size if gqa else 1), units if gqa else None)
         if kind == "ffn":
-            return self.ffn_ms(units)
+            return self.ffn_ms(units, layer)
         raise InternalError(f"unknown module kind {kind!r}")
 
     def predict(self, shape: ModelShape) -> float:
@@ -249,7 +250,7 @@ def module_options(db: Database, latency: LatencyTable | LatencyModel, loss: str
         opts = []
         measured = (costs or {}).get((m.layer, m.kind))
         for j, lv in enumerate(m.levels):
-            t = model.option_ms(m.kind, lv.units)
+            t = model.option_ms(m.kind, lv.units, m.layer)
             cost = measured[j] if measured is not None else lv.rel_loss if loss == "relative" else lv.loss
             opts.append(Option(lv.units, t, cost * (coefficients or {}).get(m.layer, 1.0)))
         out.append((m.layer, m.kind, opts))
@@ -319,7 +320,7 @@ def _absent_ms(db: Database, model: LatencyModel) -> float:
         if db.module(layer, "attn") is None:
             total += model.attention_ms(0)
         if db.module(layer, "ffn") is None:
-            total += model.ffn_ms(0)
+            total += model.ffn_ms(0, layer)
     return total
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.fingerprint import PRECISION_LABELS, PRECISION_OPTIONS
+from ..core.fingerprint import PRECISION_OPTIONS, canonical_precision
 
 PRECISIONS = ("fp32", "int8-dynamic")
 PER_CHANNEL = "per-channel"
@@ -48,6 +48,7 @@ class Precision:
     per_channel: bool = False
     fp32_embed: bool = False  # the embedding table is not quantized (see the module docstring)
     fp32_down: bool = False  # FFN output projections are not quantized
+    fp32_down_layers: tuple[int, ...] = ()  # only these layers' (dense-model indices; ``fp32-down=L,...``)
 
     def __post_init__(self) -> None:
         if self.name not in PRECISIONS:
@@ -55,11 +56,23 @@ class Precision:
         if self.name == "fp32" and self.options:
             raise UserError(f"{', '.join(self.options)} needs a quantized precision",
                             "pass --precision int8-dynamic/" + "/".join(self.options))
+        layers = self.fp32_down_layers
+        if self.fp32_down and layers:
+            raise UserError("fp32-down keeps every layer's output projection fp32, fp32-down=... only some",
+                            "pass one of them")
+        if list(layers) != sorted(set(layers)) or any(not isinstance(i, int) or i < 0 for i in layers):
+            raise UserError(f"fp32-down layers must be distinct non-negative layer indices, got {list(layers)}",
+                            "e.g. int8-dynamic/fp32-down=1,2,9")
 
     @property
     def options(self) -> tuple[str, ...]:
         flags = (self.per_channel, self.fp32_embed, self.fp32_down)
-        return tuple(o for o, on in zip(PRECISION_OPTIONS, flags) if on)
+        named = tuple(o for o, on in zip(PRECISION_OPTIONS, flags) if on)
+        return named + (("fp32-down=" + ",".join(map(str, self.fp32_down_layers)),) if self.fp32_down_layers else ())
+
+    def keeps_down(self, layer: int) -> bool:
+        """Whether layer ``layer``'s (dense index) FFN output projection stays fp32."""
+        return self.fp32_down or layer in self.fp32_down_layers
 
     @property
     def quantized(self) -> bool:
@@ -78,14 +91,15 @@ class Precision:
     def parse(label: str, source: str = "precision") -> "Precision":
         """The precision a label names (``int8-dynamic/per-channel/fp32-embed``; options in any order, each
         once); anything else is a ``UserError``."""
-        name, *options = str(label).split("/")
-        canonical = "/".join((name, *sorted(options, key=lambda o: PRECISION_OPTIONS.index(o)
-                                                  if o in PRECISION_OPTIONS else -1)))
-        if not isinstance(label, str) or len(set(options)) != len(options) or canonical not in PRECISION_LABELS:
+        canonical = canonical_precision(label)
+        if canonical is None:
             raise UserError(f"{source}: unknown precision {label!r}",
                             f"fp32, or int8-dynamic with options {', '.join('/' + o for o in PRECISION_OPTIONS)} "
-                            "(e.g. int8-dynamic/fp32-embed)")
-        return Precision(name, *(o in options for o in PRECISION_OPTIONS))
+                            "or /fp32-down=L,L,... (e.g. int8-dynamic/fp32-embed)")
+        name, *options = canonical.split("/")
+        layers = next((tuple(int(x) for x in o.partition("=")[2].split(",")) for o in options
+                       if o.startswith("fp32-down=")), ())
+        return Precision(name, *(o in options for o in PRECISION_OPTIONS), fp32_down_layers=layers)
 
 
 FP32 = Precision()
@@ -100,7 +114,7 @@ def precision_from_args(label: str, per_channel: bool = False, source: str = "--
     return replace(precision, per_channel=True) if per_channel else precision
 
 
-def quantize_graph(model: Any, precision: Precision) -> bytes:
+def quantize_graph(model: Any, precision: Precision, layer_ids: Any = None) -> bytes:
     """The serialized graph in ``precision``: ``model`` is a ModelProto, serialized bytes or a path."""
     import onnx
 
@@ -109,13 +123,14 @@ def quantize_graph(model: Any, precision: Precision) -> bytes:
         return proto.SerializeToString()
     with tempfile.TemporaryDirectory(prefix="ziplm-quant.") as tmp:
         out = Path(tmp) / "model.onnx"
-        quantize_file_to(proto, out, precision)
+        quantize_file_to(proto, out, precision, layer_ids)
         return out.read_bytes()
 
 
-def quantize_file_to(model: Any, out: str | os.PathLike, precision: Precision) -> None:
+def quantize_file_to(model: Any, out: str | os.PathLike, precision: Precision, layer_ids: Any = None) -> None:
     """Write ``model`` (ModelProto or path) to ``out`` in ``precision``, keeping its metadata and adding
-    ``ziplm_precision``."""
+    ``ziplm_precision``. ``layer_ids``: the dense-model index of each exported layer (a pruned model's dropped
+    layers are gone from its graph), for ``fp32-down=L,...``; None: the graph's layers are the dense ones."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -127,7 +142,7 @@ def quantize_file_to(model: Any, out: str | os.PathLike, precision: Precision) -
         root.setLevel(logging.ERROR)  # quantize_dynamic warns about pre-processing on every call
         try:
             quantize_dynamic(proto, out, per_channel=precision.per_channel, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=fp32_nodes(proto, precision))
+                             nodes_to_exclude=fp32_nodes(proto, precision, layer_ids))
         finally:
             root.setLevel(level)
         proto = onnx.load(str(out))
@@ -144,25 +159,32 @@ _DOWN_SCOPES = {"llama": "mlp.down_proj", "gpt2": "mlp.c_proj", "bert": "output.
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 
-def fp32_nodes(proto: Any, precision: Precision) -> list[str]:
+def fp32_nodes(proto: Any, precision: Precision, layer_ids: Any = None) -> list[str]:
     """Names of the nodes ``precision`` keeps in fp32: embedding ``Gather``s of an initializer table
     (``fp32-embed``), and the FFN output projections' ``MatMul``/``Gemm`` (``fp32-down``): in the
     profiler's graphs the ones whose weight is ``[layers.N.]ffn.down[.first|.second].weight``, in exported
-    graphs the ones the exporter scoped under a layer's output projection. A graph where ``fp32-down``
-    finds none is refused: quantizing it all would silently ship another recipe than the label says."""
+    graphs the ones the exporter scoped under a layer's output projection; with ``fp32-down=L,...`` only those
+    of layers L (the profiler's ``layers.N`` are dense indices, an export's are mapped through ``layer_ids``).
+    A graph where ``fp32-down`` cannot tell the projections is refused: quantizing it all would silently ship
+    another recipe than the label says."""
     inits = {i.name for i in proto.graph.initializer}
+    if layer_ids is None and precision.fp32_down_layers:
+        layer_ids = _live_layers(proto)
     keep = []
     if precision.fp32_embed:
         keep += [n.name for n in proto.graph.node if n.op_type == "Gather" and n.input and n.input[0] in inits]
-    if precision.fp32_down:
+    if precision.fp32_down or precision.fp32_down_layers:
         matmuls = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
         if matmuls and not any(_BLOCK_WEIGHT.match(i) for n in proto.graph.node for i in n.input) and not any(
                 p.key == _SCOPES_KEY for n in matmuls for p in n.metadata_props):
             raise UserError(f"precision {precision.label}: cannot tell the FFN output projections in graph "
                             f"{proto.graph.name!r} (neither ziplm-deploy block weights nor exporter name scopes)",
                             "export the model with ziplm-deploy export, or drop /fp32-down")
-        for n in (n for n in matmuls if _is_ffn_down(n)):  # quantize_dynamic first rewrites a Gemm to
-            keep += [n.name, f"{n.name}_MatMul"] if n.op_type == "Gemm" else [n.name]  # <name>_MatMul + Add
+        for n in matmuls:
+            layer = _ffn_down_layer(n, layer_ids)
+            if layer is None or not (precision.fp32_down or layer in precision.fp32_down_layers):
+                continue  # quantize_dynamic first rewrites a Gemm to <name>_MatMul + Add
+            keep += [n.name, f"{n.name}_MatMul"] if n.op_type == "Gemm" else [n.name]
     missing = [n for n in keep if not n]
     if missing:
         raise UserError(f"precision {precision.label}: graph {proto.graph.name!r} has unnamed nodes to keep in fp32",
@@ -171,21 +193,50 @@ def fp32_nodes(proto: Any, precision: Precision) -> list[str]:
 
 
 _BLOCK_WEIGHT = re.compile(r"^((layers\.\d+\.)?(attn|ffn)|embed|lm_head)\.")  # profiling/blocks.py names
-_BLOCK_DOWN = re.compile(r"^(layers\.\d+\.)?ffn\.down(\.first|\.second)?\.weight$")
-_EXPORT_DOWN = re.compile(r"\.(?:layers?|h)\.\d+\.(?:%s)(?:\.|$)" % "|".join(re.escape(d) for d in _DOWN_SCOPES.values()))
+_BLOCK_DOWN = re.compile(r"^(?:layers\.(\d+)\.)?ffn\.down(\.first|\.second)?\.weight$")
+_EXPORT_DOWN = re.compile(r"\.(?:layers?|h)\.(\d+)\.(?:%s)(?:\.|$)" % "|".join(re.escape(d) for d in _DOWN_SCOPES.values()))
+_NO_LAYER = -1  # a profiler graph of one FFN Linear (``ffn.down``): no layer, kept by ``fp32-down`` only
 
 
-def _is_ffn_down(node: Any) -> bool:
-    if any(_BLOCK_DOWN.match(i) for i in node.input):
-        return True
+def _live_layers(proto: Any) -> list[int] | None:
+    """Dense indices of an exported graph's layers, from the shape ``export`` records in its metadata
+    (``ziplm_shape``: dropped layers are gone from the graph); None without one."""
+    import json
+
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "ziplm_shape" not in meta:
+        return None
+    try:
+        layers = json.loads(meta["ziplm_shape"])["layers"]
+        return [i for i, layer in enumerate(layers) if not layer.get("dropped")]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"graph {proto.graph.name!r}: metadata ziplm_shape is not a shape", "re-export the model") from None
+
+
+def _ffn_down_layer(node: Any, layer_ids: Any) -> int | None:
+    """The dense-model layer index of an FFN output projection node (``_NO_LAYER`` for a layer-less profiler
+    graph), None for any other node."""
+    for i in node.input:
+        m = _BLOCK_DOWN.match(i)
+        if m:
+            return int(m.group(1)) if m.group(1) is not None else _NO_LAYER
     for prop in node.metadata_props:
         if prop.key == _SCOPES_KEY:
             try:
                 scopes = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
-                return False
-            return any(isinstance(sc, str) and _EXPORT_DOWN.search("." + sc) for sc in scopes)
-    return False
+                return None
+            for sc in scopes:
+                m = _EXPORT_DOWN.search("." + sc) if isinstance(sc, str) else None
+                if m:
+                    physical = int(m.group(1))
+                    if layer_ids is None:
+                        return physical
+                    if physical >= len(layer_ids):
+                        raise UserError(f"graph layer {physical} is beyond the model's {len(layer_ids)} layers",
+                                        "export the model with ziplm-deploy export")
+                    return int(layer_ids[physical])
+    return None
 
 
 def precision_of_metadata(meta: dict[str, str], source: str) -> Precision:

@@ -131,11 +131,11 @@ def collect(run: str | os.PathLike) -> RunData:
 
 def _precision(data: RunData, where: str, value: Any) -> str:
     """A precision label from a report; anything else is a warning and counts as fp32."""
-    from ..core.fingerprint import PRECISION_LABELS
+    from ..core.fingerprint import is_precision_label
 
-    if value in PRECISION_LABELS:
+    if is_precision_label(value):
         return value
-    data.warnings.append(f"{where}: precision {value!r:.40} is not one of {', '.join(PRECISION_LABELS)}: shown as fp32")
+    data.warnings.append(f"{where}: precision {value!r:.40} is not a precision label: shown as fp32")
     return "fp32"
 
 
