@@ -178,6 +178,7 @@ def test_verify_refuses_a_table_of_another_precision(tiny, tmp_path, one_line_er
 
 @pytest.mark.parametrize("flags,message", [
     (["--per-channel"], "per-channel needs a quantized precision"),
+    (["--precision", "int8-dynamic/fp32-down=5"], "names layer 5, but"),
     (["--min-top1", "0.5"], "--min-top1 validate a quantized export"),
     (["--precision", "int8-dynamic", "--max-ppl-increase", "0.1"], "--max-ppl-increase needs --eval-data"),
     (["--precision", "int8-dynamic", "--min-top1", "1.5"], "--min-top1"),

@@ -220,6 +220,8 @@ def test_an_export_with_a_dropped_layer_maps_graph_layers_to_dense_indices(tmp_p
     assert "layers.1.mlp.down_proj" in scopes[last]
     q = onnx.load_from_string(quantize_graph(proto, Precision.parse("int8-dynamic/fp32-down=1")))
     assert {p.key: p.value for p in q.metadata_props}["ziplm_precision"] == "int8-dynamic/fp32-down=1"
+    with pytest.raises(UserError, match="names layer 3, but the model has 3 layers"):  # not silently all-int8
+        fp32_nodes(proto, Precision.parse("int8-dynamic/fp32-down=0,3"))
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,7 @@ def test_check_refuses_a_table_of_another_precision(no_torch_env, model_dir, int
     (["--precision", "int8-dynamic", "--runtime", "ort-cuda"], "runtime ort-cuda does not run it"),
     (["--precision", "int8-dynamic", "--dtype", "float16"], "quantizes float32 graphs, not float16"),
     (["--precision", "int4"], "unknown precision 'int4'"),
+    (["--precision", "int8-dynamic/fp32-down=5"], "names layer 5, but"),
 ])
 def test_bad_precision_options_exit_2_before_work(no_torch_env, model_dir, tmp_path, flags, message, one_line_error):
     out = tmp_path / "t.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import fraction, nonneg_float, positive_int, seq_len
-from ..runtime.quantize import PRECISION_HELP, Precision, precision_from_args
+from ..runtime.quantize import PRECISION_HELP, Precision, check_precision_layers, precision_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,6 +115,7 @@ def _run_genai(args: argparse.Namespace) -> int:
                         "add --precision int8-dynamic, or drop --min-top1")
     out = check_genai_target(args.genai, args.overwrite)
     check_genai_model(arch_from_dir(args.model))
+    check_precision_layers(precision, arch_from_dir(args.model).num_layers, args.model)
     tokens = args.genai_check_tokens or DEFAULT_CHECK_TOKENS
 
     from ..export.genai import export_genai
@@ -171,6 +172,9 @@ def _run_quantized(args: argparse.Namespace, out) -> int:
     if not precision.quantized:
         raise UserError(f"{', '.join(_quant_options(args))} validate a quantized export",
                         "add --precision int8-dynamic, or drop them")
+    from ..core.arch import arch_from_dir
+
+    check_precision_layers(precision, arch_from_dir(args.model).num_layers, args.model)
     if args.max_ppl_increase is not None and not args.eval_data:
         raise UserError("--max-ppl-increase needs --eval-data TEXT", "add --eval-data, or drop --max-ppl-increase")
     if args.eval_data:

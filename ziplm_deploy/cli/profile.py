@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from . import argtypes
-from ..runtime.quantize import PRECISION_HELP, precision_from_args
+from ..runtime.quantize import PRECISION_HELP, check_precision_layers, precision_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     precision = precision_from_args(args.precision, args.per_channel)
     check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
+    check_precision_layers(precision, arch.num_layers, args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
                           threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
@@ -161,6 +162,7 @@ def _run_workload(args: argparse.Namespace) -> int:
     precision = precision_from_args(args.precision, args.per_channel)
     check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
+    check_precision_layers(precision, arch.num_layers, args.model)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=workload.batch, seq=workload.prompt, threads=args.threads,
                           opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,

@@ -114,6 +114,13 @@ def precision_from_args(label: str, per_channel: bool = False, source: str = "--
     return replace(precision, per_channel=True) if per_channel else precision
 
 
+def check_precision_layers(precision: Precision, num_layers: int, what: str = "the model") -> None:
+    """Refuse, before any work, a ``fp32-down=L,...`` that names a layer ``what`` does not have."""
+    if precision.fp32_down_layers and max(precision.fp32_down_layers) >= num_layers:
+        raise UserError(f"precision {precision.label} names layer {max(precision.fp32_down_layers)}, but {what} has "
+                        f"{num_layers} layers", "list layers of this model (ziplm-deploy int8-plan prints them)")
+
+
 def quantize_graph(model: Any, precision: Precision, layer_ids: Any = None) -> bytes:
     """The serialized graph in ``precision``: ``model`` is a ModelProto, serialized bytes or a path."""
     import onnx
@@ -168,8 +175,13 @@ def fp32_nodes(proto: Any, precision: Precision, layer_ids: Any = None) -> list[
     A graph where ``fp32-down`` cannot tell the projections is refused: quantizing it all would silently ship
     another recipe than the label says."""
     inits = {i.name for i in proto.graph.initializer}
-    if layer_ids is None and precision.fp32_down_layers:
-        layer_ids = _live_layers(proto)
+    if precision.fp32_down_layers:
+        layers = _recorded_layers(proto)
+        if layers is not None and max(precision.fp32_down_layers) >= len(layers):
+            raise UserError(f"precision {precision.label} names layer {max(precision.fp32_down_layers)}, but the model "
+                            f"has {len(layers)} layers", "list layers of this model (ziplm-deploy int8-plan prints them)")
+        if layer_ids is None and layers is not None:
+            layer_ids = [i for i, layer in enumerate(layers) if not layer.get("dropped")]
     keep = []
     if precision.fp32_embed:
         keep += [n.name for n in proto.graph.node if n.op_type == "Gather" and n.input and n.input[0] in inits]
@@ -198,9 +210,9 @@ _EXPORT_DOWN = re.compile(r"\.(?:layers?|h)\.(\d+)\.(?:%s)(?:\.|$)" % "|".join(r
 _NO_LAYER = -1  # a profiler graph of one FFN Linear (``ffn.down``): no layer, kept by ``fp32-down`` only
 
 
-def _live_layers(proto: Any) -> list[int] | None:
-    """Dense indices of an exported graph's layers, from the shape ``export`` records in its metadata
-    (``ziplm_shape``: dropped layers are gone from the graph); None without one."""
+def _recorded_layers(proto: Any) -> list[dict[str, Any]] | None:
+    """The per-layer shape ``export`` records in an exported graph's metadata (``ziplm_shape``, dropped layers
+    included: they are gone from the graph itself); None without one."""
     import json
 
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -208,8 +220,10 @@ def _live_layers(proto: Any) -> list[int] | None:
         return None
     try:
         layers = json.loads(meta["ziplm_shape"])["layers"]
-        return [i for i, layer in enumerate(layers) if not layer.get("dropped")]
-    except (ValueError, KeyError, TypeError, AttributeError):
+        if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+            raise TypeError
+        return layers
+    except (ValueError, KeyError, TypeError):
         raise UserError(f"graph {proto.graph.name!r}: metadata ziplm_shape is not a shape", "re-export the model") from None
 
 
