@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import fraction, nonneg_float, positive_int, seq_len
-from ..runtime.quantize import PRECISION_HELP, Precision, check_precision_layers, precision_from_args
+from ..runtime.quantize import PRECISION_HELP, check_precision_layers, deployed_precision, precision_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -148,10 +148,8 @@ def _run_genai(args: argparse.Namespace) -> int:
 def _pruned_for(model: str) -> str:
     """The precision label the model was pruned for: a member searched on a quantized table is deployed
     quantized, so its export is too unless --precision says otherwise. fp32 without such a manifest."""
-    from ..core.manifest import pruned_precision
-
-    label = pruned_precision(model)
-    precision = Precision.parse(label, f"{model}/manifest.json: fingerprint.precision")
+    precision = deployed_precision(model)
+    label = precision.label
     if precision.quantized:
         print(f"{model} was pruned on a {label} latency table (manifest.json): exporting it {label}; "
               f"pass --precision fp32 for the fp32 graph")

@@ -114,6 +114,14 @@ def precision_from_args(label: str, per_channel: bool = False, source: str = "--
     return replace(precision, per_channel=True) if per_channel else precision
 
 
+def deployed_precision(model_dir: str | os.PathLike) -> Precision:
+    """The precision a model directory is deployed in: the one it was pruned for (its manifest's table
+    fingerprint; fp32 without a manifest). A bad label is a ``UserError`` naming the manifest."""
+    from ..core.manifest import MANIFEST_FILE, pruned_precision
+
+    return Precision.parse(pruned_precision(model_dir), f"{model_dir}/{MANIFEST_FILE}: fingerprint.precision")
+
+
 def check_precision_layers(precision: Precision, num_layers: int, what: str = "the model") -> None:
     """Refuse, before any work, a ``fp32-down=L,...`` that names a layer ``what`` does not have."""
     if precision.fp32_down_layers and max(precision.fp32_down_layers) >= num_layers:

@@ -189,16 +189,15 @@ def _check_input(path: str, role: str) -> Input:
     if not (p / "config.json").is_file():
         raise UserError(f"--{role} {p} is a folder without config.json or {GENAI_CONFIG}", _INPUT_HINT)
     from ..core.arch import arch_from_dir
-    from ..core.manifest import pruned_precision
 
     arch = arch_from_dir(p)
     if not arch.is_decoder:
         raise UserError(f"--{role} {p} is a {arch.family} encoder: --workload generates tokens and needs a decoder "
                         "(causal LM)", "verify encoders without --workload")
     check_genai_model(arch)
-    from ..runtime.quantize import Precision
+    from ..runtime.quantize import deployed_precision
 
-    precision = Precision.parse(pruned_precision(p), f"{p}/{MANIFEST_FILE}: fingerprint.precision").label
+    precision = deployed_precision(p).label
     if importlib.util.find_spec("torch") is None:  # a directory is exported to a GenAI folder first
         raise UserError(f"--{role} {p} is a model directory: exporting it to a GenAI folder needs torch",
                         "export it with `ziplm-deploy export --genai` where torch is, and pass the folder")

@@ -225,10 +225,9 @@ def _dir_digest(files: tuple[tuple[str, int, int], ...]) -> str:
 def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], atol: float, rtol: float) -> Path:
     """The validated ONNX export of a model directory, reused from ``cache`` when its content is unchanged;
     in the precision the model was pruned for (its manifest: a member of an int8 search is timed int8)."""
-    from ..core.manifest import pruned_precision
-    from ..runtime.quantize import Precision
+    from ..runtime.quantize import deployed_precision
 
-    precision = Precision.parse(pruned_precision(model_dir), f"{model_dir}/{MANIFEST_FILE}: fingerprint.precision")
+    precision = deployed_precision(model_dir)
     digest = dir_digest(model_dir)
     tag = "" if not precision.quantized else "-" + precision.label.replace("/", "-")
     out = cache / f"{model_dir.name}-{digest[:16]}{tag}.onnx"
