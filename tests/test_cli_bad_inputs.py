@@ -85,8 +85,12 @@ def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def refused(capsys, argv: list[str], *words: str, root: Path | None = None, limit_s: float = 1.0) -> str:
-    """``main(argv)`` exits 2 within ``limit_s``, one stderr line holding ``words``; nothing new under ``root``."""
+def refused(capsys, argv: list[str], *words: str, root: Path | None = None, limit_s: float = 20.0) -> str:
+    """``main(argv)`` exits 2, one stderr line holding ``words``; nothing new under ``root``.
+
+    ``limit_s`` is a ceiling far above any refusal on a busy CI machine (a refusal takes milliseconds): it only
+    catches a command that did its work (loaded a model, calibrated) before refusing. It is not a speed test; at
+    1 s it failed once on a loaded 2-core machine."""
     before = _listing(root) if root else None
     capsys.readouterr()
     started = time.perf_counter()
@@ -406,7 +410,7 @@ def test_unusable_data_is_refused_before_loading(command, kind, tiny, capsys, tm
     data_dir.mkdir()
     path, message = _data_files(data_dir)[kind]
     # the tokenizer is read before the data (~0.5 s for SmolLM2's): a looser bound, still before any model
-    refused(capsys, _data_argv(command, path, tiny, tmp_path / "out"), message, str(path), root=tmp_path, limit_s=3.0)
+    refused(capsys, _data_argv(command, path, tiny, tmp_path / "out"), message, str(path), root=tmp_path)
 
 
 @pytest.mark.parametrize("line, message", [

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..models.io import check_model_dir, check_seq_len
     from ..models.tokenizer import load_tokenizer
-    from ..prune.evaluate import accuracy, perplexity, read_labelled
+    from ..core.labelled import read_labelled
+    from ..prune.evaluate import accuracy, perplexity
 
     arch = check_model_dir(args.model)
     if arch.is_decoder:

@@ -25,38 +25,6 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, pro
     return math.exp(total / count)
 
 
-def read_labelled(path) -> tuple[list[str], list[int]]:
-    """``{"text": ..., "label": int}`` per line; anything else is the user's error naming the line."""
-    import json
-    from pathlib import Path
-
-    from ..core.errors import UserError
-    from .data import _read_text
-
-    path = Path(path)
-    if not path.is_file() or path.suffix != ".jsonl":
-        raise UserError(f"classification data must be a .jsonl file with 'text' and 'label': {path}",
-                        "one {\"text\": ..., \"label\": 0} object per line")
-    texts, labels = [], []
-    for n, line in enumerate(_read_text(path, "classification data").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        label = row.get("label") if isinstance(row, dict) else None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or isinstance(label, bool) \
-                or not isinstance(label, int) or label < 0:
-            raise UserError(f"{path}:{n} needs a 'text' string and a non-negative integer 'label'",
-                            "one {\"text\": ..., \"label\": 0} object per line")
-        texts.append(row["text"])
-        labels.append(label)
-    if not texts:
-        raise UserError(f"{path} has no examples", "one {\"text\": ..., \"label\": 0} object per line")
-    return texts, labels
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, tokenizer, texts: list[str], labels: list[int], batch_size: int = 32,
              max_length: int = 128) -> float:

@@ -694,7 +694,8 @@ def _quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[st
     from ..core.arch import arch_from_dir
     from ..models import load_model
     from ..models.tokenizer import load_tokenizer
-    from ..prune.evaluate import accuracy, perplexity, read_labelled
+    from ..core.labelled import read_labelled
+    from ..prune.evaluate import accuracy, perplexity
 
     values, metric = {}, None
     for role, r in models.items():
@@ -775,11 +776,25 @@ def _heldout_quality(models: dict[str, Resolved], plan: QualityPlan, opts: Verif
 
 
 def _ort_quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable[[str], None]) -> dict[str, Any]:
-    """Perplexity of both ONNX graphs (a directory: its validated export) in ONNX Runtime on ``eval_data``,
-    tokenized with the candidate's tokenizer.json (torch-free): a quantized file is measured as shipped."""
-    from .ort_quality import ort_perplexity, read_texts, text_windows
+    """Perplexity (decoder) or accuracy (classifier) of both ONNX graphs (a directory: its validated export) in
+    ONNX Runtime on ``eval_data``, tokenized with the candidate's tokenizer.json (torch-free): a quantized file
+    is measured as shipped."""
+    from .ort_quality import ort_accuracy, ort_perplexity, read_texts, text_windows
 
     tokenizer_dir = _tokenizer_dir(models["candidate"])
+    arch, _ = _arch_and_shape(models["candidate"])
+    if arch is not None and not arch.is_decoder:
+        from ..core.labelled import read_labelled
+
+        texts, labels = read_labelled(opts.eval_data)
+        values = {}
+        for role, r in models.items():
+            log(f"accuracy of the {role} ({r.precision}) in ONNX Runtime on {opts.eval_data}")
+            values[role] = ort_accuracy(r.onnx, tokenizer_dir, texts, labels, threads=opts.threads)
+        return {"metric": "accuracy", "baseline": round(values["baseline"], 6),
+                "candidate": round(values["candidate"], 6), "data": str(opts.eval_data), "source": "onnxruntime",
+                "examples": len(labels), "precision": {role: r.precision for role, r in models.items()},
+                **_eval_data_origin(opts)}
     windows = text_windows(tokenizer_dir, read_texts(opts.eval_data), opts.eval_seq, opts.eval_windows)
     values = {}
     for role, r in models.items():

@@ -6,7 +6,9 @@ so prefill graphs with ``present.*`` outputs work too) — the same number ``pru
 gives in PyTorch. ``top1_agreement``: the fraction of positions whose arg-max next token agrees between
 two logits arrays (a quantized graph against the fp32 model). ``text_windows``: token windows from text
 with the tokenizer.json of a model directory (``tokenizers``, no transformers), cut exactly as
-``prune.data.token_windows`` cuts them.
+``prune.data.token_windows`` cuts them. ``ort_accuracy``: accuracy of an encoder classifier graph
+(``input_ids, attention_mask`` -> ``logits`` (batch, labels)) on labelled texts, tokenized as
+``prune.evaluate.accuracy`` tokenizes them (special tokens, truncation to 128).
 """
 
 from __future__ import annotations
@@ -83,6 +85,38 @@ def ort_perplexity(onnx_path: str | os.PathLike, windows: np.ndarray, threads: i
     return ppl
 
 
+def ort_accuracy(onnx_path: str | os.PathLike, tokenizer_dir: str | os.PathLike, texts: Sequence[str],
+                 labels: Sequence[int], max_length: int = 128, threads: int = 0) -> float:
+    """Fraction of ``texts`` whose arg-max logit is their label, one text per forward (no padding), tokenized
+    with ``tokenizer_dir/tokenizer.json`` (special tokens added, truncated to ``max_length``)."""
+    if len(texts) != len(labels) or not len(texts):
+        raise UserError(f"accuracy needs as many labels as texts, got {len(texts)} texts and {len(labels)} labels")
+    tokenizer = _tokenizer(Path(tokenizer_dir))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    session = ort_session(onnx_path, threads)
+    names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if sorted(names) != ["attention_mask", "input_ids"] or "logits" not in outputs:
+        raise UserError(f"accuracy in ONNX Runtime needs a classifier graph (input_ids, attention_mask -> logits); "
+                        f"{onnx_path} takes {', '.join(names)} and gives {', '.join(outputs)}",
+                        "export the sequence-classification model with ziplm-deploy export")
+    correct = 0
+    for text, label in zip(texts, labels):
+        ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
+        logits = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+        if logits.ndim != 2 or logits.shape[0] != 1:
+            raise UserError(f"{onnx_path}: logits of shape {logits.shape} are not one row of class scores",
+                            "accuracy needs a sequence-classification graph")
+        if not np.isfinite(logits).all():
+            raise UserError(f"{onnx_path} produces non-finite logits: accuracy cannot be measured")
+        if label >= logits.shape[1]:
+            raise UserError(f"label {label} is beyond the model's {logits.shape[1]} classes",
+                            "labels must be 0..num_labels-1")
+        correct += int(int(logits[0].argmax()) == label)
+    return correct / len(texts)
+
+
 def top1_agreement(got: np.ndarray, want: np.ndarray) -> float:
     """Fraction of positions where the arg-max over the last axis agrees (shapes must match)."""
     a, b = np.asarray(got), np.asarray(want)
@@ -103,18 +137,22 @@ def _eos_id(tokenizer: Any, model_dir: Path) -> int | None:
     return tokenizer.token_to_id(eos) if isinstance(eos, str) else None
 
 
-def text_windows(model_dir: str | os.PathLike, texts: Sequence[str], seq_len: int,
-                 count: int | None = None) -> np.ndarray:
-    """The first ``count`` windows of ``seq_len`` tokens of ``texts`` (EOS between texts), tokenized with
-    ``model_dir/tokenizer.json``."""
+def _tokenizer(model_dir: Path) -> Any:
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise UserError("quality on text needs the tokenizers package", "pip install tokenizers") from None
-    model_dir = Path(model_dir)
     if not (model_dir / "tokenizer.json").is_file():
         raise UserError(f"{model_dir} has no tokenizer.json", "quality in ONNX Runtime needs the model's tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+
+
+def text_windows(model_dir: str | os.PathLike, texts: Sequence[str], seq_len: int,
+                 count: int | None = None) -> np.ndarray:
+    """The first ``count`` windows of ``seq_len`` tokens of ``texts`` (EOS between texts), tokenized with
+    ``model_dir/tokenizer.json``."""
+    model_dir = Path(model_dir)
+    tokenizer = _tokenizer(model_dir)
     eos = _eos_id(tokenizer, model_dir)
     ids: list[int] = []
     for text in texts:
