@@ -119,7 +119,7 @@ def test_report_of_an_empty_or_missing_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "run directory not found" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
-    assert "has no family-*.json and no verify reports" in capsys.readouterr().err
+    assert "has no family-*.json, verify reports or recovery runs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("field,value", [
@@ -189,3 +189,52 @@ def test_a_bad_family_precision_is_a_warning_not_a_series(run):
     data = collect(run)
     assert any("precision" in w and "shown as fp32" in w for w in data.warnings)
     assert {r.precision for r in data.rows} == {"fp32"} and not data.quant_only
+
+
+def _train_json(evals, **over) -> dict:
+    """What ``distill`` writes (format, config, weights, steps, tokens, evals ...)."""
+    return {"format": "ziplm-deploy/train", "version": 1, "config": {"steps": 200}, "history": [],
+            "weights": {"kd": 0.0, "hidden": 0.0, "task": 1.0}, "steps": 200, "seconds": 400.0, "resumed_from": None,
+            "evals": evals, "tokens": 204800, "device": "cpu", **over}
+
+
+def test_recovery_runs_are_tabled_and_plotted_against_tokens(run, tmp_path):
+    (run / "ziplm-2x-lm").mkdir()
+    (run / "ziplm-2x-lm" / "train.json").write_text(json.dumps(_train_json(
+        [{"step": 0, "ppl": 400.0}, {"step": 100, "ppl": 200.0}, {"step": 200, "ppl": 150.0}])))
+    (run / "ziplm-2x-kd").mkdir()
+    (run / "ziplm-2x-kd" / "train.json").write_text(json.dumps(_train_json(
+        [{"step": 0, "ppl": 400.0}, {"step": 200, "ppl": 120.0}], weights={"kd": 1.0, "hidden": 1.0, "task": 0.0})))
+    data = collect(run)
+    curves = {c.name: c for c in data.curves}
+    assert curves["ziplm-2x-lm"].objective == "LM" and curves["ziplm-2x-kd"].objective == "KD"
+    assert curves["ziplm-2x-lm"].points == [(0.0, 400.0), (0.1024, 200.0), (0.2048, 150.0)]  # million tokens
+    assert curves["ziplm-2x-lm"].tokens_per_s == pytest.approx(512.0)
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out), "--markdown", str(tmp_path / "report.md")]) == 0
+    parser = Images()
+    parser.feed(out.read_text())
+    svgs = [ET.fromstring(base64.b64decode(i["src"].split(",", 1)[1])) for i in parser.images]
+    titles = [s.find("{http://www.w3.org/2000/svg}text").text for s in svgs]
+    assert titles[-1] == "held-out perplexity during recovery" and len(svgs) == 5
+    assert len(svgs[-1].findall(".//{http://www.w3.org/2000/svg}polyline")) >= 2  # one line per run
+    md = (tmp_path / "report.md").read_text()
+    assert "| ziplm-2x-lm | LM | 200 | 0.20M | 6.7 min | 512 | cpu | 400 -> 150 |" in md
+
+
+@pytest.mark.parametrize("bad", [{"evals": []}, {"evals": [{"step": 0, "ppl": float("nan")}]},
+                                 {"evals": [{"step": "0", "ppl": 3.0}]}, {"tokens": "many"}, {"steps": 0},
+                                 {"evals": "none"}])
+def test_a_malformed_recovery_run_is_a_warning_not_a_curve(run, bad):
+    (run / "r").mkdir()
+    (run / "r" / "train.json").write_text(json.dumps(_train_json(**{"evals": [{"step": 0, "ppl": 9.0}], **bad})))
+    data = collect(run)
+    assert data.curves == [] and any("r/train.json" in w for w in data.warnings)
+
+
+def test_a_folder_of_recovery_runs_alone_is_a_report(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.json").write_text(json.dumps(_train_json([{"step": 0, "ppl": 9.0}, {"step": 200, "ppl": 7.0}])))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "r.md")]) == 0
+    assert "| a | LM | 200 |" in (tmp_path / "r.md").read_text()
+    assert "Recovery" in (tmp_path / "r.html").read_text()

@@ -6,7 +6,8 @@ HTML (self-contained: plots are embedded SVG images) or Markdown (tables, for CI
 Plots: quality vs measured speedup per method (and per deployment precision: a family pruned on an int8
 table is its own series, ``ziplm + int8-dynamic``) with the Pareto front and, for quantized families, the
 quantization-only speedup as a dashed line (the point pruning must beat), predicted vs measured latency,
-and the kept fraction of heads / FFN width per layer of each model.
+the kept fraction of heads / FFN width per layer of each model, and the held-out perplexity of every
+recovery run below RUNDIR (``distill``'s ``train.json``) against the tokens it trained on.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .report import VERIFY_FORMAT, VerifyReport
 from .svg import PALETTE, Series, chart
 
 FAMILY_FORMAT = "ziplm-deploy/family"
+TRAIN_FORMAT = "ziplm-deploy/train"
 
 
 @dataclass
@@ -57,12 +59,30 @@ class ModelRow:
 
 
 @dataclass
+class Curve:
+    """A recovery run (``distill``'s train.json): held-out perplexity against millions of tokens trained."""
+
+    name: str  # the run's folder, relative to RUNDIR
+    objective: str  # "KD" (a teacher's logits / hidden states) or "LM" (plain next-token loss)
+    points: list[tuple[float, float]]  # (million tokens, held-out perplexity)
+    steps: int
+    tokens: int
+    seconds: float
+    device: str
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+
+@dataclass
 class RunData:
     run: Path
     rows: list[ModelRow] = field(default_factory=list)
     dense: dict[str, int] = field(default_factory=dict)  # heads, ffn of the dense model
     warnings: list[str] = field(default_factory=list)
     quant_only: dict[str, float] = field(default_factory=dict)  # precision -> predicted speedup of quantization alone
+    curves: list[Curve] = field(default_factory=list)  # recovery runs below the run directory
 
 
 def _key(path: str | None) -> str | None:
@@ -123,10 +143,48 @@ def collect(run: str | os.PathLike) -> RunData:
             data.warnings.append(f"skipped {f.relative_to(run)}: {e}")
             continue
         _merge_verify(data, by_path, rep, f)
-    if not data.rows:
-        raise UserError(f"{run} has no family-*.json and no verify reports", "run `ziplm-deploy prune --out RUNDIR` "
-                        "and `ziplm-deploy verify --report RUNDIR/...verify.json` first")
+    for f in sorted(run.rglob("train.json")):
+        payload = _read_json(f, data)
+        if isinstance(payload, dict) and payload.get("format") == TRAIN_FORMAT:
+            curve = _curve(data, f, payload)
+            if curve is not None:
+                data.curves.append(curve)
+    if not data.rows and not data.curves:
+        raise UserError(f"{run} has no family-*.json, verify reports or recovery runs",
+                        "run `ziplm-deploy prune --out RUNDIR` and `ziplm-deploy verify --report "
+                        "RUNDIR/...verify.json` (or `ziplm-deploy distill --out RUNDIR/...`) first")
     return data
+
+
+def _curve(data: RunData, f: Path, payload: dict[str, Any]) -> Curve | None:
+    """A train.json's curve; a malformed one is skipped with a warning (never plotted half-read)."""
+    where = str(f.relative_to(data.run))
+    steps = payload.get("steps")
+    tokens = payload.get("tokens")
+    evals = payload.get("evals")
+    bad = None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        bad = f"steps must be a positive integer, got {steps!r:.40}"
+    elif isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        bad = f"tokens must be a positive integer, got {tokens!r:.40}"
+    elif not isinstance(evals, list) or not evals:
+        bad = f"evals must be a non-empty list, got {evals!r:.40}"
+    if bad:
+        data.warnings.append(f"skipped {where}: {bad}")
+        return None
+    points = []
+    for i, e in enumerate(evals):
+        step = _num(data, f"{where}: evals[{i}]", e, ("step",), lo=0)
+        ppl = _num(data, f"{where}: evals[{i}]", e, ("ppl",), lo=0, lo_open=True)
+        if step is None or ppl is None:
+            data.warnings.append(f"skipped {where}: evals[{i}] is not a step and a finite perplexity")
+            return None
+        points.append((step * tokens / steps / 1e6, ppl))
+    weights = _obj(payload.get("weights"))
+    kd = any(isinstance(weights.get(k), (int, float)) and weights.get(k) > 0 for k in ("kd", "hidden"))
+    seconds = _num(data, where, payload, ("seconds",), lo=0) or 0.0
+    return Curve(str(f.parent.relative_to(data.run)) or ".", "KD" if kd else "LM", points, steps, tokens, seconds,
+                 _text(payload.get("device")) or "?")
 
 
 def _precision(data: RunData, where: str, value: Any) -> str:
@@ -322,6 +380,22 @@ def layer_plots(data: RunData) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def recovery_plot(data: RunData) -> str:
+    series = [Series(f"{c.name} ({c.objective})", c.points, PALETTE[i % len(PALETTE)], connect=True,
+                     notes=[f"{c.name}: {x:.3f}M tokens, perplexity {y:.4g}" for x, y in c.points])
+              for i, c in enumerate(data.curves)]
+    return chart(series, "held-out perplexity during recovery", "tokens trained (millions)",
+                 "held-out perplexity (lower is better)")
+
+
+def curve_rows(data: RunData) -> list[list[str]]:
+    rows = [["recovery run", "objective", "steps", "tokens", "time", "tokens/s", "device", "perplexity first -> last"]]
+    for c in data.curves:
+        rows.append([c.name, c.objective, str(c.steps), f"{c.tokens / 1e6:.2f}M", f"{c.seconds / 60:.1f} min",
+                     _f(c.tokens_per_s, ".0f"), c.device, f"{c.points[0][1]:.4g} -> {c.points[-1][1]:.4g}"])
+    return rows
+
+
 # --- rendering ----------------------------------------------------------------------------------------
 def _f(x: Any, fmt: str = ".3f", suffix: str = "") -> str:
     return "–" if x is None else f"{x:{fmt}}{suffix}"
@@ -350,6 +424,17 @@ def render_html(data: RunData) -> str:
     table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"]
     table += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]]
     table.append("</table>")
+    recovery = []
+    if data.curves:
+        crows = curve_rows(data)
+        recovery = ["<h2>Recovery</h2>", "<table>",
+                    "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in crows[0]) + "</tr>",
+                    *("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in crows[1:]),
+                    "</table>", _img(recovery_plot(data), "held-out perplexity during recovery")]
+    models = [] if not data.rows else [
+        "<h2>Quality vs speedup</h2>", _img(quality_plot(data), "quality vs measured speedup per method"),
+        "<h2>Predicted vs measured latency</h2>", _img(latency_plot(data), "predicted vs measured latency"),
+        "<h2>Per-layer shape</h2>", _img(heads, "kept heads per layer"), _img(ffn, "kept FFN width per layer")]
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8"/>',
@@ -360,20 +445,23 @@ def render_html(data: RunData) -> str:
         f"<h1>Run report: {html.escape(str(data.run))}</h1>",
         f"<p>{len(data.rows)} model(s); {sum(r.measured_speedup is not None for r in data.rows)} measured "
         "in the deployment runtime.</p>",
-        *table,
+        *(table if data.rows else []),
         f"<ul>{warn}</ul>" if warn else "",
-        "<h2>Quality vs speedup</h2>", _img(quality_plot(data), "quality vs measured speedup per method"),
-        "<h2>Predicted vs measured latency</h2>", _img(latency_plot(data), "predicted vs measured latency"),
-        "<h2>Per-layer shape</h2>", _img(heads, "kept heads per layer"), _img(ffn, "kept FFN width per layer"),
+        *models, *recovery,
         "</body>", "</html>", ""])
 
 
 def render_markdown(data: RunData) -> str:
     rows = table_rows(data)
-    lines = [f"### ziplm-deploy run `{data.run.name}`", "",
-             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
+    lines = [f"### ziplm-deploy run `{data.run.name}`", ""]
+    if data.rows:
+        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
     lines += [""] + [f"- {p} alone: predicted {x:.2f}x over the fp32 dense model (the point pruning on top must beat)"
                      for p, x in data.quant_only.items()]
+    if data.curves:
+        crows = curve_rows(data)
+        lines += ["", "| " + " | ".join(crows[0]) + " |", "|" + "---|" * len(crows[0])]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in crows[1:]]
     lines += [f"- warning: {w}" for w in data.warnings]
     return "\n".join(lines).rstrip() + "\n"
