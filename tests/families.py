@@ -10,7 +10,8 @@ import torch
 from ziplm_deploy.models import LayerPlan, adapter_for
 from ziplm_deploy.models.surgery import head_columns
 
-FAMILIES = ("bert", "gpt2", "llama")
+FAMILIES = ("bert", "gpt2", "llama", "qwen3")
+GQA = ("llama", "qwen3")  # tiny models with 6 query heads in 3 KV groups
 
 
 def tiny_model(family: str, seed: int = 0, layers: int = 4):
@@ -35,10 +36,12 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4):
                                             num_attention_heads=6, num_key_value_heads=3, head_dim=8,
                                             intermediate_size=80, max_position_embeddings=64,
                                             bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
-    if family in ("qwen2", "mistral"):  # Llama layout; Qwen2 adds q/k/v biases
-        from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    if family in ("qwen2", "mistral", "qwen3"):  # Llama layout; Qwen2 adds q/k/v biases, Qwen3 q/k head norms
+        from transformers import (MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                                  Qwen3ForCausalLM)
 
-        cfg_cls, cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (MistralConfig, MistralForCausalLM)
+        cfg_cls, cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "mistral": (MistralConfig, MistralForCausalLM),
+                        "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[family]
         return cls(cfg_cls(vocab_size=120, hidden_size=48, num_hidden_layers=layers, num_attention_heads=6,
                            num_key_value_heads=3, head_dim=8, intermediate_size=80, max_position_embeddings=64,
                            bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
@@ -77,6 +80,8 @@ PLANS = {
              LayerPlan(ffn=tuple(range(0, 192, 3)))],
     # GQA groups {0,1} {2,3} {4,5}: keep whole groups, or the same count per kept group
     "llama": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
+              LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
+    "qwen3": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
               LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
 }
 

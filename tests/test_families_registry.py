@@ -32,6 +32,8 @@ TINY_CONFIGS = {
               "num_hidden_layers": 2, "intermediate_size": 32, "vocab_size": 50},
     "mistral": {"model_type": "mistral", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "num_hidden_layers": 2, "intermediate_size": 32, "vocab_size": 50},
+    "qwen3": {"model_type": "qwen3", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 8, "num_hidden_layers": 2, "intermediate_size": 32, "vocab_size": 50},
 }
 
 
@@ -77,17 +79,17 @@ def test_config_reader_and_lookup_by_arch(model_type):
 
 
 def test_unknown_model_types_and_families_list_what_exists():
-    listed = "supported: bert, gpt2, llama, mistral, qwen2"
+    listed = "supported: bert, gpt2, llama, mistral, qwen2, qwen3"
     with pytest.raises(UserError, match=f"model_type='gemma3'.*{listed}"):
         family_for("gemma3")
     with pytest.raises(UserError, match=f"x/config.json: unsupported architecture model_type='gemma3'.*{listed}"):
         arch_from_config({"model_type": "gemma3"}, source="x/config.json")
     arch = arch_from_config(TINY_CONFIGS["gpt2"])
-    with pytest.raises(UserError, match="unknown model family 'gemma'.*families: bert, gpt2, llama"):
+    with pytest.raises(UserError, match="unknown model family 'gemma'.*families: bert, gpt2, llama, qwen3"):
         family_for(replace(arch, family="gemma"))
 
 
-@pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "qwen2", "mistral", "qwen3"])
 def test_each_family_gives_its_graph_parts_and_adapter(model_type):
     from families import tiny_model
 

@@ -110,9 +110,10 @@ def test_pruned_forms_generate_token_exact(form, tmp_path, capsys):
     assert not _leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "qwen3"])
 def test_other_decoder_families_generate_token_exact(family, tmp_path):
-    """GPT-2 (learned positions; GenAI type "decoder") pruned non-uniformly, and Qwen2 (q/k/v biases)."""
+    """GPT-2 (learned positions; GenAI type "decoder") and Qwen3 (q/k head norms; GenAI type "qwen3") pruned
+    non-uniformly (a 0-head layer, a layer without FFN, GQA groups removed), and Qwen2 (q/k/v biases)."""
     from families import PLANS
     from ziplm_deploy.models import shrink
 
@@ -120,13 +121,13 @@ def test_other_decoder_families_generate_token_exact(family, tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0) if p.dim() == 2 else None
-    if family == "gpt2":
-        shrink(model, PLANS["gpt2"])
+    if family in PLANS:
+        shrink(model, PLANS[family])
     result = genai.export_genai(model, tmp_path / "out")
     assert len(result.prompts) == 2 and all(len(o) == 16 for o in result.outputs)  # no tokenizer: synthetic prompts
     assert json.loads((tmp_path / "out" / genai.GENAI_CONFIG).read_text())["model"]["type"] == (
-        "decoder" if family == "gpt2" else "qwen2")
-    assert [k.heads for k in result.kv] == ([2, 1, 4] if family == "gpt2" else [3, 3, 3, 3])
+        "decoder" if family == "gpt2" else family)
+    assert [k.heads for k in result.kv] == {"gpt2": [2, 1, 4], "qwen2": [3, 3, 3, 3], "qwen3": [3, 1, 2]}[family]
 
 
 def test_dense_folder_contents(dense):

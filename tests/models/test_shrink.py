@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from families import PLANS, masked_reference, model_output as _out, tiny_model
+from families import GQA, PLANS, masked_reference, model_output as _out, tiny_model
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.shape import LayerShape, ModelShape
 from ziplm_deploy.models import LayerPlan, adapter_for, apply_shape, shrink
@@ -23,7 +23,7 @@ def test_pruned_equals_masked_reference(family, attn):
     assert torch.allclose(_out(model, ids), _out(ref, ids), atol=1e-5, rtol=0)
     got = adapter_for(model).shape_of(model)
     heads = [0 if p.heads == () else (len(p.heads) if p.heads else None) for p in plan]
-    assert [s.heads for s in got.layers] == [h if h is not None else 4 + 2 * (family == "llama") for h in heads]
+    assert [s.heads for s in got.layers] == [h if h is not None else 4 + 2 * (family in GQA) for h in heads]
     assert got.layers[1].ffn == 0
 
 
@@ -83,7 +83,7 @@ def test_incremental_decoding_matches_full_forward(family):
 def test_shrink_keeps_dtype_and_requires_grad(family):
     model = tiny_model(family).to(torch.bfloat16)
     apply_shape(model, ModelShape(tuple(
-        LayerShape(2, 16, 1 if family == "llama" else None) for _ in range(4))))
+        LayerShape(2, 16, 1 if family in GQA else None) for _ in range(4))))
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert all(p.requires_grad for p in model.parameters())
 
@@ -104,9 +104,9 @@ def test_apply_shape_takes_the_largest_heads_and_neurons():
 
 def test_shrinking_twice_composes(family):
     model = tiny_model(family)
-    apply_shape(model, ModelShape(tuple(LayerShape(4 if family == "llama" else 3, 40, 2 if family == "llama" else None)
+    apply_shape(model, ModelShape(tuple(LayerShape(4 if family in GQA else 3, 40, 2 if family in GQA else None)
                                         for _ in range(4))))
-    small = ModelShape(tuple(LayerShape(2, 20, 1 if family == "llama" else None) for _ in range(4)))
+    small = ModelShape(tuple(LayerShape(2, 20, 1 if family in GQA else None) for _ in range(4)))
     apply_shape(model, small)
     assert adapter_for(model).shape_of(model) == small
     assert _out(model, torch.randint(0, 120, (1, 5))).isfinite().all()
@@ -124,7 +124,7 @@ def test_bad_plans_are_user_errors():
         shrink(tiny_model("bert"), [LayerPlan(dropped=True)] * 4)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "qwen3"])
 def test_llama_layout_families_shrink_and_decode(family):
     from transformers import DynamicCache
 

@@ -216,3 +216,37 @@ def test_qwen2_attention_has_qkv_biases_and_no_output_bias():
         ref = x + a(layer.input_layernorm(x), position_embeddings=(cos, sin), attention_mask=torch.from_numpy(mask))[0]
     out = _run(arch, "attention", heads, kv, w, {"hidden": _np(x), "mask": mask, "cos": _np(cos), "sin": _np(sin)})
     np.testing.assert_allclose(out["out"], _np(ref), atol=ATOL)
+
+
+@pytest.mark.parametrize("heads,kv", [(4, 2), (2, 1)])
+def test_qwen3_attention_normalises_each_query_and_key_head(heads, kv):
+    """Qwen3 = Llama layout + an RMSNorm over every query and key head (one head_dim weight each) before RoPE;
+    the block graph computes what Qwen3DecoderLayer computes, dense and with heads kept by the family adapter."""
+    import copy
+
+    from ziplm_deploy.families import family_for
+
+    torch.manual_seed(6)
+    config = transformers.Qwen3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      intermediate_size=48, num_hidden_layers=1, vocab_size=50,
+                                      attn_implementation="eager", rms_norm_eps=1e-5)
+    layer = transformers.models.qwen3.modeling_qwen3.Qwen3DecoderLayer(config, layer_idx=0).eval()
+    with torch.no_grad():  # non-trivial norm weights (they initialise to ones)
+        layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+        layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    arch = arch_from_config(config.to_dict())
+    assert arch.family == "qwen3" and not arch.attention_bias
+    a = layer.self_attn
+    w = {**_llama_attention_weights(layer, heads, kv, arch.head_dim),
+         "layers.0.attn.q_norm.weight": _np(a.q_norm.weight), "layers.0.attn.k_norm.weight": _np(a.k_norm.weight)}
+    kept = copy.deepcopy(layer)
+    family_for("qwen3").adapter().keep_heads(kept, list(range(heads)), list(range(kv)), arch)
+    rope = transformers.models.qwen3.modeling_qwen3.Qwen3RotaryEmbedding(config)
+    x = torch.randn(B, S, arch.hidden)
+    cos, sin = rope(x, torch.arange(S).repeat(B, 1))
+    mask = _causal(S)
+    with torch.no_grad():
+        ref = x + kept.self_attn(kept.input_layernorm(x), position_embeddings=(cos, sin),
+                                 attention_mask=torch.from_numpy(mask))[0]
+    out = _run(arch, "attention", heads, kv, w, {"hidden": _np(x), "mask": mask, "cos": _np(cos), "sin": _np(sin)})
+    np.testing.assert_allclose(out["out"], _np(ref), atol=ATOL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from families import model_output, tiny_model
+from families import FAMILIES, model_output, tiny_model
 from ziplm_deploy.models import adapter_for
 from ziplm_deploy.profiling.profiler import ProfileOptions, profile
 from ziplm_deploy.prune.database import build_database, load_database, save_database
@@ -19,7 +19,7 @@ from ziplm_deploy.runtime.timing import Protocol
 def tables():
     """Real (tiny) latency tables measured in ONNX Runtime for the tiny models' architectures."""
     out = {}
-    for fam in ("bert", "gpt2", "llama"):
+    for fam in FAMILIES:
         model = tiny_model(fam)
         arch = adapter_for(model).arch(model)
         out[fam] = profile(arch, ProfileOptions(seq=16, ffn_step=8, protocol=Protocol(warmup=1, rounds=5)),

@@ -68,8 +68,21 @@ MANIFEST_FORMAT = "ziplm-deploy/genai"
 MANIFEST_VERSION = 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
-# model_type -> GenAI model.type (GenAI 0.18's own "gpt2" type does not load this graph: GPT-2 runs as "decoder")
-GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gpt2": "decoder"}
+
+
+def genai_type(model_type: str) -> str | None:
+    """The ONNX Runtime GenAI ``model.type`` of a config's ``model_type`` (its family says), None if it has none."""
+    from ..families import FAMILIES
+
+    return next((f.genai_types[model_type] for f in FAMILIES if model_type in f.genai_types), None)
+
+
+def genai_model_types() -> list[str]:
+    from ..families import FAMILIES
+
+    return [t for f in FAMILIES for t in f.genai_types]
+
+
 CHECK_PROMPTS = ("The capital of France is", "Once upon a time, there was a little",
                  "def add(a, b):\n    return")
 SYNTHETIC_PROMPT_LENGTHS = (1, 23)  # always checked too: a one-token prompt and a longer one
@@ -207,7 +220,7 @@ def genai_config(model, kv: list[KvLayer], first_heads: int) -> dict[str, Any]:
         "outputs": {"logits": "logits", "present_key_names": PRESENT.format("%d", "key"),
                     "present_value_names": PRESENT.format("%d", "value")},
     }
-    body = {"type": GENAI_TYPES[cfg.model_type], "vocab_size": vocab, "context_length": int(context),
+    body = {"type": genai_type(cfg.model_type), "vocab_size": vocab, "context_length": int(context),
             "eos_token_id": eos, "pad_token_id": pad if pad is not None else eos if isinstance(eos, int) else eos[0],
             "decoder": decoder}
     if bos is not None:
@@ -502,9 +515,9 @@ def check_genai_model(arch) -> None:
     if not arch.is_decoder:
         raise UserError(f"--genai needs a decoder (causal LM); this is a {arch.family} encoder",
                         "export encoders with --out FILE.onnx")
-    if arch.model_type not in GENAI_TYPES:
+    if genai_type(arch.model_type) is None:
         raise UserError(f"--genai: model_type {arch.model_type!r} has no ONNX Runtime GenAI type here "
-                        f"(supported: {', '.join(GENAI_TYPES)})", "export it with --out FILE.onnx --with-past")
+                        f"(supported: {', '.join(genai_model_types())})", "export it with --out FILE.onnx --with-past")
 
 
 def export_genai(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,

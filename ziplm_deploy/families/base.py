@@ -12,7 +12,7 @@ onnx nor torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -67,6 +67,7 @@ class Family:
     package: str  # the family's package (its __name__): graph parts and adapter are found there
     positions_key: str | None = None  # config key bounding the sequence length (learned positions)
     num_layers_key: str = "num_hidden_layers"  # config key holding the layer count
+    genai_types: dict[str, str] = field(default_factory=dict)  # model_type -> ONNX Runtime GenAI model.type
 
     def graph(self) -> GraphParts:
         """The family's ONNX graph parts (imports onnx and numpy, never torch)."""

@@ -18,4 +18,5 @@ def read_config(f: ConfigFields) -> ArchSpec:
 
 
 FAMILY = Family(name="gpt2", label="GPT-2", model_types=("gpt2",), is_decoder=True, read_config=read_config,
-                package=__name__, positions_key="n_positions", num_layers_key="n_layer")
+                package=__name__, positions_key="n_positions", num_layers_key="n_layer",
+                genai_types={"gpt2": "decoder"})  # GenAI 0.18's own "gpt2" type does not load this graph

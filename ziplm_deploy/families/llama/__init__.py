@@ -9,7 +9,8 @@ from ...core.errors import UserError
 from ..base import ConfigFields, Family
 
 
-def read_config(f: ConfigFields) -> ArchSpec:
+def read_config(f: ConfigFields, family: str = "llama") -> ArchSpec:
+    """The Llama layout's fields (also read by families that extend it, under their own ``family``)."""
     hidden, heads = f.size("hidden_size"), f.size("num_attention_heads")
     kv_heads = f.optional_size("num_key_value_heads") or heads
     if heads % kv_heads:
@@ -19,7 +20,7 @@ def read_config(f: ConfigFields) -> ArchSpec:
     rope = checks.mapping(f.c.get("rope_parameters") or {}, f.source, "rope_parameters")
     theta = rope.get("rope_theta", f.c.get("rope_theta"))
     return ArchSpec(
-        family="llama", model_type=model_type, num_layers=f.size("num_hidden_layers"),
+        family=family, model_type=model_type, num_layers=f.size("num_hidden_layers"),
         hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=f.head_dim(hidden, heads, exact=False),
         ffn=f.size("intermediate_size"), vocab=f.size("vocab_size"), activation=f.text("hidden_act", "silu"),
         norm="rms", gated_ffn=True, attention_bias=f.flag("attention_bias", model_type == "qwen2"),
@@ -30,4 +31,5 @@ def read_config(f: ConfigFields) -> ArchSpec:
 
 
 FAMILY = Family(name="llama", label="Llama", model_types=("llama", "mistral", "qwen2"), is_decoder=True,
-                read_config=read_config, package=__name__)
+                read_config=read_config, package=__name__,
+                genai_types={"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"})

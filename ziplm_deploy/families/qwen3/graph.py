@@ -1,0 +1,30 @@
+"""Qwen3 in ONNX: Llama's parts, with the per-head RMSNorm of queries and keys in the Q/K projections
+(``Reshape`` to heads, RMSNorm over ``head_dim`` as the exporter writes it, ``Reshape`` back)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ...core.arch import ArchSpec
+from ...profiling import onnx_ops as ops
+from ...profiling.onnx_ops import GraphBuilder
+from ..base import GraphParts
+from ..llama.graph import PARTS as LLAMA_PARTS
+
+
+def _head_rms_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec, n: int) -> str:
+    """RMSNorm over each head of ``x`` (B, S, n*d) with the ``head_dim`` weight ``{key}.weight``."""
+    d = arch.head_dim
+    heads = b.op("Reshape", [x, b.ints([0, 0, n, d])])
+    var = b.op("ReduceMean", [b.op("Pow", [heads, b.fconst(2.0)]), b.ints([-1])], keepdims=1)
+    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.fconst(arch.norm_eps)])])])
+    normed = b.op("Mul", [b.param(f"{key}.weight", (d,), "ones"), b.op("Mul", [heads, inv])])
+    return b.op("Reshape", [normed, b.ints([0, 0, n * d])])
+
+
+def _qkv(b: GraphBuilder, arch: ArchSpec, h: str, p: str, heads: int, kv: int) -> tuple[str, str, str]:
+    q, k, v = ops.separate_qkv(b, arch, h, p, heads, kv)
+    return _head_rms_norm(b, q, f"{p}.q_norm", arch, heads), _head_rms_norm(b, k, f"{p}.k_norm", arch, kv), v
+
+
+PARTS: GraphParts = replace(LLAMA_PARTS, qkv=_qkv, attention_out_bias=lambda arch: arch.attention_bias)
