@@ -5,23 +5,15 @@ int8 classifier reports accuracy, not a perplexity, and the gate's ``max_accurac
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from ziplm_deploy.cli import main
 SENTENCES = [f"the {a} film was {b} and the {c} was {d}" for a, b, c, d in zip(
     ["long", "short", "new", "old", "odd", "quiet", "loud", "dark", "bright", "slow", "fast", "late"] * 2,
     ["great", "dull", "fine", "awful", "moving", "flat", "sharp", "weak", "warm", "cold", "smart", "silly"] * 2,
     ["cast", "plot", "music", "ending", "script", "pace"] * 4,
     ["superb", "boring", "clever", "messy", "tender", "clumsy", "bold", "tired"] * 3)]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ziplm_deploy", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +66,13 @@ def test_ort_accuracy_refuses_what_it_cannot_measure(classifier, tmp_path):
         ort_accuracy(classifier["fp32"], tmp_path, SENTENCES[:1], [0])
 
 
-def test_verify_measures_an_int8_classifier_by_accuracy_in_ort(classifier, tmp_path):
+def test_verify_measures_an_int8_classifier_by_accuracy_in_ort(classifier, tmp_path, capsys):
     int8 = tmp_path / "int8" / "bert.onnx"
-    r = cli("export", "--model", classifier["dir"], "--out", int8, "--precision", "int8-dynamic")
-    assert r.returncode == 0, r.stderr
+    assert main(["export", "--model", str(classifier["dir"]), "--out", str(int8), "--precision", "int8-dynamic"]) == 0
     report = tmp_path / "verify.json"
-    r = cli("verify", "--baseline", classifier["dir"], "--candidate", int8, "--report", report,
-            "--eval-data", classifier["data"], "--rounds", "3", "--warmup", "1", "--seq", "16")
-    assert r.returncode == 0, r.stdout + r.stderr
+    code = main(["verify", "--baseline", str(classifier["dir"]), "--candidate", str(int8), "--report", str(report),
+                 "--eval-data", str(classifier["data"]), "--rounds", "3", "--warmup", "1", "--seq", "16"])
+    assert code == 0, capsys.readouterr()
     q = json.loads(report.read_text())["quality"]
     assert q["metric"] == "accuracy" and q["source"] == "onnxruntime" and q["examples"] == 24
     assert q["precision"] == {"baseline": "fp32", "candidate": "int8-dynamic"}

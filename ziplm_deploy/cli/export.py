@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "judge quality on text with --eval-data --max-ppl-increase)")
     p.add_argument("--eval-data", help="int8: also measure the perplexity of the quantized graph in ONNX Runtime against "
                    "the fp32 model's on this text (.txt, .jsonl or wikipedia)")
+    p.add_argument("--calib", help="int8-static: text that calibrates the activation scales (.txt, .jsonl or "
+                   "wikipedia; 16 windows of 128 tokens; default: the text the model was pruned on, from its manifest)")
     p.add_argument("--eval-windows", type=positive_int, default=8, help="int8 --eval-data: windows (default 8)")
     p.add_argument("--eval-seq", type=seq_len, default=128, help="int8 --eval-data: window length (default 128)")
     p.add_argument("--max-ppl-increase", type=nonneg_float, default=None,
@@ -89,7 +91,7 @@ def _run_genai(args: argparse.Namespace) -> int:
     """``--genai OUTDIR``: every option checked before the model is loaded; exit 2 on a mismatch as well."""
     from ..core.arch import arch_from_dir
     from ..core.errors import UserError
-    from ..export.genai import DEFAULT_CHECK_TOKENS, check_genai_model, check_genai_target
+    from ..export.genai import DEFAULT_CHECK_TOKENS, check_genai_model, check_genai_precision, check_genai_target
 
     if args.genai is None and args.out is not None:
         raise UserError("--genai-full-logits and --genai-check-tokens need --genai OUTDIR",
@@ -99,7 +101,8 @@ def _run_genai(args: argparse.Namespace) -> int:
     if args.out is not None or args.with_past:
         raise UserError(f"--genai cannot be combined with {'--out' if args.out is not None else '--with-past'}",
                         "a --genai folder always has past KV; export the .onnx file in a separate call")
-    text = [f"--{k.replace('_', '-')}" for k in ("eval_data", "max_ppl_increase") if getattr(args, k, None) is not None]
+    text = [f"--{k.replace('_', '-')}" for k in ("eval_data", "max_ppl_increase", "calib")
+            if getattr(args, k, None) is not None]
     if text:
         raise UserError(f"{', '.join(text)} validate a quantized --out export, not a --genai folder (an int8 one is "
                         "validated by teacher-forced top-1 agreement, --min-top1, and its greedy generation)",
@@ -109,6 +112,7 @@ def _run_genai(args: argparse.Namespace) -> int:
     per_channel = bool(getattr(args, "per_channel", False))
     label = _pruned_for(args.model) if getattr(args, "precision", None) is None else args.precision
     precision = precision_from_args(label, per_channel)  # --per-channel without a quantized precision is refused
+    check_genai_precision(precision)
     min_top1 = getattr(args, "min_top1", None)
     if min_top1 is not None and not precision.quantized:
         raise UserError("--min-top1 validates a quantized export, not a --genai folder in fp32 (checked token-exact)",
@@ -158,7 +162,8 @@ def _pruned_for(model: str) -> str:
 
 def _quant_options(args: argparse.Namespace) -> list[str]:
     return [name for name, given in (("--min-top1", args.min_top1 is not None), ("--eval-data", args.eval_data),
-                                     ("--max-ppl-increase", args.max_ppl_increase is not None)) if given]
+                                     ("--max-ppl-increase", args.max_ppl_increase is not None),
+                                     ("--calib", args.calib is not None)) if given]
 
 
 def _run_quantized(args: argparse.Namespace, out) -> int:
@@ -181,14 +186,18 @@ def _run_quantized(args: argparse.Namespace, out) -> int:
         if not arch_from_dir(args.model).is_decoder:
             raise UserError("--eval-data measures perplexity: it needs a decoder model", "drop --eval-data")
     windows = _eval_windows(args) if args.eval_data else None
+    from ..export.quantize import export_quantized, static_calibration_windows
 
-    from ..export.quantize import export_quantized
+    if args.calib is not None and not precision.static:
+        raise UserError(f"--calib calibrates int8-static; {precision.label} needs none", "drop --calib")
+    calibration = static_calibration_windows(args.model, args.calib) if precision.static else None
+
     from ..models import load_model
 
     result = export_quantized(load_model(args.model), out, precision, with_past=args.with_past, atol=args.atol,
                               rtol=args.rtol, source=args.model, windows=windows,
                               min_top1=DEFAULT_MIN_TOP1 if args.min_top1 is None else args.min_top1,
-                              max_ppl_increase=args.max_ppl_increase)
+                              max_ppl_increase=args.max_ppl_increase, calibration=calibration)
     for q in result.quality:
         line = f"  {q.graph:8s} top-1 agreement with fp32 PyTorch {q.top1_agreement:.1%} of {q.positions} positions"
         if q.perplexity is not None:

@@ -2,8 +2,9 @@
 
 A table only predicts the deployment it was measured in: same CPU/GPU, runtime and version, provider,
 optimisation level, threads, dtype, precision and input sizes. ``differences`` lists what does not match.
-``precision`` (``fp32``, ``int8-dynamic`` and its recipe options, e.g. ``int8-dynamic/per-channel/fp32-embed``:
-the graphs were quantized so) came later: a fingerprint without it was measured in fp32.
+``precision`` (``fp32``, ``int8-dynamic`` or ``int8-static`` and its recipe options, e.g.
+``int8-dynamic/per-channel/fp32-embed``: the graphs were quantized so) came later: a fingerprint without it
+was measured in fp32.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ DEFAULT_PRECISION = "fp32"  # of fingerprints written before precisions existed
 # int8 recipe options, in label order (runtime.quantize.Precision): per-channel weight scales; the embedding
 # table kept fp32 (a tied LM head is then not dequantized on every call); FFN output projections kept fp32
 PRECISION_OPTIONS = ("per-channel", "fp32-embed", "fp32-down")
+# int8 schemes: activations quantized at run time per call (dynamic), or with scales calibrated once (static, QDQ)
+INT8_SCHEMES = ("int8-dynamic", "int8-static")
 PRECISION_LABELS = ("fp32",) + tuple(  # the labels without a layer list (runtime.quantize.Precision.label)
-    "int8-dynamic" + "".join(f"/{o}" for i, o in enumerate(PRECISION_OPTIONS) if mask >> i & 1)
-    for mask in range(2 ** len(PRECISION_OPTIONS)))
+    scheme + "".join(f"/{o}" for i, o in enumerate(PRECISION_OPTIONS) if mask >> i & 1)
+    for scheme in INT8_SCHEMES for mask in range(2 ** len(PRECISION_OPTIONS)))
 # ``fp32-down=L,L,...``: only those layers' FFN output projections stay fp32 (dense-model layer indices)
 _DOWN_LAYERS = re.compile(r"^fp32-down=(0|[1-9][0-9]*)(,(0|[1-9][0-9]*))*$")
 
@@ -36,7 +39,7 @@ def canonical_precision(label: Any) -> str | None:
     name, *options = label.split("/")
     if name == "fp32":
         return None if options else "fp32"
-    if name != "int8-dynamic":
+    if name not in INT8_SCHEMES:
         return None
     flags: set[str] = set()
     layers: list[int] | None = None

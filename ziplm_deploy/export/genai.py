@@ -510,6 +510,13 @@ def check_genai_target(out: str | os.PathLike, overwrite: bool, option: str = "-
     return out
 
 
+def check_genai_precision(precision: Precision) -> None:
+    """Refuse a precision a GenAI folder is not made in (int8-static: its calibration is not written here)."""
+    if precision.static:
+        raise UserError(f"--genai folders are fp32 or int8-dynamic, not {precision.label}",
+                        "export int8-static with --out FILE.onnx --calib TEXT, or use int8-dynamic for --genai")
+
+
 def check_genai_model(arch) -> None:
     """Refuse a model GenAI cannot run as a decoder (before loading it)."""
     if not arch.is_decoder:
@@ -534,6 +541,7 @@ def export_genai(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathL
 
     adapter = adapter_for(model)
     check_genai_model(adapter.arch(model))
+    check_genai_precision(precision)
     out = check_genai_target(out, overwrite)
     checks.integer(check_tokens, "export_genai", "check_tokens", lo=1)
     checks.number(min_top1, "export_genai", "min_top1", lo=0.0, hi=1.0)

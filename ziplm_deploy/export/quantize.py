@@ -94,18 +94,22 @@ class QuantizedExport:
 def export_quantized(model: Any, out: str | os.PathLike, precision: Precision, with_past: bool = False,
                      atol: float = 1e-4, rtol: float = 1e-3, source: str | os.PathLike | None = None,
                      windows: Any = None, min_top1: float = DEFAULT_MIN_TOP1,
-                     max_ppl_increase: float | None = None) -> QuantizedExport:
+                     max_ppl_increase: float | None = None, calibration: Any = None) -> QuantizedExport:
     """Export ``model`` to ``out`` quantized to ``precision``, validated against fp32 PyTorch (see module).
 
-    ``windows``: token windows (n, seq) for the perplexity check (optional)."""
+    ``windows``: token windows (n, seq) for the perplexity check (optional); ``calibration``: the token
+    windows that calibrate ``int8-static`` (required for it: ``static_calibration_windows``)."""
     out = Path(out)
     if not precision.quantized:
         raise UserError("export_quantized needs a quantized precision", "use export_onnx for fp32")
+    if precision.static and calibration is None:
+        raise UserError(f"{precision.label} needs calibration text", "pass --calib FILE (.txt, .jsonl or wikipedia)")
     tmp = fresh_tempdir(out)
     try:
         fp32 = export_onnx(model, tmp / "fp32" / out.name, with_past=with_past, atol=atol, rtol=rtol, source=source)
         ppl_fp32 = _torch_perplexity(model, windows) if windows is not None else None
-        result = quantize_exported(fp32.paths, out.parent, precision, windows, ppl_fp32, min_top1, max_ppl_increase)
+        result = quantize_exported(fp32.paths, out.parent, precision, windows, ppl_fp32, min_top1, max_ppl_increase,
+                                   calibration)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.fp32 = fp32
@@ -114,7 +118,7 @@ def export_quantized(model: Any, out: str | os.PathLike, precision: Precision, w
 
 def quantize_exported(fp32_paths: list[Path], out_dir: Path, precision: Precision, windows: Any = None,
                       ppl_fp32: float | None = None, min_top1: float = DEFAULT_MIN_TOP1,
-                      max_ppl_increase: float | None = None) -> QuantizedExport:
+                      max_ppl_increase: float | None = None, calibration: Any = None) -> QuantizedExport:
     """Quantize graphs ``export_onnx`` wrote (each with its export reference) into ``out_dir`` under the
     same names, validated and recorded as ``export_quantized`` does; ``ppl_fp32``: the fp32 model's
     perplexity on ``windows`` (the baseline of the perplexity check). Atomic."""
@@ -123,7 +127,8 @@ def quantize_exported(fp32_paths: list[Path], out_dir: Path, precision: Precisio
     try:
         staged, quality = [], []
         for path in map(Path, fp32_paths):
-            q_path, ref_path, q = _quantize_graph(path, tmp, precision, min_top1, windows, ppl_fp32, max_ppl_increase)
+            q_path, ref_path, q = _quantize_graph(path, tmp, precision, min_top1, windows, ppl_fp32, max_ppl_increase,
+                                                  calibration)
             staged.append((q_path, ref_path, out_dir / path.name))
             quality.append(q)
         failures = [f for q in quality for f in q.failures()]
@@ -136,7 +141,8 @@ def quantize_exported(fp32_paths: list[Path], out_dir: Path, precision: Precisio
 
 
 def _quantize_graph(fp32_path: Path, tmp: Path, precision: Precision, min_top1: float, windows: Any,
-                    ppl_fp32: float | None, max_ppl_increase: float | None) -> tuple[Path, Path, GraphQuality]:
+                    ppl_fp32: float | None, max_ppl_increase: float | None,
+                    calibration: Any = None) -> tuple[Path, Path, GraphQuality]:
     """Quantize one graph, measure it against the fp32 reference outputs, write metadata and reference."""
     import onnx
 
@@ -149,7 +155,7 @@ def _quantize_graph(fp32_path: Path, tmp: Path, precision: Precision, min_top1: 
     if head is None:
         raise UserError(f"a quantized export is validated by top-1 agreement of logits; the {ref.graph} graph "
                         f"outputs {', '.join(ref.outputs)}", "quantize causal LMs or classifiers, or export fp32")
-    quantize_file_to(fp32_path, q_path, precision)
+    quantize_file_to(fp32_path, q_path, precision, calibration=calibration)
     session = ort_session(q_path, threads=1)
     got = session.run([head], ref.inputs)[0]
     positions = int(np.prod(got.shape[:-1]))
@@ -164,6 +170,28 @@ def _quantize_graph(fp32_path: Path, tmp: Path, precision: Precision, min_top1: 
     ref_path = tmp / "q" / reference_path(fp32_path).name
     save_reference(ref_path, ref.graph, ref.inputs, ref.outputs, file_sha256(q_path), f"ziplm-deploy {__version__}")
     return q_path, ref_path, q
+
+
+def static_calibration_windows(model_dir: str | os.PathLike, text: str | os.PathLike | None = None) -> Any:
+    """The token windows (``STATIC_CALIBRATION``: 16 x 128) that calibrate an ``int8-static`` export of
+    ``model_dir``: of ``text``, else of the calibration text its prune run recorded (manifest ``options.data``),
+    cut with its tokenizer. No text to be had is a ``UserError``."""
+    from ..core.manifest import MANIFEST_FILE, ModelManifest
+    from ..models.tokenizer import load_tokenizer
+    from ..prune.data import calibration_windows
+    from ..runtime.quantize import STATIC_CALIBRATION
+
+    if text is None:
+        manifest = Path(model_dir) / MANIFEST_FILE
+        text = ModelManifest.load(manifest).options.get("data") if manifest.is_file() else None
+        if not isinstance(text, str) or not text:
+            raise UserError(f"int8-static needs calibration text, and {model_dir} records none (no prune run's data)",
+                            "pass --calib FILE (.txt, .jsonl or wikipedia)")
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise UserError(f"{model_dir} has no tokenizer files", "int8-static calibration needs the model's tokenizer")
+    count, seq = STATIC_CALIBRATION
+    return calibration_windows(tokenizer, text, seq, count).numpy()
 
 
 def _torch_perplexity(model: Any, windows: Any) -> float:

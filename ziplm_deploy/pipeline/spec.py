@@ -48,7 +48,7 @@ class ProfileSpec:
 
         if not isinstance(self.precision, str) or not is_precision_label(self.precision):
             raise UserError(f"profile.precision {self.precision!r} is not a precision label",
-                            "use fp32, int8-dynamic or int8-dynamic with recipe options (e.g. int8-dynamic/fp32-embed)")
+                            "use fp32, or int8-dynamic or int8-static with recipe options (e.g. int8-dynamic/fp32-embed)")
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def target_metric(opts: Any) -> str:
 
 
 def _check_input(path: str, role: str) -> Input:
-    from ..export.genai import GENAI_CONFIG, check_genai_model
+    from ..export.genai import GENAI_CONFIG, check_genai_model, check_genai_precision
 
     p = Path(path)
     if p.is_file():
@@ -197,7 +197,9 @@ def _check_input(path: str, role: str) -> Input:
     check_genai_model(arch)
     from ..runtime.quantize import deployed_precision
 
-    precision = deployed_precision(p).label
+    deployed = deployed_precision(p)
+    check_genai_precision(deployed)
+    precision = deployed.label
     if importlib.util.find_spec("torch") is None:  # a directory is exported to a GenAI folder first
         raise UserError(f"--{role} {p} is a model directory: exporting it to a GenAI folder needs torch",
                         "export it with `ziplm-deploy export --genai` where torch is, and pass the folder")

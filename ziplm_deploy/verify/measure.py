@@ -238,12 +238,14 @@ def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], atol: f
     from ..models import load_model
 
     if precision.quantized:
-        from ..export.quantize import export_quantized
+        from ..export.quantize import export_quantized, static_calibration_windows
         from ..runtime.quantize import DEFAULT_MIN_TOP1
 
+        # int8-static: calibrated on the text the member was pruned on (its manifest), as `export` does
+        calibration = static_calibration_windows(model_dir) if precision.static else None
         log(f"exporting {model_dir} to {out} ({precision.label}: the precision it was pruned for; PyTorch, validated)")
         export_quantized(load_model(model_dir), out, precision, atol=atol, rtol=max(rtol, 1e-3), source=model_dir,
-                         min_top1=DEFAULT_MIN_TOP1)
+                         min_top1=DEFAULT_MIN_TOP1, calibration=calibration)
         return out
     log(f"exporting {model_dir} to {out} (PyTorch, validated)")
     export_onnx(load_model(model_dir), out, atol=atol, rtol=max(rtol, 1e-3), source=model_dir,
