@@ -71,6 +71,7 @@ def _write(path: Path, spec: dict) -> Path:
     return path
 
 
+@pytest.mark.slow  # ~40 s: a whole pipeline run with GenAI timing (CI runs it with -m slow)
 def test_generation_verify_judges_the_decode_target_and_resumes(setup, tmp_path, capsys):
     pipeline = _write(tmp_path / "p.yaml", _spec(setup))
     run = tmp_path / "run"

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
+from ziplm_deploy.cli import main
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.runtime.quantize import Precision, calibration_feeds, quantize_graph
 
@@ -112,12 +113,13 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "dir": root / "llama", "text": root / "text.txt"}
 
 
-def test_export_calibrated_on_text_is_validated_and_recorded(tiny, tmp_path):
+def test_export_calibrated_on_text_is_validated_and_recorded(tiny, tmp_path, capsys):
     out = tmp_path / "static" / "llama.onnx"
-    r = cli("export", "--model", tiny["dir"], "--out", out, "--precision", "int8-static/fp32-embed",
-            "--calib", tiny["text"], "--eval-data", tiny["text"], "--eval-windows", "2", "--eval-seq", "32")
-    assert r.returncode == 0, r.stderr
-    assert "top-1 agreement with fp32 PyTorch" in r.stdout and "perplexity" in r.stdout
+    assert main(["export", "--model", str(tiny["dir"]), "--out", str(out), "--precision", "int8-static/fp32-embed",
+                 "--calib", str(tiny["text"]), "--eval-data", str(tiny["text"]), "--eval-windows", "2",
+                 "--eval-seq", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 agreement with fp32 PyTorch" in printed and "perplexity" in printed
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["ziplm_precision"] == "int8-static/fp32-embed"
@@ -125,8 +127,15 @@ def test_export_calibrated_on_text_is_validated_and_recorded(tiny, tmp_path):
     assert quality["top1_agreement"] >= 0.9 and quality["perplexity"] > 0
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"] and not ops["MatMulInteger"]
-    r = cli("inspect", out, "--json")
-    assert json.loads(r.stdout)["precision"] == "int8-static/fp32-embed"
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "int8-static/fp32-embed"
+
+
+def _refused(capsys, argv: list[str], message: str) -> None:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, (code, err)
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -134,16 +143,15 @@ def test_export_calibrated_on_text_is_validated_and_recorded(tiny, tmp_path):
     (["--precision", "int8-dynamic", "--calib", "x.txt"], "--calib calibrates int8-static"),
     (["--precision", "fp32", "--calib", "x.txt"], "validate a quantized export"),
 ])
-def test_static_export_refusals_exit_2_before_work(tiny, tmp_path, flags, message, one_line_error):
+def test_static_export_refusals_exit_2_before_work(tiny, tmp_path, flags, message, capsys):
     out = tmp_path / "o" / "m.onnx"
-    r = cli("export", "--model", tiny["dir"], "--out", out, *flags)
-    one_line_error(r, message)
+    _refused(capsys, ["export", "--model", str(tiny["dir"]), "--out", str(out), *flags], message)
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-def test_genai_refuses_static(tiny, tmp_path, one_line_error):
-    r = cli("export", "--model", tiny["dir"], "--genai", tmp_path / "g", "--precision", "int8-static")
-    one_line_error(r, "--genai folders are fp32 or int8-dynamic, not int8-static")
+def test_genai_refuses_static(tiny, tmp_path, capsys):
+    _refused(capsys, ["export", "--model", str(tiny["dir"]), "--genai", str(tmp_path / "g"), "--precision",
+                      "int8-static"], "--genai folders are fp32 or int8-dynamic, not int8-static")
     assert not (tmp_path / "g").exists()
 
 
