@@ -164,10 +164,11 @@ def layer_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:
                 axis=-1, epsilon=arch.norm_eps)
 
 
-def rms_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:
+def rms_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec, width: int | None = None) -> str:
+    """RMSNorm over the last axis (``width``, default the hidden size) with weight ``{key}.weight``."""
     var = b.op("ReduceMean", [b.op("Pow", [x, b.fconst(2.0)]), b.ints([-1])], keepdims=1)
     inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.fconst(arch.norm_eps)])])])
-    return b.op("Mul", [b.param(f"{key}.weight", (arch.hidden,), "ones"), b.op("Mul", [x, inv])])
+    return b.op("Mul", [b.param(f"{key}.weight", (width or arch.hidden,), "ones"), b.op("Mul", [x, inv])])
 
 
 def norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:

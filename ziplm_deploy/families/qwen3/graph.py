@@ -15,10 +15,7 @@ from ..llama.graph import PARTS as LLAMA_PARTS
 def _head_rms_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec, n: int) -> str:
     """RMSNorm over each head of ``x`` (B, S, n*d) with the ``head_dim`` weight ``{key}.weight``."""
     d = arch.head_dim
-    heads = b.op("Reshape", [x, b.ints([0, 0, n, d])])
-    var = b.op("ReduceMean", [b.op("Pow", [heads, b.fconst(2.0)]), b.ints([-1])], keepdims=1)
-    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.fconst(arch.norm_eps)])])])
-    normed = b.op("Mul", [b.param(f"{key}.weight", (d,), "ones"), b.op("Mul", [heads, inv])])
+    normed = ops.rms_norm(b, b.op("Reshape", [x, b.ints([0, 0, n, d])]), key, arch, width=d)
     return b.op("Reshape", [normed, b.ints([0, 0, n * d])])
 
 
