@@ -75,6 +75,7 @@ def test_factorised_ffn_neurons_cannot_be_pruned():
     assert ModelShape.from_model(model).layers[1].rank_of == {"up": 4}
 
 
+@pytest.mark.slow  # ~15 s each quiet: FLOP training + export (CI runs -m slow too)
 @pytest.mark.parametrize("fam", ["gpt2", "llama"])
 def test_flop_pruned_model_exports_to_onnx_and_matches(fam, tmp_path):
     torch.manual_seed(0)
@@ -151,6 +152,7 @@ def _fails(capsys, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow  # ~18 s quiet (CI runs -m slow too)
 def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_path):
     from ziplm_deploy.cli import main
 

@@ -110,6 +110,7 @@ def test_pruned_forms_generate_token_exact(form, tmp_path, capsys):
     assert not _leftovers(tmp_path)
 
 
+@pytest.mark.slow  # ~12 s each quiet: three GenAI exports (CI runs -m slow too)
 @pytest.mark.parametrize("family", ["gpt2", "qwen2", "qwen3"])
 def test_other_decoder_families_generate_token_exact(family, tmp_path):
     """GPT-2 (learned positions; GenAI type "decoder") and Qwen3 (q/k head norms; GenAI type "qwen3") pruned

@@ -160,6 +160,7 @@ def test_killed_run_resumes_to_the_same_artifacts(tiny_lm, tmp_path):
     assert strip(fa) == strip(fb)
 
 
+@pytest.mark.slow  # ~35 s quiet: trains every member (CI runs -m slow too)
 def test_distill_stage_trains_each_member_and_later_stages_use_it(tiny_lm, tmp_path, capsys):
     distill = {"data": str(tiny_lm / "calib.txt"), "steps": 3, "batch_size": 2, "seq_len": 16, "eval_windows": 2,
                "lr": 1e-3, "save_every": 0}
