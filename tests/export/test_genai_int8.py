@@ -170,7 +170,7 @@ def test_old_folder_without_precision_reads_as_fp32_and_a_wrong_one_is_refused(m
 @pytest.mark.parametrize("extra,message", [
     (["--precision", "fp32", "--min-top1", "0.5"], "--min-top1 validates a quantized export"),
     (["--precision", "fp32", "--per-channel"], "per-channel needs a quantized precision"),
-    (["--precision", INT8, "--eval-data", "wikipedia"], "--eval-data validate a quantized --out export"),
+    (["--precision", INT8, "--eval-data", "wikipedia"], "--eval-data apply to a quantized --out export"),
 ])
 def test_int8_genai_options_are_checked_before_any_work(member, tmp_path, capsys, extra, message):
     capsys.readouterr()

@@ -182,3 +182,15 @@ def test_a_workload_members_manifest_prediction_is_not_compared_with_a_prefill_p
     _predict(report, models, VerifyOptions())
     assert report.speedup["predicted"] == predicted
     assert (report.speedup["prediction_error"] is None) == (predicted is None)
+
+
+@pytest.mark.parametrize("metric,message", [("ttft", "target metric ttft needs a workload"),
+                                            ("tokens", "unknown target metric 'tokens'")])
+def test_api_options_refuse_a_target_metric_without_a_workload(metric, message):
+    """The CLI refuses --target-metric without --workload; the typed options refuse it for API callers too."""
+    from ziplm_deploy.core.errors import UserError
+    from ziplm_deploy.verify.measure import VerifyOptions
+
+    with pytest.raises(UserError, match=message):
+        VerifyOptions(target_metric=metric).validate()
+    assert VerifyOptions(target_metric="decode", workload="chat").validate().target_metric == "decode"

@@ -104,7 +104,7 @@ def _run_genai(args: argparse.Namespace) -> int:
     text = [f"--{k.replace('_', '-')}" for k in ("eval_data", "max_ppl_increase", "calib")
             if getattr(args, k, None) is not None]
     if text:
-        raise UserError(f"{', '.join(text)} validate a quantized --out export, not a --genai folder (an int8 one is "
+        raise UserError(f"{', '.join(text)} apply to a quantized --out export, not a --genai folder (an int8 one is "
                         "validated by teacher-forced top-1 agreement, --min-top1, and its greedy generation)",
                         "drop them")
     from ..runtime.quantize import DEFAULT_MIN_TOP1

@@ -105,6 +105,11 @@ class VerifyOptions:
             raise UserError("--no-eval and --eval-data contradict each other", "drop one of them")
         if self.workload_tables is not None and self.workload is None:
             raise UserError("--workload-tables needs --workload", "pass --workload W (the tables' workload)")
+        if self.target_metric not in ("e2e", "ttft", "decode"):
+            raise UserError(f"unknown target metric {self.target_metric!r}", "choose one of: e2e, ttft, decode")
+        if self.target_metric != "e2e" and self.workload is None:
+            raise UserError(f"target metric {self.target_metric} needs a workload (one prefill pass has one speedup)",
+                            "pass a workload, or judge e2e")
         return self
 
 
