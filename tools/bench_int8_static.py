@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_quant import export_point, load_average, log  # noqa: E402
+from bench_quant import export_point, load_average, log, perplexities, time_files  # noqa: E402
 
 RECIPES = ("", "/fp32-embed", "/fp32-embed/fp32-down=1,2,9,10,11,28", "/fp32-embed/fp32-down")
 
@@ -41,11 +41,7 @@ def main() -> None:
     from ziplm_deploy.models.assets import smollm2_dir
     from ziplm_deploy.models.tokenizer import load_tokenizer
     from ziplm_deploy.prune.data import calibration_windows
-    from ziplm_deploy.runtime import get_backend
-    from ziplm_deploy.runtime.measure import time_models
     from ziplm_deploy.runtime.quantize import Precision, quantize_file_to
-    from ziplm_deploy.runtime.timing import Protocol
-    from ziplm_deploy.verify.ort_quality import ort_perplexity
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -63,17 +59,9 @@ def main() -> None:
                 quantize_file_to(fp32, out, Precision.parse(label), calibration=calib if scheme == "int8-static" else None)
             files[label] = out
     evalw = heldout_windows(tok, 512, args.eval_windows).numpy()
-    ppl_file = work / "perplexities.json"
-    ppls = json.loads(ppl_file.read_text()) if ppl_file.is_file() else {}
-    for label, path in files.items():
-        if label not in ppls:
-            log(f"perplexity of {label}")
-            ppls[label] = ort_perplexity(path, evalw, threads=1)
-            ppl_file.write_text(json.dumps(ppls, indent=1))
+    ppls = perplexities(work, files, evalw)
     load = load_average()
-    stats = time_models(get_backend("ort-cpu", threads=1), {k: str(v) for k, v in files.items()},
-                        {"batch": 1, "seq": 128, "past": 0, "total": 128}, vocab=49152,
-                        protocol=Protocol(warmup=3, rounds=args.rounds))
+    stats = time_files(files, args.rounds)
     base = stats["fp32"].p25
     rows = {k: {"ms": round(stats[k].p25, 2), "speedup": round(base / stats[k].p25, 3),
                 "perplexity": round(ppls[k], 2)} for k in files}

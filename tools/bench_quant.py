@@ -240,6 +240,17 @@ def perplexities(work: Path, files: dict, evalw) -> dict:
     return {key: ppls[str(path)] for key, path in files.items()}
 
 
+def time_files(files: dict, rounds: int, seq: int = 128, vocab: int = 49152) -> dict:
+    """Every file timed in one interleaved ORT CPU run (1 thread, B1, ``seq`` tokens): ``time_models``'s stats."""
+    from ziplm_deploy.runtime import get_backend
+    from ziplm_deploy.runtime.measure import time_models
+    from ziplm_deploy.runtime.timing import Protocol
+
+    return time_models(get_backend("ort-cpu", threads=1), {k: str(v) for k, v in files.items()},
+                       {"batch": 1, "seq": seq, "past": 0, "total": seq}, vocab=vocab,
+                       protocol=Protocol(warmup=3, rounds=rounds))
+
+
 def predicted_row(key: str, path: Path, points: dict, table8, ppl: float) -> dict:
     """A model's row: perplexity, size and the prediction of the table of its precision."""
     from ziplm_deploy.core.shape import ModelShape

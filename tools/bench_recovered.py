@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_quant import export_point, load_average, log, quantized_point  # noqa: E402
+from bench_quant import export_point, load_average, perplexities, quantized_point, time_files  # noqa: E402
 
 
 def main() -> None:
@@ -44,10 +44,6 @@ def main() -> None:
     from bench_prune import heldout_windows
     from ziplm_deploy.models.assets import smollm2_dir
     from ziplm_deploy.models.tokenizer import load_tokenizer
-    from ziplm_deploy.runtime import get_backend
-    from ziplm_deploy.runtime.measure import time_models
-    from ziplm_deploy.runtime.timing import Protocol
-    from ziplm_deploy.verify.ort_quality import ort_perplexity
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -60,20 +56,12 @@ def main() -> None:
         if args.precision != "fp32":
             files[f"{role}/{args.precision}"] = quantized_point(fp32, work, args.precision)
     evalw = heldout_windows(load_tokenizer(str(smollm2_dir())), 512, args.eval_windows).numpy()
-    ppl_file = work / "perplexities.json"
-    ppls = json.loads(ppl_file.read_text()) if ppl_file.is_file() else {}
-    for key, path in files.items():
-        if str(path) not in ppls:
-            log(f"perplexity of {key}")
-            ppls[str(path)] = ort_perplexity(path, evalw, threads=1)
-            ppl_file.write_text(json.dumps(ppls, indent=1))
+    ppls = perplexities(work, files, evalw)
     load = load_average()
-    stats = time_models(get_backend("ort-cpu", threads=1), {k: str(v) for k, v in files.items()},
-                        {"batch": 1, "seq": 128, "past": 0, "total": 128}, vocab=49152,
-                        protocol=Protocol(warmup=3, rounds=args.rounds))
+    stats = time_files(files, args.rounds)
     base = stats["dense/fp32"].p25
     rows = {k: {"ms": round(stats[k].p25, 2), "speedup": round(base / stats[k].p25, 3),
-                "perplexity": round(ppls[str(v)], 2)} for k, v in files.items()}
+                "perplexity": round(ppls[k], 2)} for k in files}
     train = Path(args.recovered).parent / "train.json"
     result = {"benchmark": "recovered", "date": time.strftime("%Y-%m-%d"), "name": args.name,
               "precision": args.precision, "oneshot": args.oneshot, "recovered": args.recovered,

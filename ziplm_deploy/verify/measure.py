@@ -794,23 +794,19 @@ def _ort_quality(models: dict[str, Resolved], opts: VerifyOptions, log: Callable
         from ..core.labelled import read_labelled
 
         texts, labels = read_labelled(opts.eval_data)
-        values = {}
-        for role, r in models.items():
-            log(f"accuracy of the {role} ({r.precision}) in ONNX Runtime on {opts.eval_data}")
-            values[role] = ort_accuracy(r.onnx, tokenizer_dir, texts, labels, threads=opts.threads)
-        return {"metric": "accuracy", "baseline": round(values["baseline"], 6),
-                "candidate": round(values["candidate"], 6), "data": str(opts.eval_data), "source": "onnxruntime",
-                "examples": len(labels), "precision": {role: r.precision for role, r in models.items()},
-                **_eval_data_origin(opts)}
-    windows = text_windows(tokenizer_dir, read_texts(opts.eval_data), opts.eval_seq, opts.eval_windows)
+        metric, extra = "accuracy", {"examples": len(labels)}
+        measure = lambda onnx: ort_accuracy(onnx, tokenizer_dir, texts, labels, threads=opts.threads)  # noqa: E731
+    else:
+        windows = text_windows(tokenizer_dir, read_texts(opts.eval_data), opts.eval_seq, opts.eval_windows)
+        metric, extra = "perplexity", {"windows": int(len(windows)), "seq": opts.eval_seq}
+        measure = lambda onnx: ort_perplexity(onnx, windows, threads=opts.threads)  # noqa: E731
     values = {}
     for role, r in models.items():
-        log(f"quality of the {role} ({r.precision}) in ONNX Runtime on {opts.eval_data}")
-        values[role] = ort_perplexity(r.onnx, windows, threads=opts.threads)
-    return {"metric": "perplexity", "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
-            "data": str(opts.eval_data), "source": "onnxruntime", "windows": int(len(windows)),
-            "seq": opts.eval_seq, "precision": {role: r.precision for role, r in models.items()},
-            **_eval_data_origin(opts)}
+        log(f"{metric} of the {role} ({r.precision}) in ONNX Runtime on {opts.eval_data}")
+        values[role] = measure(r.onnx)
+    return {"metric": metric, "baseline": round(values["baseline"], 6), "candidate": round(values["candidate"], 6),
+            "data": str(opts.eval_data), "source": "onnxruntime", **extra,
+            "precision": {role: r.precision for role, r in models.items()}, **_eval_data_origin(opts)}
 
 
 def _tokenizer_dir(r: Resolved) -> Path:
