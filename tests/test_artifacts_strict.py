@@ -194,7 +194,7 @@ def test_a_damaged_member_manifest_is_rebuilt_not_trusted(pruned_run, tiny):
 # --- OBS database index --------------------------------------------------------------------------------
 
 def _database_payload() -> dict:
-    return {"format": "ziplm-deploy/obs-database", "version": 1, "arch": {"family": "llama"}, "calibration": {},
+    return {"format": "ziplm-deploy/obs-database", "version": 2, "arch": {"family": "llama"}, "calibration": {},
             "damp": 0.01, "modules": [{"layer": 0, "kind": "ffn", "unit": "neuron", "unit_cols": 1, "energy": 2.0,
                                        "levels": [{"units": 2, "kept": [0, 1], "loss": 0.0, "rel_loss": 0.0},
                                                   {"units": 1, "kept": [1], "loss": 0.5, "rel_loss": 0.25}]}]}
@@ -210,6 +210,11 @@ def _database_payload() -> dict:
     (lambda d: d["modules"][0]["levels"][1].update(kept=["1"]), "modules[0].levels[1].kept[0] must be an integer"),
     (lambda d: d["modules"][0]["levels"][1].update(kept=[0, 1]), "modules[0].levels[1] keeps 2 units but says units=1"),
     (lambda d: d["modules"][0]["levels"][0].pop("rel_loss"), "modules[0].levels[0] lacks rel_loss"),
+    (lambda d: d["modules"][0]["levels"][1].update(kv="1"), "modules[0].levels[1].kv must be an integer"),
+    (lambda d: d["modules"][0].update(group=0), "modules[0].group"),
+    (lambda d: d["modules"][0].update(unit="gqa_head"), "modules[0]: a gqa_head level lacks kv"),
+    (lambda d: d["modules"][0].update(unit="gqa_head", kind="attn") or [lv.update(kv=2) for lv in d["modules"][0]["levels"]],
+     "modules[0]: a gqa_head level lacks kv or keeps heads unevenly"),
 ])
 def test_database_index_errors_name_file_and_key(tmp_path, edit, key):
     from ziplm_deploy.core.errors import UserError

@@ -380,6 +380,8 @@ def _data_files(root: Path) -> dict[str, tuple[Path, str]]:
         "bad-jsonl": (root / "bad.jsonl", b'{"text": "a"}\nnot json\n', "bad.jsonl:2 is not a JSON object"),
         "no-text": (root / "notext.jsonl", b'{"body": "a"}\n', 'notext.jsonl:1 has no "text" string field'),
         "binary": (root / "binary.jsonl", b"\xff\xfe\x00garbage", "is not UTF-8 text"),
+        "binary-txt": (root / "binary.txt", bytes(range(1, 256)) * 64, "binary.txt is not text (8192 of 16320 "
+                                                                          "characters are not UTF-8: a binary file?)"),
     }
     for path, payload, _ in files.values():
         if payload is not None:
@@ -403,7 +405,7 @@ def _data_argv(command: str, data: Path, tiny: dict[str, Path], out: Path) -> li
     }[command]
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "blank", "short", "bad-jsonl", "no-text", "binary"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "blank", "short", "bad-jsonl", "no-text", "binary", "binary-txt"])
 @pytest.mark.parametrize("command", ["prune", "eval", "distill", "distill-eval", "flop", "gradual"])
 def test_unusable_data_is_refused_before_loading(command, kind, tiny, capsys, tmp_path, no_model_loading):
     data_dir = tmp_path / "data"

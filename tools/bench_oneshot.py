@@ -78,7 +78,7 @@ def main() -> None:
     costs = sensitivity_costs(db, probes)
     for name, kwargs in (("obs-loss", {}), ("sensitivity", {"costs": costs})):
         for r in search(db, table, args.targets, **kwargs):
-            model = stitch(copy.deepcopy(dense), db, hessians, r.units)
+            model = stitch(copy.deepcopy(dense), db, hessians, r.levels)
             ppl = perplexity(model, evalw, progress=False)
             ffn = [lay.ffn for lay in r.shape.layers]
             row = {"search": name, "target": r.target, "predicted_speedup": round(r.predicted_speedup, 3),

@@ -97,7 +97,7 @@ def main() -> None:
     print(f"dense held-out perplexity {dense_ppl:.2f}", flush=True)
 
     def measure(result):
-        model = stitch(copy.deepcopy(dense), db, hessians, result.units)
+        model = stitch(copy.deepcopy(dense), db, hessians, result.levels)
         return calibration_score(model, score_windows), perplexity(model, evalw, progress=False)
 
     for target in args.targets:

@@ -24,14 +24,16 @@ def _stats(ms: float) -> Stats:
 
 
 def linear_table(model) -> LatencyTable:
-    """Attention 0.02 + 0.01/head ms, FFN 0.02 + 0.001/neuron ms (0.005 when removed), alpha 1, beta 0."""
+    """Attention 0.02 + 0.01/head + 0.004/KV head ms, FFN 0.02 + 0.001/neuron ms (0.005 when removed), alpha 1,
+    beta 0; every (heads, kv_heads) pair the profiler's grid has."""
+    from ziplm_deploy.profiling.grid import attention_grid
+
     arch = adapter_for(model).arch(model)
     fp = DeviceFingerprint(cpu="synthetic", cores=1, gpu=None, runtime="onnxruntime", runtime_version="0",
                            provider="CPUExecutionProvider", opt_level="all", threads=1, dtype="float32", batch=1,
                            seq=16, mode="prefill", kv_len=0, opset=17, platform="test", producer="test")
-    attention = [AttentionEntry(0, 0, _stats(0.005))]
-    for kv in range(1, arch.kv_heads + 1):
-        attention.append(AttentionEntry(kv * arch.group_size, kv, _stats(0.02 + 0.01 * kv * arch.group_size)))
+    attention = [AttentionEntry(h, kv, _stats(0.005 if h == 0 else 0.02 + 0.01 * h + 0.004 * kv))
+                 for h, kv in attention_grid(arch)]
     ffn = [FfnEntry(w, _stats(0.005 if w == 0 else 0.02 + 0.001 * w)) for w in range(0, arch.ffn + 1, 8)]
     table = LatencyTable(fp, arch, {"statistic": "p50"}, tuple(attention), tuple(ffn), {}, Calibration(1.0, 0.0, 0.0))
     references = {"dense": _stats(table.raw_sum(table.dense_shape())), "removed": _stats(table.raw_sum(table.removed_shape()))}

@@ -69,3 +69,20 @@ def test_none_held_out_or_changed_text_is_a_one_line_error(tokenizer, text, tmp_
         heldout_calibration_windows(tokenizer, tmp_path / "gone.txt", 16, 4, 0)
     with pytest.raises(UserError, match="at least 1 held-out window"):
         heldout_calibration_windows(tokenizer, text, 16, 4, 0, max_windows=0)
+
+
+def test_binary_files_are_refused_by_both_text_readers(tmp_path):
+    """A binary file is not calibration or evaluation text: the torch and the torch-free reader refuse it; a few
+    stray bytes in a real text pass."""
+    from ziplm_deploy.core.errors import UserError
+    from ziplm_deploy.verify.ort_quality import _plain_texts
+
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(bytes(range(256)) * 8)
+    for read in (read_texts, _plain_texts):
+        with pytest.raises(UserError, match=r"model.bin is not text \(1024 of 2048 characters are not UTF-8, and it "
+                                            r"has NUL bytes: a binary file\?\)"):
+            read(blob)
+    text = tmp_path / "mostly.txt"
+    text.write_bytes(b"A paragraph of plain words. " * 40 + b"\xff\xfe" + b"\n\nA second paragraph.")
+    assert read_texts(text)[1] == "A second paragraph." and len(_plain_texts(text)) == 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ziplm_deploy.prune.obs import accumulate_hessian, geometric, obs_greedy, output_energy, reconstruct
+from ziplm_deploy.prune.obs import (accumulate_hessian, geometric, obs_greedy, obs_grouped_heads, output_energy,
+                                    reconstruct)
 
 
 def _problem(seed, out=7, groups=6, group=3, tokens=200):
@@ -47,6 +48,41 @@ def test_greedy_loss_equals_least_squares_error_at_every_level(group, seed, chun
         if cols:
             assert torch.allclose(reconstruct(w, h, cols, damp=0.0), sol, atol=1e-9)
     assert levels[0].loss == pytest.approx(output_energy(w, h), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_heads_within_kv_groups_levels_are_exact_and_even(seed):
+    """Every (kv groups, heads per group) level keeps the same number of heads in each kept group, its
+    groups are the greedy group chain's, and its loss is the least-squares error of its kept columns."""
+    head_dim, group, n_groups = 2, 3, 3
+    w, h, x = _problem(seed, groups=n_groups * group, group=head_dim)
+    levels = obs_grouped_heads(w, h, head_dim, group, damp=0.0)
+    assert sorted(levels) == [(0, 0)] + [(kv, per) for kv in range(1, n_groups + 1) for per in range(1, group + 1)]
+    chain = obs_greedy(w, h, group * head_dim, range(n_groups + 1), damp=0.0)
+    for (kv, per), level in levels.items():
+        groups = {}
+        for head in level.kept:
+            groups[head // group] = groups.get(head // group, 0) + 1
+        assert sorted(groups) == sorted(chain[kv].kept) and set(groups.values()) <= {per}
+        assert len(level.kept) == kv * per
+        cols = [head * head_dim + c for head in level.kept for c in range(head_dim)]
+        err, sol = _lstsq_error(w, x, cols)
+        assert level.loss == pytest.approx(err, rel=1e-8, abs=1e-9), (kv, per)
+    for kv in range(1, n_groups + 1):  # nested within a number of kept groups, loss non-decreasing
+        for per in range(group, 1, -1):
+            assert set(levels[(kv, per - 1)].kept) < set(levels[(kv, per)].kept)
+            assert levels[(kv, per - 1)].loss >= levels[(kv, per)].loss - 1e-12
+    assert levels[(n_groups, group)].loss == pytest.approx(0.0, abs=1e-12)
+
+
+def test_heads_within_kv_groups_find_the_useless_head():
+    """A head whose inputs are zero costs nothing: the first round of its group removes it."""
+    head_dim, group = 2, 3
+    w, h, x = _problem(5, groups=2 * group, group=head_dim)
+    x[4:6] = 0.0  # head 2 (group 0, last head) is dead
+    h = 2 * x @ x.T / x.shape[1]
+    levels = obs_grouped_heads(w, h, head_dim, group, damp=0.0)
+    assert 2 not in levels[(2, 2)].kept
 
 
 def test_obs_weights_equal_least_squares_weights():

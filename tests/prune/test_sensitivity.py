@@ -28,9 +28,25 @@ def _module(units):
 
 
 def test_probe_levels_pick_distinct_levels_near_the_fractions():
-    assert probe_levels(_module([4, 3, 2, 1, 0])) == [3, 2, 1, 0]  # few levels: every non-dense one
+    assert [lv.units for lv in probe_levels(_module([4, 3, 2, 1, 0]))] == [3, 2, 1, 0]  # few: every non-dense one
     picked = probe_levels(_module(list(range(64, -1, -8))))
-    assert picked == [48, 32, 16, 0]
+    assert [lv.units for lv in picked] == [48, 32, 16, 0]
+
+
+def test_level_costs_of_a_lattice_never_decrease_in_obs_loss():
+    """GQA head levels are not nested: the cost is monotone in OBS loss, not in list order; a probe of one of
+    two levels with as many heads leaves the other interpolated."""
+    levels = (Level(6, (0, 1, 2, 3, 4, 5), 0.0, 0.0, 3), Level(4, (0, 1, 2, 3), 0.0, 0.4, 2),
+              Level(3, (0, 2, 4), 0.0, 0.2, 3), Level(2, (0, 1), 0.0, 0.7, 1), Level(2, (0, 2), 0.0, 0.5, 2),
+              Level(0, (), 0.0, 1.0, 0))
+    m = ModuleDb(0, "attn", "gqa_head", 8, 1.0, levels, 2)
+    costs = level_costs(m, [Probe(3, 0.2, 0.3, 3), Probe(2, 0.7, 0.2, 1), Probe(0, 1.0, 2.0, 0)])
+    assert costs[0] == 0.0 and costs[2] == pytest.approx(0.3)
+    assert costs[1] == pytest.approx(0.3)  # interpolated below the 0.3 measured at a lower loss: raised to it
+    assert costs[4] == pytest.approx(0.3) and costs[3] == pytest.approx(0.3)  # measured 0.2: never below
+    assert costs[5] == pytest.approx(2.0)
+    by_loss = [c for _, c in sorted(zip([lv.rel_loss for lv in levels], costs))]
+    assert by_loss == sorted(by_loss)
 
 
 def test_level_costs_interpolate_measured_damage_and_never_decrease():
@@ -73,12 +89,12 @@ def test_in_place_probe_equals_the_physically_stitched_model(family):
     before = copy.deepcopy(model.state_dict())
     reference = _outputs(model, windows, 4)
     for m in [m for m in db.modules if m.layer in (0, max(x.layer for x in db.modules))]:
-        for units in probe_levels(m):
-            with _swapped(model, db, hessians, m, units) as swapped:
+        for level in probe_levels(m):
+            with _swapped(model, db, hessians, m, level) as swapped:
                 fast = damage(reference, _outputs(swapped, windows, 4), True)
-            with _stitched(model, db, hessians, m, units) as stitched:
+            with _stitched(model, db, hessians, m, level) as stitched:
                 slow = damage(reference, _outputs(stitched, windows, 4), True)
-            assert fast == pytest.approx(slow, rel=1e-4, abs=1e-7), (m.layer, m.kind, units)
+            assert fast == pytest.approx(slow, rel=1e-4, abs=1e-7), (m.layer, m.kind, level.units, level.kv)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # restored exactly
 
@@ -88,7 +104,8 @@ def test_probe_cache_round_trips_and_refuses_what_does_not_fit(tmp_path):
 
     model = tiny_model("llama").eval()
     windows, hessians, db = _database(model, (2, 8), seed=0)
-    probes = {(m.layer, m.kind): [Probe(u, 0.5, 0.1 * u) for u in probe_levels(m)] for m in db.modules}
+    probes = {(m.layer, m.kind): [Probe(lv.units, 0.5, 0.1 * lv.units, lv.kv) for lv in probe_levels(m)]
+              for m in db.modules}
     path = tmp_path / "probes.json"
     save_probes(path, probes)
     assert load_probes(path, db) == probes
@@ -96,7 +113,9 @@ def test_probe_cache_round_trips_and_refuses_what_does_not_fit(tmp_path):
 
     payload = json.loads(path.read_text())
     first = next(iter(payload["modules"]))
-    for bad in ([[999, 0.5, 0.1]], [[0, 0.5, float("nan")]], [[0, 0.5, -1.0]], "x", [[True, 0.5, 0.1]]):
+    kv = 0 if first.endswith("attn") else None  # llama: attention levels carry their KV groups
+    for bad in ([[999, 0.5, 0.1, kv]], [[0, 0.5, float("nan"), kv]], [[0, 0.5, -1.0, kv]], "x", [[True, 0.5, 0.1, kv]],
+                [[0, 0.5, 0.1]], [[0, 0.5, 0.1, 7 if kv is None else None]], [[0, 0.5, 0.1, True]]):
         payload["modules"][first] = bad
         path.write_text(json.dumps(payload))
         assert load_probes(path, db) is None  # re-measured, never trusted

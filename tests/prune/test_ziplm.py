@@ -27,13 +27,13 @@ def tables():
     return out
 
 
-def _db(model, damp=0.01, windows=None):
+def _db(model, damp=0.01, windows=None, attention="heads-in-groups"):
     adapter = adapter_for(model)
     windows = windows if windows is not None else torch.randint(0, 120, (8, 16), generator=torch.Generator().manual_seed(0))
     hessians = collect_hessians(model, windows, progress=False)
     weights = [(adapter.attn_out_weight(l), adapter.ffn_out_weight(l)) for l in adapter.layers(model)]
     return build_database(weights, hessians, adapter.arch(model), ffn_step=8, damp=damp, calibration={},
-                          progress=False), hessians
+                          progress=False, attention=attention), hessians
 
 
 def test_family_meets_every_budget_and_stitches(family, tables):
@@ -51,7 +51,7 @@ def test_family_meets_every_budget_and_stitches(family, tables):
     assert losses == sorted(losses)  # tighter budgets cost more
     for r in reached:
         assert r.predicted_ms <= dense_ms / r.target * (1 + 1e-9)
-        pruned = stitch(copy.deepcopy(model), db, hessians, r.units)
+        pruned = stitch(copy.deepcopy(model), db, hessians, r.levels)
         got = adapter_for(pruned).shape_of(pruned)
         assert got == r.shape.validate(table.arch)
         assert table.predict(got) <= dense_ms / r.target * (1 + 1e-9)
@@ -67,8 +67,7 @@ def test_stitched_projection_has_the_database_loss(tables):
     adapter = adapter_for(model)
     mod = db.module(1, "ffn")
     level = mod.levels[len(mod.levels) // 2]
-    units = {(1, "ffn"): level.units}
-    pruned = stitch(copy.deepcopy(model), db, hessians, units)
+    pruned = stitch(copy.deepcopy(model), db, hessians, {(1, "ffn"): level})
     w = adapter.ffn_out_weight(adapter.layers(model)[1]).detach().double()
     w_hat = torch.zeros_like(w)
     w_hat[:, list(level.kept)] = adapter.ffn_out_weight(adapter.layers(pruned)[1]).detach().double()
@@ -97,12 +96,51 @@ def test_database_round_trips_through_disk(tmp_path):
     assert all(torch.equal(a.ffn, b.ffn) and torch.equal(a.attn, b.attn) for a, b in zip(hessians, h2))
 
 
-def test_gqa_database_removes_whole_kv_groups():
+def test_gqa_database_whole_kv_groups():
     model = tiny_model("llama")  # 6 heads in 3 KV groups
+    db, _ = _db(model, attention="whole-groups")
+    attn = db.module(0, "attn")
+    assert attn.unit == "kv_group" and attn.group == 2 and [lv.units for lv in attn.levels] == [3, 2, 1, 0]
+    assert [attn.attention_shape(lv) for lv in attn.levels] == [(6, 3), (4, 2), (2, 1), (0, 0)]
+    assert attn.levels[-1].rel_loss == pytest.approx(1.0, abs=0.05)
+
+
+def test_gqa_database_heads_within_kv_groups():
+    model = tiny_model("llama")  # 6 heads in 3 KV groups of 2
     db, _ = _db(model)
     attn = db.module(0, "attn")
-    assert attn.unit == "kv_group" and [lv.units for lv in attn.levels] == [3, 2, 1, 0]
-    assert attn.levels[-1].rel_loss == pytest.approx(1.0, abs=0.05)
+    assert attn.unit == "gqa_head" and attn.group == 2
+    assert [(lv.units, lv.kv) for lv in attn.levels] == [(6, 3), (4, 2), (3, 3), (2, 2), (2, 1), (1, 1), (0, 0)]
+    assert attn.levels[0].rel_loss == 0.0 and attn.levels[-1].rel_loss == pytest.approx(1.0, abs=0.05)
+    for lv in attn.levels:  # kept heads spread evenly over lv.kv groups
+        groups = [h // 2 for h in lv.kept]
+        assert len(set(groups)) == lv.kv and all(groups.count(g) == lv.units // max(lv.kv, 1) for g in groups)
+
+
+@pytest.mark.parametrize("attention", ["heads-in-groups", "whole-groups"])
+def test_gqa_levels_stitch_to_their_shape_and_loss(attention):
+    """Each attention level, stitched alone, gives the level's (heads, kv_heads) and the o_proj the OBS loss."""
+    import copy
+
+    model = tiny_model("llama")
+    db, hessians = _db(model, damp=0.0, windows=torch.randint(0, 120, (16, 32), generator=torch.Generator().manual_seed(1)),
+                       attention=attention)
+    adapter = adapter_for(model)
+    mod = db.module(2, "attn")
+    w = adapter.attn_out_weight(adapter.layers(model)[2]).detach().double()
+    h = hessians[2].attn.double()
+    for level in mod.levels[1:-1]:
+        pruned = stitch(copy.deepcopy(model), db, hessians, {(2, "attn"): level})
+        heads, kv = mod.attention_shape(level)
+        got = adapter_for(pruned).shape_of(pruned).layers[2]
+        assert (got.heads, got.kv) == (heads, kv)
+        kept = [c for u in level.kept for c in range(u * mod.unit_cols, (u + 1) * mod.unit_cols)]
+        w_hat = torch.zeros_like(w)
+        w_hat[:, kept] = adapter.attn_out_weight(adapter.layers(pruned)[2]).detach().double()
+        d = w - w_hat
+        assert 0.5 * float(torch.einsum("ri,ij,rj->", d, h, d)) == pytest.approx(level.loss, rel=1e-2,
+                                                                                abs=1e-4 * mod.energy)
+        assert model_output(pruned, torch.randint(0, 120, (2, 7))).isfinite().all()
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
@@ -136,7 +174,7 @@ def test_spdy_never_does_worse_than_the_plain_dp(tables):
     import copy
 
     def score(r):
-        return calibration_score(stitch(copy.deepcopy(model), db, hessians, r.units), windows[:8])
+        return calibration_score(stitch(copy.deepcopy(model), db, hessians, r.levels), windows[:8])
 
     assert best.reachable and best.predicted_ms <= tables["llama"].predict(tables["llama"].dense_shape()) / 1.5 * (1 + 1e-9)
     assert score(best) <= score(plain) + 1e-9

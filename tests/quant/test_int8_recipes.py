@@ -269,8 +269,8 @@ def test_the_search_times_each_layers_ffn_in_its_own_precision(layer_table):
 
     model = as_latency_model(layer_table)
     a = layer_table.calibration.alpha
-    assert model.option_ms("ffn", 64, 1) == pytest.approx(a * layer_table.ffn_ms(64, 1))
-    assert model.option_ms("ffn", 64, 0) == pytest.approx(a * layer_table.ffn_ms(64, 0))
+    assert model.ffn_ms(64, 1) == pytest.approx(a * layer_table.ffn_ms(64, 1))
+    assert model.ffn_ms(64, 0) == pytest.approx(a * layer_table.ffn_ms(64, 0))
 
 
 def test_profiling_a_layer_beyond_the_model_is_refused():

@@ -236,5 +236,7 @@ def test_a_folder_of_recovery_runs_alone_is_a_report(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "train.json").write_text(json.dumps(_train_json([{"step": 0, "ppl": 9.0}, {"step": 200, "ppl": 7.0}])))
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "r.md")]) == 0
-    assert "| a | LM | 200 |" in (tmp_path / "r.md").read_text()
+    md = (tmp_path / "r.md").read_text()
+    assert "| a | LM | 200 |" in md and "\n\n\n" not in md  # blocks one blank line apart, no empty ones
+    assert md.splitlines()[1] == "" and md.splitlines()[2].startswith("| ")  # title, one blank line, the table
     assert "Recovery" in (tmp_path / "r.html").read_text()

@@ -62,6 +62,18 @@ def mapping(value: Any, source: str, key: str = "") -> dict[str, Any]:
     return typed(value, dict, source, key, "a JSON object")
 
 
+def check_text(raw: str, path: str | os.PathLike, what: str) -> str:
+    """``raw`` (a file decoded as UTF-8 with replacement characters) if it reads as text: a NUL character, or
+    more than 1% of undecodable bytes, means a binary or non-UTF-8 file, refused before anything trains or
+    calibrates on mojibake. A few stray bytes in a large text pass."""
+    bad = raw.count("\ufffd")
+    if "\x00" in raw or bad > max(8, len(raw) // 100):
+        raise UserError(f"{what} {path} is not text ({bad} of {len(raw)} characters are not UTF-8"
+                        f"{', and it has NUL bytes' if chr(0) in raw else ''}: a binary file?)",
+                        "pass a UTF-8 .txt or .jsonl file")
+    return raw
+
+
 def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = False,
                       overwrite: bool | None = None) -> Path:
     """Refuse an output path before any work: missing or unwritable parent, a file where a folder goes

@@ -63,7 +63,7 @@ def prune_step(model: nn.Module, table: LatencyTable, calib: torch.Tensor, targe
     """Prune ``model`` (dense or already pruned) in place to ``target`` (speedup over the dense model
     in ``table``); returns the search result (``model`` unchanged when unreachable)."""
     from ..models import adapter_for
-    from ..prune.database import build_database, token_hash
+    from ..prune.database import build_database, live_kv_heads, token_hash
     from ..prune.hessian import collect_hessians
     from ..prune.search import search
     from ..prune.stitch import stitch
@@ -74,10 +74,11 @@ def prune_step(model: nn.Module, table: LatencyTable, calib: torch.Tensor, targe
     weights = [(adapter.attn_out_weight(layer), adapter.ffn_out_weight(layer)) for layer in adapter.layers(model)]
     ffn_step = config.ffn_step or max(1, arch.ffn // 32)
     db = build_database(weights, hessians, arch, ffn_step, config.damp,
-                        {"windows": len(calib), "tokens_sha256": token_hash(calib)}, progress=progress)
+                        {"windows": len(calib), "tokens_sha256": token_hash(calib)}, progress=progress,
+                        kv_heads=live_kv_heads(adapter, model, arch))
     (result,) = search(db, table, [target], loss=config.loss, buckets=config.buckets)
     if result.reachable:
-        stitch(model, db, hessians, result.units)
+        stitch(model, db, hessians, result.levels)
     return result
 
 

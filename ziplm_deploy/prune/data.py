@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..core.checks import check_text
 from ..core.errors import UserError
 
 
@@ -69,7 +70,7 @@ def read_texts(source: str | os.PathLike, what: str = "calibration data") -> lis
     elif path.suffix in (".jsonl", ".json"):
         texts = _jsonl_texts(path, what)
     else:
-        raw = _read_text(path, what, errors="replace")
+        raw = check_text(_read_text(path, what, errors="replace"), path, what)
         texts = [p.strip() for p in raw.split("\n\n") if p.strip()]
     texts = [t for t in texts if t.strip()]
     if not texts:

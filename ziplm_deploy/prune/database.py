@@ -22,11 +22,12 @@ from ..core.arch import ArchSpec
 from ..core.checks import TEMP_PREFIX, integer, mapping, number, typed
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json, check_header, read_json
+from .family import ATTENTION_LEVELS
 from .hessian import LayerHessians
-from .obs import geometric, obs_greedy, output_energy
+from .obs import geometric, obs_greedy, obs_grouped_heads, output_energy
 
 DB_FORMAT = "ziplm-deploy/obs-database"
-DB_VERSION = 1
+DB_VERSION = 2  # 2: GQA attention levels keep query heads within KV groups (Level.kv, ModuleDb.group)
 DB_FILE = "database.json"
 HESSIANS_FILE = "hessians.safetensors"
 REBUILD = "delete the database folder to rebuild it"
@@ -34,26 +35,36 @@ REBUILD = "delete the database folder to rebuild it"
 
 @dataclass(frozen=True)
 class Level:
-    units: int  # heads (or KV groups with GQA) / neurons kept
+    units: int  # heads (KV groups for unit "kv_group") / neurons kept
     kept: tuple[int, ...]  # kept unit indices
     loss: float  # OBS loss, absolute
     rel_loss: float  # loss / output energy of the dense module (0 dense, 1 removed)
+    kv: int | None = None  # unit "gqa_head": KV groups kept (the kept heads are spread evenly over them)
 
 
 @dataclass(frozen=True)
 class ModuleDb:
     layer: int
     kind: str  # "attn" | "ffn"
-    unit: str  # "head" | "kv_group" | "neuron"
+    unit: str  # "head" | "kv_group" | "gqa_head" (query heads within KV groups) | "neuron"
     unit_cols: int  # input columns per unit
     energy: float
-    levels: tuple[Level, ...]  # descending units
+    levels: tuple[Level, ...]  # descending (units, kv); levels[0] is the module as it is
+    group: int = 1  # "kv_group" / "gqa_head": query heads per KV group in this layer
 
-    def level(self, units: int) -> Level:
+    def level(self, units: int, kv: int | None = None) -> Level:
         for lv in self.levels:
-            if lv.units == units:
+            if lv.units == units and lv.kv == kv:
                 return lv
-        raise KeyError(units)
+        raise KeyError((units, kv))
+
+    def attention_shape(self, level: Level) -> tuple[int, int | None]:
+        """(query heads, KV heads or None without GQA) an attention level keeps."""
+        if self.unit == "kv_group":
+            return level.units * self.group, level.units
+        if self.unit == "gqa_head":
+            return level.units, level.kv
+        return level.units, None
 
 
 @dataclass(frozen=True)
@@ -96,14 +107,19 @@ def _require(d: dict[str, Any], keys: tuple[str, ...], source: str, key: str) ->
 
 def _module_from_json(m: Any, source: str, key: str) -> ModuleDb:
     m = _require(mapping(m, source, key), ("layer", "kind", "unit", "unit_cols", "energy", "levels"), source, key)
-    if m["kind"] not in ("attn", "ffn") or m["unit"] not in ("head", "kv_group", "neuron"):
+    if m["kind"] not in ("attn", "ffn") or m["unit"] not in UNITS:
         raise UserError(f"{source}: {key}: kind {m['kind']!r} / unit {m['unit']!r} is not attn/ffn / "
-                        "head, kv_group or neuron", REBUILD)
+                        f"{', '.join(UNITS)}", REBUILD)
     levels = typed(m["levels"], list, source, f"{key}.levels", "a list of levels")
-    return ModuleDb(integer(m["layer"], source, f"{key}.layer", lo=0), m["kind"], m["unit"],
-                    integer(m["unit_cols"], source, f"{key}.unit_cols", lo=1),
-                    number(m["energy"], source, f"{key}.energy", lo=0.0),
-                    tuple(_level_from_json(lv, source, f"{key}.levels[{j}]") for j, lv in enumerate(levels)))
+    module = ModuleDb(integer(m["layer"], source, f"{key}.layer", lo=0), m["kind"], m["unit"],
+                      integer(m["unit_cols"], source, f"{key}.unit_cols", lo=1),
+                      number(m["energy"], source, f"{key}.energy", lo=0.0),
+                      tuple(_level_from_json(lv, source, f"{key}.levels[{j}]") for j, lv in enumerate(levels)),
+                      integer(m.get("group", 1), source, f"{key}.group", lo=1))
+    if module.unit == "gqa_head" and any(lv.kv is None or lv.units != lv.kv * (lv.units // max(lv.kv, 1))
+                                         for lv in module.levels):
+        raise UserError(f"{source}: {key}: a gqa_head level lacks kv or keeps heads unevenly", REBUILD)
+    return module
 
 
 def _level_from_json(lv: Any, source: str, key: str) -> Level:
@@ -112,8 +128,10 @@ def _level_from_json(lv: Any, source: str, key: str) -> Level:
     units = integer(lv["units"], source, f"{key}.units", lo=0)
     if len(kept) != units:
         raise UserError(f"{source}: {key} keeps {len(kept)} units but says units={units}", REBUILD)
+    kv = lv.get("kv")
     return Level(units, tuple(integer(k, source, f"{key}.kept[{i}]", lo=0) for i, k in enumerate(kept)),
-                 number(lv["loss"], source, f"{key}.loss"), number(lv["rel_loss"], source, f"{key}.rel_loss"))
+                 number(lv["loss"], source, f"{key}.loss"), number(lv["rel_loss"], source, f"{key}.rel_loss"),
+                 None if kv is None else integer(kv, source, f"{key}.kv", lo=0))
 
 
 def ffn_levels(width: int, step: int) -> list[int]:
@@ -121,8 +139,11 @@ def ffn_levels(width: int, step: int) -> list[int]:
     return sorted({*range(width, 0, -step), 0}, reverse=True)
 
 
+UNITS = ("head", "kv_group", "gqa_head", "neuron")
+
+
 def attention_unit(arch: ArchSpec) -> tuple[str, int]:
-    """GQA models remove whole KV groups (a KV head with its query heads); others single heads."""
+    """Whole-group unit: GQA models remove whole KV groups (a KV head with its query heads); others single heads."""
     if arch.kv_heads != arch.heads:
         return "kv_group", arch.group_size * arch.head_dim
     return "head", arch.head_dim
@@ -130,39 +151,80 @@ def attention_unit(arch: ArchSpec) -> tuple[str, int]:
 
 def build_database(weights: list[tuple[torch.Tensor | None, torch.Tensor | None]], hessians: list[LayerHessians],
                    arch: ArchSpec, ffn_step: int, damp: float, calibration: dict[str, Any],
-                   progress: bool = True, neuron_fraction: float = 1 / 32) -> Database:
-    """``weights[l] = (W_attn_out, W_ffn_down)`` as (out, in) of the dense model's layer l.
+                   progress: bool = True, neuron_fraction: float = 1 / 32,
+                   kv_heads: list[int] | None = None, attention: str = "heads-in-groups") -> Database:
+    """``weights[l] = (W_attn_out, W_ffn_down)`` as (out, in) of the model's layer l.
 
-    Heads / KV groups are removed one at a time; FFN neurons ``neuron_fraction`` of the remaining
-    ones per step (exact joint OBS updates; 0 = one at a time). Runs single-threaded: the greedy
-    loop is many small operations, which a contended thread pool slows down by an order of magnitude.
+    Attention without GQA: heads removed one at a time. With GQA (``kv_heads[l]`` KV heads in layer l;
+    default the dense count), ``attention="heads-in-groups"`` offers every (KV groups kept, query heads
+    per kept group) level (``obs_grouped_heads``), ``"whole-groups"`` only whole KV groups. FFN neurons
+    go ``neuron_fraction`` of the remaining ones per step (exact joint OBS updates; 0 = one at a time).
+    Runs single-threaded: the greedy loop is many small operations, which a contended thread pool slows
+    down by an order of magnitude.
     """
-    unit, unit_cols = attention_unit(arch)
+    if attention not in ATTENTION_LEVELS:
+        raise UserError(f"unknown attention levels {attention!r}", f"choose one of: {', '.join(ATTENTION_LEVELS)}")
+    gqa = arch.kv_heads != arch.heads
     jobs = []
     for layer, ((w_attn, w_ffn), h) in enumerate(zip(weights, hessians)):
         if w_attn is not None:
-            n = w_attn.shape[1] // unit_cols
-            jobs.append((layer, "attn", unit, unit_cols, w_attn, h.attn, list(range(n + 1))))
+            heads = w_attn.shape[1] // arch.head_dim
+            kv = kv_heads[layer] if kv_heads is not None else arch.kv_heads
+            group = heads // kv if gqa and kv else 1
+            if gqa and attention == "heads-in-groups":
+                jobs.append((layer, "attn", "gqa_head", arch.head_dim, group, w_attn, h.attn, None))
+            else:
+                unit, cols = ("kv_group", group * arch.head_dim) if gqa else ("head", arch.head_dim)
+                jobs.append((layer, "attn", unit, cols, group, w_attn, h.attn, list(range(w_attn.shape[1] // cols + 1))))
         if w_ffn is not None:
-            jobs.append((layer, "ffn", "neuron", 1, w_ffn, h.ffn, ffn_levels(w_ffn.shape[1], ffn_step)))
-    total = sum(w.shape[1] // cols for _, _, _, cols, w, _, _ in jobs)
+            jobs.append((layer, "ffn", "neuron", 1, 1, w_ffn, h.ffn, ffn_levels(w_ffn.shape[1], ffn_step)))
+    total = sum(_steps(u, w.shape[1] // cols, group) for _, _, u, cols, group, w, _, _ in jobs)
     modules = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with tqdm(total=total, desc="OBS database", unit="unit", disable=not progress) as bar:
-            for layer, kind, u, cols, w, h, levels in jobs:
+            for layer, kind, u, cols, group, w, h, levels in jobs:
                 w32, h32 = w.detach().float(), h.float()
                 energy = output_energy(w32, h32)
-                step = geometric(neuron_fraction) if kind == "ffn" and neuron_fraction > 0 else None
-                found = obs_greedy(w32, h32, cols, levels, damp=damp, progress=bar.update,
-                                   **({"per_step": step} if step else {}))
-                modules.append(ModuleDb(layer, kind, u, cols, energy, tuple(
-                    Level(k, lv.kept, lv.loss, lv.loss / energy if energy > 0 else 0.0)
-                    for k, lv in sorted(found.items(), reverse=True))))
+
+                def rel(loss: float) -> float:
+                    return loss / energy if energy > 0 else 0.0
+
+                if u == "gqa_head":
+                    found = obs_grouped_heads(w32, h32, cols, group, damp=damp, progress=bar.update)
+                    found_levels = [Level(kv * per, lv.kept, lv.loss, rel(lv.loss), kv)
+                                    for (kv, per), lv in found.items()]
+                else:
+                    step = geometric(neuron_fraction) if kind == "ffn" and neuron_fraction > 0 else None
+                    found = obs_greedy(w32, h32, cols, levels, damp=damp, progress=bar.update,
+                                       **({"per_step": step} if step else {}))
+                    found_levels = [Level(k, lv.kept, lv.loss, rel(lv.loss)) for k, lv in found.items()]
+                found_levels.sort(key=lambda lv: (lv.units, lv.kv or 0), reverse=True)
+                modules.append(ModuleDb(layer, kind, u, cols, energy, tuple(found_levels), group))
     finally:
         torch.set_num_threads(threads)
     return Database(asdict(arch), tuple(modules), calibration, damp)
+
+
+def live_kv_heads(adapter: Any, model: Any, arch: ArchSpec) -> list[int] | None:
+    """KV heads of each live layer of a (possibly already pruned) GQA model; None without GQA."""
+    if arch.kv_heads == arch.heads:
+        return None
+    out = []
+    for layer in adapter.layers(model):
+        w = adapter.attn_out_weight(layer)
+        out.append(adapter.kv_heads_of(layer, w.shape[1] // arch.head_dim) if w is not None else 0)
+    return out
+
+
+def _steps(unit: str, units: int, group: int) -> int:
+    """Progress units of one module's greedy search: one per removed unit (for gqa_head: the group chain,
+    then the rounds within each number of kept groups)."""
+    if unit != "gqa_head":
+        return units
+    n_groups = units // group
+    return n_groups + (group - 1) * n_groups * (n_groups + 1) // 2
 
 
 def token_hash(windows: torch.Tensor) -> str:
@@ -209,8 +271,10 @@ def load_database(folder: str | os.PathLike) -> tuple[Database, list[LayerHessia
     return db, hessians
 
 
-def database_key(model_config: dict[str, Any], calibration: dict[str, Any], ffn_step: int, damp: float) -> str:
+def database_key(model_config: dict[str, Any], calibration: dict[str, Any], ffn_step: int, damp: float,
+                 attention: str = "heads-in-groups") -> str:
     """Content key of a database: same model config + calibration tokens + options -> reuse."""
-    blob = json.dumps({"config": model_config, "calibration": calibration, "ffn_step": ffn_step, "damp": damp},
+    blob = json.dumps({"config": model_config, "calibration": calibration, "ffn_step": ffn_step, "damp": damp,
+                       "version": DB_VERSION, "attention": attention},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 METHODS = ("ziplm", "magnitude", "uniform", "layerchop")
 COSTS = ("sensitivity", "obs")  # measured end-to-end KL per module level (prune/sensitivity.py) | OBS layer loss
+# how ZipLM prunes GQA attention: query heads within the kept KV groups too, or whole KV groups only
+ATTENTION_LEVELS = ("heads-in-groups", "whole-groups")
+# ziplm: after stitching, re-fit output projections block by block to the dense outputs (prune/refit.py)
+REFITS = ("none", "pruned", "all")
 FAMILY_FORMAT = "ziplm-deploy/family"
 FAMILY_FILE = "family.json"
 
@@ -58,6 +62,8 @@ class PruneConfig:
     spdy_samples: int = 0  # ziplm: > 0 runs SPDY's randomised per-layer loss coefficients, scored by calibration loss
     cost: str = "sensitivity"  # ziplm: what the search minimises: measured end-to-end sensitivity, or the OBS loss
     probe_windows: int = 2  # ziplm --cost sensitivity: calibration windows each probe is scored on (2, 4, 8 within noise)
+    attention_levels: str = "heads-in-groups"  # ziplm, GQA: query heads within kept KV groups, or whole KV groups only
+    refit: str = "none"  # ziplm: re-fit the output projections of pruned blocks ("pruned") or all ("all") sequentially
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,6 +80,11 @@ class PruneConfig:
             raise UserError(f"unknown loss {self.loss!r}", "choose relative or absolute")
         if self.cost not in COSTS:
             raise UserError(f"unknown search cost {self.cost!r}", f"choose one of: {', '.join(COSTS)}")
+        if self.refit not in REFITS:
+            raise UserError(f"unknown refit {self.refit!r}", f"choose one of: {', '.join(REFITS)}")
+        if self.attention_levels not in ATTENTION_LEVELS:
+            raise UserError(f"unknown attention levels {self.attention_levels!r}",
+                            f"choose one of: {', '.join(ATTENTION_LEVELS)}")
         if isinstance(self.probe_windows, bool) or not isinstance(self.probe_windows, int) or self.probe_windows < 1:
             raise UserError(f"probe_windows must be a positive integer, got {self.probe_windows!r}")
         if self.windows < 1 or self.seq_len < 8:
@@ -459,8 +470,13 @@ def _solve(config: PruneConfig, targets: tuple[float, ...], dense, table: Latenc
         if config.method == "ziplm":
             from .stitch import stitch
 
-            def build(units=r.units):
-                return stitch(copy.deepcopy(dense), db, hessians, units)
+            def build(levels=r.levels):
+                model = stitch(copy.deepcopy(dense), db, hessians, levels)
+                if config.refit != "none":
+                    from .refit import refit_sequential
+
+                    refit_sequential(dense, model, windows, config.damp, config.refit, progress=progress)
+                return model
         else:
             build = _builder(dense, r.shape)
         rows.append((r.target, True, r.max_speedup, r.shape, r.predicted_ms, r.loss, build))
@@ -490,14 +506,15 @@ def _ffn_step(config: PruneConfig, width: int) -> int:
 
 def _database(dense, windows, config: PruneConfig, model_dir, out: Path, log, progress):
     from ..models import adapter_for
-    from .database import build_database, database_key, load_database, save_database, token_hash
+    from .database import build_database, database_key, live_kv_heads, load_database, save_database, token_hash
     from .hessian import collect_hessians
 
     adapter = adapter_for(dense)
     arch = adapter.arch(dense)
     calibration = {"windows": len(windows), "seq_len": config.seq_len, "seed": config.seed,
                    "tokens_sha256": token_hash(windows)}
-    key = database_key(read_model_config(model_dir), calibration, _ffn_step(config, arch.ffn), config.damp)
+    key = database_key(read_model_config(model_dir), calibration, _ffn_step(config, arch.ffn), config.damp,
+                       config.attention_levels)
     folder = out / "database" / key
     sweep_temporaries(folder)  # a Hessians file a killed run was writing
     if (folder / "database.json").is_file():
@@ -518,7 +535,8 @@ def _database(dense, windows, config: PruneConfig, model_dir, out: Path, log, pr
                for layer in adapter.layers(dense)]
     dev_hessians = [type(h)(on_device(h.attn), on_device(h.ffn), h.tokens) for h in hessians]
     db = build_database(weights, dev_hessians, arch, _ffn_step(config, arch.ffn), config.damp, calibration,
-                        progress=progress)
+                        progress=progress, kv_heads=live_kv_heads(adapter, dense, arch),
+                        attention=config.attention_levels)
     save_database(db, hessians, folder)
     return db, hessians
 
@@ -567,5 +585,5 @@ def _magnitude_database(dense, config: PruneConfig):
             total = float(scores.sum()) or 1.0
             lv = tuple(Level(k, tuple(sorted(order[:k])), 1 - float(scores[order[:k]].sum()) / total,
                              1 - float(scores[order[:k]].sum()) / total) for k in levels)
-            modules.append(ModuleDb(i, kind, u, cols, total, lv))
+            modules.append(ModuleDb(i, kind, u, cols, total, lv, arch.group_size if u == "kv_group" else 1))
     return Database(_asdict(arch), tuple(modules), {"magnitude": True}, 0.0)

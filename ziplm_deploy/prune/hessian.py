@@ -66,6 +66,53 @@ class _StopForward(Exception):
     pass
 
 
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def first_layer_inputs(model: nn.Module, windows: torch.Tensor,
+                       batch_size: int = 4) -> tuple[list[torch.Tensor], list[tuple[tuple, dict]]]:
+    """Per batch of ``windows``: the hidden states entering the first transformer block, and the other
+    arguments the model passes to every block (masks, position embeddings), captured without running
+    any block."""
+    adapter = adapter_for(model)
+    extra = {"use_cache": False} if adapter.arch(model).is_decoder else {}
+    captured: list[tuple[tuple, dict]] = []
+
+    def catch(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _StopForward
+
+    handle = adapter.layers(model)[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for start in range(0, len(windows), batch_size):
+            try:
+                model(input_ids=windows[start : start + batch_size], **extra)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    hidden = [args[0] if args else kwargs["hidden_states"] for args, kwargs in captured]
+    rest = [(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}) for args, kwargs in captured]
+    return hidden, rest
+
+
+def run_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict,
+              device: str | torch.device | None = None) -> torch.Tensor:
+    """One block on one batch (on ``device`` if given); its output hidden states, where ``hidden`` was."""
+    if device is not None:
+        hidden, args, kwargs = _to(hidden, device), _to(args, device), _to(kwargs, device)
+    y = layer(hidden, *args, **kwargs)
+    return y[0] if isinstance(y, tuple) else y
+
+
 @torch.no_grad()
 def collect_hessians_sequential(model: nn.Module, windows: torch.Tensor, device: str | torch.device = "cpu",
                                 batch_size: int = 4, progress: bool = True) -> list[LayerHessians]:
@@ -77,36 +124,9 @@ def collect_hessians_sequential(model: nn.Module, windows: torch.Tensor, device:
     the model stays where it is, so a model larger than the accelerator still fits.
     """
     adapter = adapter_for(model)
-    extra = {"use_cache": False} if adapter.arch(model).is_decoder else {}
     layers = adapter.layers(model)
     model.eval()
-    captured: list[tuple[tuple, dict]] = []
-
-    def catch(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for start in range(0, len(windows), batch_size):
-            try:
-                model(input_ids=windows[start : start + batch_size], **extra)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-
-    def to(obj, dev):
-        if isinstance(obj, torch.Tensor):
-            return obj.to(dev)
-        if isinstance(obj, tuple):
-            return tuple(to(o, dev) for o in obj)
-        if isinstance(obj, dict):
-            return {k: to(v, dev) for k, v in obj.items()}
-        return obj
-
-    hidden = [args[0] if args else kwargs["hidden_states"] for args, kwargs in captured]
-    rest = [(args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}) for args, kwargs in captured]
+    hidden, rest = first_layer_inputs(model, windows, batch_size)
     out: list[LayerHessians] = []
     for layer in tqdm(layers, desc="calibration (Hessians, block by block)", disable=not progress, leave=False):
         home = next(layer.parameters()).device
@@ -124,8 +144,7 @@ def collect_hessians_sequential(model: nn.Module, windows: torch.Tensor, device:
                 handles.append(proj.register_forward_pre_hook(fn))
         try:
             for b, (h, (args, kwargs)) in enumerate(zip(hidden, rest)):
-                y = layer(to(h, device), *to(args, device), **to(kwargs, device))
-                hidden[b] = (y[0] if isinstance(y, tuple) else y).to(h.device)
+                hidden[b] = run_layer(layer, h, args, kwargs, device).to(h.device)
         finally:
             for hd in handles:
                 hd.remove()

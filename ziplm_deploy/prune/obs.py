@@ -97,22 +97,69 @@ def obs_greedy(w: torch.Tensor, h: torch.Tensor, group: int, levels: Sequence[in
         scores = group_scores(w, hinv, group)
         drop = torch.topk(scores, k, largest=False).indices if k > 1 else torch.argmin(scores).view(1)
         drop_groups = sorted(int(j) for j in drop)
-        cols = torch.tensor([j * group + c for j in drop_groups for c in range(group)], device=w.device)
-        w_s = w[:, cols]
-        inv_ss = torch.linalg.inv(hinv[cols][:, cols])
-        row = inv_ss @ hinv[cols]  # (k·g, in)
-        loss += 0.5 * float(torch.einsum("ri,ij,rj->", w_s, inv_ss, w_s))
-        w -= w_s @ row
-        hinv -= hinv[:, cols] @ row
-        mask = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
-        mask[cols] = False
-        w, hinv = w[:, mask], hinv[mask][:, mask]
+        w, hinv, removed = _remove_groups(w, hinv, drop_groups, group)
+        loss += removed
         for j in reversed(drop_groups):
             del alive[j]
         if progress:
             progress(k)
         if len(alive) in wanted:
             out[len(alive)] = ObsLevel(tuple(sorted(alive)), loss)
+    return out
+
+
+def _remove_groups(w: torch.Tensor, hinv: torch.Tensor, groups: Sequence[int],
+                   group: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Jointly remove the given groups (positions in the compacted columns) with the exact OBS update.
+    Returns the compacted (W, H⁻¹) and the loss it adds."""
+    cols = torch.tensor([j * group + c for j in groups for c in range(group)], device=w.device)
+    w_s = w[:, cols]
+    inv_ss = torch.linalg.inv(hinv[cols][:, cols])
+    row = inv_ss @ hinv[cols]  # (k·g, in)
+    loss = 0.5 * float(torch.einsum("ri,ij,rj->", w_s, inv_ss, w_s))
+    w = w - w_s @ row
+    hinv = hinv - hinv[:, cols] @ row
+    mask = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
+    mask[cols] = False
+    return w[:, mask], hinv[mask][:, mask], loss
+
+
+def obs_grouped_heads(w: torch.Tensor, h: torch.Tensor, head_dim: int, group: int, damp: float = 0.01,
+                      progress: Callable[[int], None] | None = None) -> dict[tuple[int, int], ObsLevel]:
+    """Structured OBS for GQA attention with query heads removed *within* kept KV groups.
+
+    The input columns of the output projection are ``n_groups`` KV groups of ``group`` query heads of
+    ``head_dim`` columns. Returns ``{(kv_groups_kept, heads_per_group): ObsLevel(kept query heads, loss)}``
+    for every ``kv`` in 1..n_groups and ``per`` in 1..group, plus ``(0, 0)``. Whole groups go first, by
+    the greedy group chain (``obs_greedy`` on groups); from each kept set of groups, rounds remove the
+    cheapest remaining head of every kept group (exact OBS updates), so each level has the same number of
+    heads in every kept group, as GQA requires. Losses are exact for the kept set (= ``reconstruct``).
+    """
+    n_groups = w.shape[1] // (group * head_dim)
+    if w.shape[1] != n_groups * group * head_dim:
+        raise ValueError(f"W {tuple(w.shape)} does not fit {group}-head groups of {head_dim} columns")
+    chain = obs_greedy(w, h, group * head_dim, range(n_groups + 1), damp=damp, progress=progress)
+    out = {(0, 0): ObsLevel((), chain[0].loss)}
+    hp, wp = prepare_hessian(h.to(w.dtype), w, damp)
+    for kv in range(1, n_groups + 1):
+        kept_groups = chain[kv].kept
+        alive = [g * group + j for g in kept_groups for j in range(group)]  # query heads, compacted order
+        cols = torch.tensor([a * head_dim + c for a in alive for c in range(head_dim)], device=w.device)
+        hinv = torch.cholesky_inverse(torch.linalg.cholesky(hp[cols][:, cols]))
+        wk = torch.linalg.solve(hp[cols][:, cols], (wp @ hp[:, cols]).T).T  # OBS weights of the kept groups
+        loss = chain[kv].loss
+        out[(kv, group)] = ObsLevel(tuple(alive), loss)
+        for per in range(group - 1, 0, -1):
+            for g in kept_groups:
+                members = [i for i, a in enumerate(alive) if a // group == g]
+                scores = group_scores(wk, hinv, head_dim)[members]
+                j = members[int(torch.argmin(scores))]
+                wk, hinv, removed = _remove_groups(wk, hinv, [j], head_dim)
+                loss += removed
+                del alive[j]
+                if progress:
+                    progress(1)
+            out[(kv, per)] = ObsLevel(tuple(sorted(alive)), loss)
     return out
 
 

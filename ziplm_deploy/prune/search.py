@@ -28,7 +28,7 @@ from ..core.fingerprint import DeviceFingerprint
 from ..core.shape import LayerShape, ModelShape
 from ..core.table import LatencyTable
 from ..core.workload import WorkloadPrediction, WorkloadTables
-from .database import Database
+from .database import Database, Level
 
 BUDGETS = ("e2e", "ttft", "decode")  # what a workload search budgets: end-to-end, time to first token, ms per token
 TABLE_METRIC = "latency"  # a plain latency table's one metric (one pass)
@@ -132,16 +132,6 @@ class LatencyModel:
         output projections in another precision) adds to ``T``."""
         return sum(c * t.calibration.alpha * t.ffn_ms(width, layer) for c, t in self.terms)
 
-    def option_ms(self, kind: str, units: int, layer: int | None = None) -> float:
-        """Time a module keeping ``units`` (attention: KV groups for GQA, else heads; FFN: neurons) adds to ``T``."""
-        if kind == "attn":
-            arch = self.arch
-            gqa = arch.kv_heads != arch.heads
-            return self.attention_ms(units * (arch.group_size if gqa else 1), units if gqa else None)
-        if kind == "ffn":
-            return self.ffn_ms(units, layer)
-        raise InternalError(f"unknown module kind {kind!r}")
-
     def predict(self, shape: ModelShape) -> float:
         """``T(shape)`` in ms (each table's own prediction, weighted)."""
         return sum(c * t.predict(shape) for c, t in self.terms)
@@ -167,8 +157,9 @@ def as_latency_model(latency: "LatencyTable | LatencyModel") -> LatencyModel:
 @dataclass(frozen=True)
 class Option:
     units: int
-    time: float  # ms the option adds to the budgeted latency (calibrated: the latency model's option_ms)
+    time: float  # ms the option adds to the budgeted latency (calibrated: attention_ms / ffn_ms)
     cost: float
+    kv: int | None = None  # KV groups kept (a database level of unit "gqa_head")
 
 
 def dp_select(modules: Sequence[Sequence[Option]], budget: float, buckets: int = 10000) -> list[int] | None:
@@ -230,7 +221,12 @@ class SearchResult:
     predicted_ms: float = 0.0
     predicted_speedup: float = 0.0
     loss: float = 0.0
-    units: dict[tuple[int, str], int] = field(default_factory=dict)  # (layer, kind) -> units kept
+    levels: dict[tuple[int, str], Level] = field(default_factory=dict)  # (layer, kind) -> database level chosen
+
+    @property
+    def units(self) -> dict[tuple[int, str], int]:
+        """(layer, kind) -> units kept (heads, KV groups or neurons; see the database module's unit)."""
+        return {key: lv.units for key, lv in self.levels.items()}
 
     def summary(self) -> dict:
         return {"target": self.target, "reachable": self.reachable, "max_speedup": round(self.max_speedup, 4),
@@ -250,23 +246,24 @@ def module_options(db: Database, latency: LatencyTable | LatencyModel, loss: str
         opts = []
         measured = (costs or {}).get((m.layer, m.kind))
         for j, lv in enumerate(m.levels):
-            t = model.option_ms(m.kind, lv.units, m.layer)
+            t = model.attention_ms(*m.attention_shape(lv)) if m.kind == "attn" else model.ffn_ms(lv.units, m.layer)
             cost = measured[j] if measured is not None else lv.rel_loss if loss == "relative" else lv.loss
-            opts.append(Option(lv.units, t, cost * (coefficients or {}).get(m.layer, 1.0)))
+            opts.append(Option(lv.units, t, cost * (coefficients or {}).get(m.layer, 1.0), lv.kv))
         out.append((m.layer, m.kind, opts))
     return out
 
 
-def shape_from_units(db: Database, latency: LatencyTable | LatencyModel,
-                     units: dict[tuple[int, str], int]) -> ModelShape:
-    arch = latency.arch
+def shape_from_levels(db: Database, arch: ArchSpec, levels: dict[tuple[int, str], Level]) -> ModelShape:
+    """The model shape the chosen levels give (a block the database lacks has size 0)."""
     gqa = arch.kv_heads != arch.heads
-    per_unit = arch.group_size if gqa else 1
     layers = []
     for layer in range(arch.num_layers):
-        a = units.get((layer, "attn"), 0)
-        f = units.get((layer, "ffn"), 0)
-        layers.append(LayerShape(a * per_unit, f, a if gqa else None))
+        heads, kv = 0, (0 if gqa else None)
+        attn = db.module(layer, "attn")
+        if attn is not None and (layer, "attn") in levels:
+            heads, kv = attn.attention_shape(levels[(layer, "attn")])
+        ffn = levels[(layer, "ffn")].units if (layer, "ffn") in levels else 0
+        layers.append(LayerShape(heads, ffn, kv))
     return ModelShape(tuple(layers))
 
 
@@ -294,7 +291,7 @@ def search(db: Database, latency: LatencyTable | LatencyModel, targets: Sequence
             results.append(SearchResult(target, False, max_speedup))
             continue
         if target <= 1.0:  # the dense model itself (bucket rounding must not shave a level off it)
-            picked = [max(range(len(opts)), key=lambda j: opts[j].units) for _, _, opts in modules]
+            picked = [0 for _ in modules]  # levels[0]: each module as it is
         elif uniform:
             picked = _uniform_select([opts for _, _, opts in modules], [k for _, k, _ in modules], budget)
         else:
@@ -302,13 +299,13 @@ def search(db: Database, latency: LatencyTable | LatencyModel, targets: Sequence
         if picked is None:
             results.append(SearchResult(target, False, max_speedup))
             continue
-        units = {(layer, kind): opts[j].units for (layer, kind, opts), j in zip(modules, picked)}
-        shape = shape_from_units(db, model, units)
+        levels = {(m.layer, m.kind): m.levels[j] for m, j in zip(db.modules, picked)}
+        shape = shape_from_levels(db, model.arch, levels)
         predicted = model.predict(shape)
         if predicted > dense_ms / target * (1 + 1e-9):
             raise InternalError(f"search result {predicted:.4f} ms exceeds the budget {dense_ms / target:.4f} ms")
         cost = sum(opts[j].cost for (_, _, opts), j in zip(modules, picked))
-        results.append(SearchResult(target, True, max_speedup, shape, predicted, dense_ms / predicted, cost, units))
+        results.append(SearchResult(target, True, max_speedup, shape, predicted, dense_ms / predicted, cost, levels))
     return results
 
 
@@ -325,15 +322,17 @@ def _absent_ms(db: Database, model: LatencyModel) -> float:
 
 
 def _uniform_select(modules: list[list[Option]], kinds: list[str], budget: float) -> list[int] | None:
-    """Same units in every attention and in every FFN: the feasible pair with the least total cost."""
-    attn_units = sorted({o.units for opts, k in zip(modules, kinds) if k == "attn" for o in opts})
-    ffn_units = sorted({o.units for opts, k in zip(modules, kinds) if k == "ffn" for o in opts})
+    """Same level (units, KV groups) in every attention and in every FFN: the feasible pair with the least
+    total cost."""
+    attn_units = sorted({(o.units, o.kv) for opts, k in zip(modules, kinds) if k == "attn" for o in opts},
+                        key=lambda u: (u[0], u[1] or 0))
+    ffn_units = sorted({(o.units, o.kv) for opts, k in zip(modules, kinds) if k == "ffn" for o in opts})
     best = None
     for a, f in product(attn_units or [None], ffn_units or [None]):
         picked, time, cost = [], 0.0, 0.0
         for opts, k in zip(modules, kinds):
             want = a if k == "attn" else f
-            j = next((i for i, o in enumerate(opts) if o.units == want), None)
+            j = next((i for i, o in enumerate(opts) if (o.units, o.kv) == want), None)
             if j is None:
                 break
             picked.append(j)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .database import Database, ModuleDb
+from .database import Database, Level, ModuleDb
 
 PROBE_FRACTIONS = (0.75, 0.5, 0.25, 0.0)  # kept fraction of the module's units at which it is measured
 
@@ -35,16 +35,22 @@ class Probe:
     units: int
     rel_loss: float
     damage: float  # end-to-end KL (or relative output MSE) with only this module at this level
+    kv: int | None = None  # the level's KV groups (database unit "gqa_head")
+
+    @property
+    def key(self) -> tuple[int, int | None]:
+        return self.units, self.kv
 
 
-def probe_levels(module: ModuleDb, fractions: Sequence[float] = PROBE_FRACTIONS) -> list[int]:
-    """The distinct non-dense levels nearest to each kept fraction (every level when there are few)."""
+def probe_levels(module: ModuleDb, fractions: Sequence[float] = PROBE_FRACTIONS) -> list[Level]:
+    """The distinct non-dense levels nearest to each kept fraction of the units (every level when there are
+    few); of levels with as many units, the one with the lowest OBS loss."""
     full = module.levels[0].units
-    candidates = [lv.units for lv in module.levels[1:]]
+    candidates = list(module.levels[1:])
     if len(candidates) <= len(fractions):
         return candidates
-    picked = {min(candidates, key=lambda u: abs(u - f * full)) for f in fractions}
-    return sorted(picked, reverse=True)
+    picked = {min(candidates, key=lambda lv: (abs(lv.units - f * full), lv.rel_loss)) for f in fractions}
+    return sorted(picked, key=lambda lv: (lv.units, lv.kv or 0), reverse=True)
 
 
 @torch.no_grad()
@@ -82,21 +88,21 @@ def measure_probes(dense, db: Database, hessians, windows: torch.Tensor, batch_s
 
     reference = _outputs(dense, windows, batch_size)
     decoder = adapter_for(dense).arch(dense).is_decoder
-    jobs = [(m, units) for m in db.modules for units in probe_levels(m, fractions)]
+    jobs = [(m, level) for m in db.modules for level in probe_levels(m, fractions)]
     probes: dict[tuple[int, str], list[Probe]] = {(m.layer, m.kind): [] for m in db.modules}
     apply = _swapped if decoder else _stitched
-    for m, units in tqdm(jobs, desc="sensitivity probes", unit="probe", disable=not progress):
-        with apply(dense, db, hessians, m, units) as model:
+    for m, level in tqdm(jobs, desc="sensitivity probes", unit="probe", disable=not progress):
+        with apply(dense, db, hessians, m, level) as model:
             hurt = damage(reference, _outputs(model, windows, batch_size), decoder)
-        probes[(m.layer, m.kind)].append(Probe(units, m.level(units).rel_loss, hurt))
+        probes[(m.layer, m.kind)].append(Probe(level.units, level.rel_loss, hurt, level.kv))
     return probes
 
 
 @contextlib.contextmanager
-def _stitched(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator[torch.nn.Module]:
+def _stitched(dense, db: Database, hessians, m: ModuleDb, level: Level) -> Iterator[torch.nn.Module]:
     from .stitch import stitch
 
-    model = stitch(copy.deepcopy(dense), db, hessians, {(m.layer, m.kind): units})
+    model = stitch(copy.deepcopy(dense), db, hessians, {(m.layer, m.kind): level})
     try:
         yield model
     finally:
@@ -104,7 +110,7 @@ def _stitched(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterato
 
 
 @contextlib.contextmanager
-def _swapped(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator[torch.nn.Module]:
+def _swapped(dense, db: Database, hessians, m: ModuleDb, level: Level) -> Iterator[torch.nn.Module]:
     from ..models import adapter_for
     from .obs import reconstruct
     from .stitch import _cols
@@ -113,10 +119,10 @@ def _swapped(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator
     layer = list(adapter.layers(dense))[m.layer]
     view = (adapter.attn_out_weight if m.kind == "attn" else adapter.ffn_out_weight)(layer)
     proj = (adapter.attn_out_proj if m.kind == "attn" else adapter.ffn_out_proj)(layer)
-    bias = getattr(proj, "bias", None) if units == 0 else None
+    bias = getattr(proj, "bias", None) if level.units == 0 else None
     saved, saved_bias = view.detach().clone(), None if bias is None else bias.detach().clone()
     h = hessians[m.layer].attn if m.kind == "attn" else hessians[m.layer].ffn
-    cols = _cols(m.level(units).kept, m.unit_cols)
+    cols = _cols(level.kept, m.unit_cols)
     full = torch.zeros_like(saved, dtype=torch.float32)
     if cols:
         full[:, cols] = reconstruct(saved.float(), h.float(), cols, db.damp)
@@ -134,6 +140,7 @@ def _swapped(dense, db: Database, hessians, m: ModuleDb, units: int) -> Iterator
 
 
 PROBES_FORMAT = "ziplm-deploy/sensitivity-probes"
+PROBES_VERSION = 2  # 2: rows carry the level's KV groups
 
 
 def probes_key(db: Database, windows: torch.Tensor) -> str:
@@ -147,21 +154,22 @@ def probes_key(db: Database, windows: torch.Tensor) -> str:
 def save_probes(path: Path, probes: dict[tuple[int, str], list[Probe]]) -> None:
     from ..core.jsonio import atomic_write_json
 
-    atomic_write_json(path, {"format": PROBES_FORMAT, "version": 1, "modules": {
-        f"{layer}.{kind}": [[p.units, p.rel_loss, p.damage] for p in ps] for (layer, kind), ps in probes.items()}})
+    atomic_write_json(path, {"format": PROBES_FORMAT, "version": PROBES_VERSION, "modules": {
+        f"{layer}.{kind}": [[p.units, p.rel_loss, p.damage, p.kv] for p in ps] for (layer, kind), ps in probes.items()}})
 
 
 def load_probes(path: Path, db: Database) -> dict[tuple[int, str], list[Probe]] | None:
     """The cached probes, or None when the file is unreadable or does not cover ``db`` (then re-measured)."""
     try:
         payload = json.loads(path.read_text())
-        modules = payload["modules"] if payload.get("format") == PROBES_FORMAT and payload.get("version") == 1 else None
+        ok = payload.get("format") == PROBES_FORMAT and payload.get("version") == PROBES_VERSION
+        modules = payload["modules"] if ok else None
         probes = {}
         for m in db.modules:
             rows = modules[f"{m.layer}.{m.kind}"]
-            ps = [Probe(int(u), float(r), float(d)) for u, r, d in rows]
-            if any(isinstance(u, bool) or not math.isfinite(p.damage) or p.damage < 0 or p.units not in
-                   {lv.units for lv in m.levels} for (u, _, _), p in zip(rows, ps)):
+            ps = [Probe(int(u), float(r), float(d), None if kv is None else int(kv)) for u, r, d, kv in rows]
+            if any(isinstance(u, bool) or isinstance(kv, bool) or not math.isfinite(p.damage) or p.damage < 0
+                   or p.key not in {(lv.units, lv.kv) for lv in m.levels} for (u, _, _, kv), p in zip(rows, ps)):
                 return None
             probes[(m.layer, m.kind)] = ps
         return probes
@@ -170,17 +178,17 @@ def load_probes(path: Path, db: Database) -> dict[tuple[int, str], list[Probe]] 
 
 
 def level_costs(module: ModuleDb, probes: Sequence[Probe]) -> list[float]:
-    """A cost for every level of ``module``: measured damage interpolated in OBS loss, non-decreasing as
-    units are removed, 0 at the dense level."""
-    measured = {p.units: p.damage for p in probes}
+    """A cost for every level of ``module``: measured damage interpolated in OBS loss, non-decreasing in
+    OBS loss (for nested levels: as units are removed), 0 at the dense level."""
+    measured = {p.key: p.damage for p in probes}
     ordered = sorted(probes, key=lambda p: p.rel_loss)
     xs = [module.levels[0].rel_loss] + [p.rel_loss for p in ordered]
     ys = [0.0] + [p.damage for p in ordered]
-    costs = []
-    for lv in module.levels:  # descending units: rel_loss ascending (nested greedy levels)
-        cost = measured.get(lv.units)
-        costs.append(float(np.interp(lv.rel_loss, xs, ys)) if cost is None else cost)
-    return list(np.maximum.accumulate(np.asarray(costs, dtype=np.float64)))
+    costs = np.asarray([measured.get((lv.units, lv.kv), float(np.interp(lv.rel_loss, xs, ys)))
+                        for lv in module.levels], dtype=np.float64)
+    order = sorted(range(len(costs)), key=lambda j: (module.levels[j].rel_loss, j))
+    costs[order] = np.maximum.accumulate(costs[order])
+    return list(costs)
 
 
 def sensitivity_costs(db: Database, probes: dict[tuple[int, str], list[Probe]]) -> dict[tuple[int, str], list[float]]:

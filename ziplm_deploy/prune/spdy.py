@@ -49,7 +49,7 @@ def spdy_search(dense, db, hessians, table, plain: SearchResult, windows, config
         reference = (out["logits"] if "logits" in out else out["last_hidden_state"]).float()
 
     def evaluate(result: SearchResult) -> float:
-        model = stitch(copy.deepcopy(dense), db, hessians, result.units)
+        model = stitch(copy.deepcopy(dense), db, hessians, result.levels)
         return calibration_score(model, score_windows, reference)
 
     best, best_score = plain, evaluate(plain)

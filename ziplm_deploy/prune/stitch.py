@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.errors import InternalError
 from ..models import LayerPlan, adapter_for, shrink
-from .database import Database
+from .database import Database, Level
 from .hessian import LayerHessians
 from .obs import reconstruct
 
@@ -17,27 +18,30 @@ def _cols(kept_units, unit_cols: int) -> list[int]:
 
 @torch.no_grad()
 def stitch(model: nn.Module, db: Database, hessians: list[LayerHessians],
-           units: dict[tuple[int, str], int]) -> nn.Module:
-    """Shrink the dense ``model`` in place to the database levels ``units`` ((layer, kind) -> units kept),
-    replacing each pruned output projection by the least-squares (= OBS) weights of its kept columns."""
+           levels: dict[tuple[int, str], Level]) -> nn.Module:
+    """Shrink the ``model`` the database was built on, in place, to the chosen database ``levels``
+    ((layer, kind) -> level), replacing each pruned output projection by the least-squares (= OBS)
+    weights of its kept columns."""
     adapter = adapter_for(model)
-    arch = adapter.arch(model)
-    heads_per_unit = arch.group_size if arch.kv_heads != arch.heads else 1
     layers = list(adapter.layers(model))
     plan, updates = [], []
     for i, layer in enumerate(layers):
         heads = ffn = None
         for kind in ("attn", "ffn"):
             mod = db.module(i, kind)
-            if mod is None or (i, kind) not in units:
+            if mod is None or (i, kind) not in levels:
                 continue
-            level = mod.level(units[(i, kind)])
-            if level.units == mod.levels[0].units:
-                continue  # dense: untouched
-            if kind == "attn":
-                heads = tuple(u * heads_per_unit + j for u in level.kept for j in range(heads_per_unit))
-            else:
+            level = levels[(i, kind)]
+            if level not in mod.levels:
+                raise InternalError(f"layer {i} {kind}: level {level.units}/{level.kv} is not in the database")
+            if level == mod.levels[0]:
+                continue  # as it is: untouched
+            if kind == "ffn":
                 ffn = level.kept
+            elif mod.unit == "kv_group":
+                heads = tuple(u * mod.group + j for u in level.kept for j in range(mod.group))
+            else:  # "head" / "gqa_head": kept query heads
+                heads = level.kept
             if level.kept:
                 w = (adapter.attn_out_weight if kind == "attn" else adapter.ffn_out_weight)(layer)
                 h = hessians[i].attn if kind == "attn" else hessians[i].ffn

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.checks import check_text
 from ..core.errors import UserError
 
 
@@ -179,7 +180,7 @@ def _plain_texts(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"evaluation data not found: {path}", "pass a .txt or .jsonl file")
     try:
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        raw = check_text(path.read_text(encoding="utf-8", errors="replace"), path, "evaluation data")
     except OSError as e:
         raise UserError(f"evaluation data {path} cannot be read: {e.strerror}") from None
     if path.suffix in (".jsonl", ".json"):

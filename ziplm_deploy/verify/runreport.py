@@ -451,17 +451,25 @@ def render_html(data: RunData) -> str:
         "</body>", "</html>", ""])
 
 
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]])
+
+
 def render_markdown(data: RunData) -> str:
-    rows = table_rows(data)
-    lines = [f"### ziplm-deploy run `{data.run.name}`", ""]
+    """The run as markdown: a title, then each block there is to show (members, int8-only points, recovery
+    curves, warnings), one blank line apart."""
+    blocks: list[list[str]] = []
     if data.rows:
-        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
-    lines += [""] + [f"- {p} alone: predicted {x:.2f}x over the fp32 dense model (the point pruning on top must beat)"
-                     for p, x in data.quant_only.items()]
+        blocks.append(_markdown_table(table_rows(data)))
+    if data.quant_only:
+        blocks.append([f"- {p} alone: predicted {x:.2f}x over the fp32 dense model (the point pruning on top "
+                       "must beat)" for p, x in data.quant_only.items()])
     if data.curves:
-        crows = curve_rows(data)
-        lines += ["", "| " + " | ".join(crows[0]) + " |", "|" + "---|" * len(crows[0])]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in crows[1:]]
-    lines += [f"- warning: {w}" for w in data.warnings]
+        blocks.append(_markdown_table(curve_rows(data)))
+    if data.warnings:
+        blocks.append([f"- warning: {w}" for w in data.warnings])
+    lines = [f"### ziplm-deploy run `{data.run.name}`"]
+    for block in blocks:
+        lines += ["", *block]
     return "\n".join(lines).rstrip() + "\n"
