@@ -97,6 +97,10 @@ def test_user_errors_are_one_line(no_torch_env, model_dir, tmp_path):
     assert r.returncode == 2 and "runtime torch runs torch programs only" in r.stderr
     r = cli(no_torch_env, "profile", "--model", str(model_dir))
     assert r.returncode == 2 and "nothing to do" in r.stderr
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--vocab-step", str(vocab), "--out", str(tmp_path / "v.json"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "leaves no trimmed head below the vocabulary" in r.stderr
+    assert not (tmp_path / "v.json").exists()
 
 
 def test_predict_refuses_a_table_of_another_model(no_torch_env, model_dir, tmp_path):
@@ -105,3 +109,23 @@ def test_predict_refuses_a_table_of_another_model(no_torch_env, model_dir, tmp_p
         pytest.skip("reference table not generated yet")
     r = cli(no_torch_env, "predict", "--table", str(table), "--model", str(model_dir))
     assert r.returncode == 2 and "latency table was measured for a llama model" in r.stderr
+
+
+def test_trimmed_heads_profile_and_predict_without_torch(no_torch_env, model_dir, tmp_path):
+    """``profile --vocab-step``: trimmed LM heads in the table; ``predict`` of a shape keeping K output tokens
+    counts its trimmed head and says the head's share (torch-free, the edge install)."""
+    table = tmp_path / "table.json"
+    r = cli(no_torch_env, "profile", "--model", str(model_dir), "--vocab-step", "30", "--out", str(table), *FAST)
+    assert r.returncode == 0, r.stderr
+    assert [e["rows"] for e in json.loads(table.read_text())["head"]] == [30, 60, 90]
+    shape = tmp_path / "shape.json"
+    layers = [{"heads": 4, "ffn": 128}, {"heads": 4, "ffn": 128}]
+    shape.write_text(json.dumps({"format": "ziplm-deploy/shape", "version": 1, "layers": layers, "vocab": 40}))
+    r = cli(no_torch_env, "predict", "--table", str(table), "--shape", str(shape))
+    assert r.returncode == 0, r.stderr
+    assert "LM head (40 of 100 output tokens): " in r.stdout and "% of it" in r.stdout
+    trimmed = json.loads(cli(no_torch_env, "predict", "--table", str(table), "--shape", str(shape), "--json").stdout)
+    dense = json.loads(cli(no_torch_env, "predict", "--table", str(table), "--json").stdout)
+    assert trimmed["lm_head_rows"] == 40 and dense["lm_head_rows"] == 100
+    assert trimmed["predicted_ms"] - dense["predicted_ms"] == pytest.approx(trimmed["lm_head_ms"] - dense["lm_head_ms"],
+                                                                            abs=2e-4)

@@ -45,6 +45,48 @@ def test_profile_then_check(family, kv_len, tmp_path):
         check(table, [table.dense_shape()], ProfileOptions(seq=8, decode_kv_len=kv_len, threads=2), progress=False)
 
 
+@pytest.mark.parametrize("kv_len", [0, 16])
+def test_trimmed_heads_are_timed_and_predicted(kv_len, tmp_path):
+    """``vocab_step``: one entry per grid point below the vocabulary, the dense head as reference; a shape
+    keeping K output tokens is predicted with the trimmed-minus-dense head time; BERT has no head to trim."""
+    arch = arch_from_config(CONFIGS["llama"])
+    table = profile(arch, ProfileOptions(seq=8, decode_kv_len=kv_len, ffn_step=32, vocab_step=30, protocol=FAST),
+                    progress=False)
+    assert [e.rows for e in table.head] == [30, 60, 90] and "head" in table.references
+    assert table.protocol["vocab_step"] == 30
+    dense = table.dense_shape()
+    trimmed = type(dense)(dense.layers, vocab=45)
+    delta = (table.head_ms(30) + table.head_ms(60)) / 2 - table.references["head"].get(table.statistic)
+    assert table.predict(trimmed) == pytest.approx(table.predict(dense) + table.calibration.alpha * delta)
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json") == table
+    with pytest.raises(UserError, match="has no LM head to trim"):
+        profile(arch_from_config(CONFIGS["bert"]), ProfileOptions(seq=8, vocab_step=30), progress=False)
+
+
+def test_the_trimmed_head_graph_computes_what_the_trimmed_head_module_does():
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    from ziplm_deploy.core.shape import VocabTrim
+    from ziplm_deploy.models.vocab import TrimmedHead
+    from ziplm_deploy.profiling.blocks import Sizes, head_graph
+
+    arch = arch_from_config(CONFIGS["llama"])
+    graph = head_graph(arch, 30, Sizes(1, 8))
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    index = weights[next(k for k in weights if k.startswith("vocab_index"))]
+    kept = tuple(int(i) for i in np.flatnonzero(index < 30))
+    head = TrimmedHead(torch.from_numpy(weights["lm_head.weight"].T.copy()), VocabTrim(arch.vocab, kept))
+    x = np.random.default_rng(0).standard_normal((1, 8, arch.hidden)).astype(np.float32)
+    got = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        want = head(torch.from_numpy(x)).numpy()
+    assert len(kept) == 30 and np.allclose(got, want, atol=1e-5)
+
+
 def test_bert_has_no_decode():
     with pytest.raises(UserError, match="BERT has no decode mode"):
         profile(arch_from_config(CONFIGS["bert"]), ProfileOptions(decode_kv_len=4), progress=False)

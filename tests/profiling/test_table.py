@@ -189,6 +189,53 @@ def test_flop_ranks_refusals():
         LatencyTable.from_json(payload)
 
 
+def _with_heads(table: LatencyTable) -> LatencyTable:
+    """``table`` plus trimmed-head entries (1000-token vocabulary): K rows cost 0.5 + 0.002 K ms, the dense head
+    3.0 ms."""
+    from ziplm_deploy.core.table import HeadEntry
+
+    heads = [HeadEntry(k, s(0.5 + 0.002 * k)) for k in (250, 500, 750)]
+    return LatencyTable.build(table.fingerprint, table.arch, table.protocol, list(table.attention), list(table.ffn),
+                              {**table.references, "head": s(3.0)}, head=heads)
+
+
+def test_a_trimmed_vocabulary_adds_the_trimmed_minus_dense_head_time():
+    t = _with_heads(make_table(LLAMA))
+    dense = t.dense_shape()
+    trimmed = ModelShape(dense.layers, vocab=400)  # between 250 and 500: 0.5 + 0.8
+    delta = (0.5 + 0.002 * 400) - 3.0
+    assert t.raw_sum(trimmed) == pytest.approx(t.raw_sum(dense) + delta)
+    assert t.predict(trimmed) == pytest.approx(t.calibration.alpha * (t.raw_sum(dense) + delta) + t.calibration.beta)
+    assert t.head_ms(100) == pytest.approx(0.7)  # below the grid: the line through 250 and 500
+    assert t.head_ms(1000) == 3.0 and t.predict(ModelShape(dense.layers, vocab=1000)) == t.predict(dense)
+    again = LatencyTable.from_json(json.loads(json.dumps(t.to_json())))
+    assert again == t and again.predict(trimmed) == pytest.approx(t.predict(trimmed))
+    merged = make_table(LLAMA).merge(t)  # head entries come whole, with their own dense-head reference
+    assert merged.head == t.head and merged.predict(trimmed) == pytest.approx(t.predict(trimmed))
+    assert ModelShape.from_json(json.loads(json.dumps(trimmed.to_json()))) == trimmed
+
+
+def test_trimmed_vocabulary_refusals():
+    plain = make_table(LLAMA)
+    with pytest.raises(UserError, match="no LM head entries.*--vocab-step"):
+        plain.predict(ModelShape(plain.dense_shape().layers, vocab=400))
+    with pytest.raises(UserError, match="keeps 2000 output tokens; the model's vocabulary has 1000"):
+        plain.predict(ModelShape(plain.dense_shape().layers, vocab=2000))
+    assert "head" not in plain.to_json()  # tables without head entries keep the old format
+    t = _with_heads(plain)
+    for edit, match in ((lambda p: p["head"].append(dict(p["head"][0])), "two entries with the same rows"),
+                        (lambda p: p["head"][0].update(rows=1000), r"head\[0\]\.rows must be"),
+                        (lambda p: p["head"][0].update(rows=True), r"head\[0\]\.rows must be an integer"),
+                        (lambda p: p["references"].pop("head"), "need references.head")):
+        payload = t.to_json()
+        edit(payload)
+        with pytest.raises(UserError, match=match):
+            LatencyTable.from_json(payload)
+    for bad in (0, -3, 2.5, True, "many"):
+        with pytest.raises(UserError, match="'vocab' must be a positive integer"):
+            ModelShape.from_json({**plain.dense_shape().to_json(), "vocab": bad})
+
+
 def _set(path: tuple, value):
     def mutate(payload):
         target = payload

@@ -74,7 +74,7 @@ def test_a_pruned_model_keeps_its_shape_and_gets_the_trimmed_head(tmp_path):
     model = trim_model(copy.deepcopy(pruned), KEPT)
     save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
-    assert adapter_for(loaded).shape_of(loaded) == shape
+    assert adapter_for(loaded).shape_of(loaded) == ModelShape(shape.layers, vocab=len(KEPT))  # layers kept, K tokens
     ids = torch.randint(0, VOCAB, (2, 7))
     with torch.no_grad():
         got, want = loaded(input_ids=ids).logits, pruned(input_ids=ids).logits
@@ -146,3 +146,19 @@ def test_select_by_coverage_takes_the_fewest_tokens_that_reach_it(coverage, kept
 def test_selection_refuses_impossible_sizes(kwargs, message):
     with pytest.raises(UserError, match=message):
         select_tokens(np.arange(10), specials=[0, 2], **kwargs)
+
+
+def test_apply_shape_does_not_trim_the_vocabulary():
+    """A shape's ``vocab`` is a record of what trim-vocab did; applying it to an untrimmed model is refused, and
+    to a model trimmed to as many tokens it is a no-op on the head."""
+    from ziplm_deploy.core.errors import UserError
+
+    dense = tiny_llama()
+    layers = adapter_for(dense).shape_of(dense).layers
+    with pytest.raises(UserError, match=f"keeps {len(KEPT)} output tokens; the model has its whole vocabulary"):
+        apply_shape(copy.deepcopy(dense), ModelShape(layers, vocab=len(KEPT)))
+    trimmed = trim_model(copy.deepcopy(dense), KEPT)
+    again = apply_shape(trimmed, ModelShape(layers, vocab=len(KEPT)))
+    assert adapter_for(again).shape_of(again).vocab == len(KEPT)
+    with pytest.raises(UserError, match=f"keeps 3 output tokens; the model has {len(KEPT)} kept tokens"):
+        apply_shape(trimmed, ModelShape(layers, vocab=3))

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ffn-step", type=argtypes.positive_int, default=32, help="FFN width grid step (default 32)")
     p.add_argument("--rank-step", type=argtypes.nonneg_int, default=0, metavar="R",
                    help="also time FLOP-factorised FFN Linears on a rank grid of step R (default 0: off)")
+    p.add_argument("--vocab-step", type=argtypes.nonneg_int, default=0, metavar="K",
+                   help="causal LMs: also time LM heads trimmed to K, 2K, ... output tokens, so the table predicts "
+                        "`trim-vocab` models (default 0: off; about vocab / 12, e.g. 4096 for SmolLM2)")
     p.add_argument("--warmup", type=argtypes.nonneg_int, default=5, help="warm-up calls per entry (default 5)")
     p.add_argument("--rounds", type=argtypes.positive_int, default=50, help="shuffled round-robin rounds (default 50)")
     p.add_argument("--check", type=argtypes.nonneg_int, default=0, metavar="N",
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import UserError
     from ..core.jsonio import atomic_write_json
     from ..core.table import LatencyTable
+    from ..profiling.grid import check_vocab_step
     from ..profiling.profiler import ProfileOptions, check, check_precision, profile, random_shapes
     from ..runtime.timing import Protocol
 
@@ -81,10 +85,12 @@ def run(args: argparse.Namespace) -> int:
     check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
     check_precision_layers(precision, arch.num_layers, args.model)
+    check_vocab_step(args.vocab_step, arch)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
                           threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
-                          rank_step=args.rank_step, protocol=protocol, precision=precision)
+                          rank_step=args.rank_step, vocab_step=args.vocab_step, protocol=protocol,
+                          precision=precision)
     progress = not args.no_progress
     if args.out:
         table = profile(arch, opts, progress=progress)
@@ -141,6 +147,7 @@ def _run_workload(args: argparse.Namespace) -> int:
     from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..core.workload import Workload
+    from ..profiling.grid import check_vocab_step
     from ..profiling.profiler import ProfileOptions, check_precision
     from ..profiling.workload import profile_workload, workload_kv_lens
     from ..runtime.timing import Protocol
@@ -163,10 +170,12 @@ def _run_workload(args: argparse.Namespace) -> int:
     check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
     check_precision_layers(precision, arch.num_layers, args.model)
+    check_vocab_step(args.vocab_step, arch)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
     opts = ProfileOptions(runtime=args.runtime, batch=workload.batch, seq=workload.prompt, threads=args.threads,
                           opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
-                          rank_step=args.rank_step, protocol=protocol, precision=precision)
+                          rank_step=args.rank_step, vocab_step=args.vocab_step, protocol=protocol,
+                          precision=precision)
     kv_text = f", decode tables at KV {', '.join(map(str, kv_lens))}" if kv_lens else ""
     print(f"workload {workload.describe()}: prefill table at seq {workload.prompt}{kv_text}", flush=True)
 

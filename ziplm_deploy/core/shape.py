@@ -6,7 +6,8 @@ JSON form (other tools write these files)::
      "layers": [{"heads": 12, "ffn": 3072}, {"heads": 0, "ffn": 512}, {"dropped": true}, ...]}
 
 ``kv_heads`` is optional per layer (GQA models); ``heads: 0`` removes attention, ``ffn: 0`` removes the
-FFN, ``dropped: true`` removes the whole layer. ``ranks`` (optional, FLOP) gives the kept rank of FFN
+FFN, ``dropped: true`` removes the whole layer. ``vocab`` (optional, top level) is the number of output
+tokens a trimmed LM head keeps (``trim-vocab``; the kept ids are in the model's config). ``ranks`` (optional, FLOP) gives the kept rank of FFN
 Linears that were factorised into two thin Linears, by role: ``{"up": 96, "down": 120}`` (``gate`` too
 for gated FFNs); ``up``/``gate`` map hidden -> ffn, ``down`` maps ffn -> hidden.
 """
@@ -114,6 +115,7 @@ def _ranks_from_json(d: Any, where: str) -> tuple[tuple[str, int], ...]:
 @dataclass(frozen=True)
 class ModelShape:
     layers: tuple[LayerShape, ...]
+    vocab: int | None = None  # output tokens a trimmed LM head keeps (None: the whole vocabulary)
 
     # --- construction -------------------------------------------------------------------------
     @staticmethod
@@ -134,18 +136,22 @@ class ModelShape:
             "format": SHAPE_FORMAT,
             "version": SHAPE_VERSION,
             "layers": [layer.to_json() for layer in self.layers],
+            **({"vocab": self.vocab} if self.vocab is not None else {}),
         }
 
     @staticmethod
     def from_json(payload: Any, source: str = "shape") -> "ModelShape":
         check_header(payload, SHAPE_FORMAT, (SHAPE_VERSION,), source)
-        unknown = set(payload) - {"format", "version", "layers"}
+        unknown = set(payload) - {"format", "version", "layers", "vocab"}
         if unknown:
-            raise UserError(f"{source}: unknown key(s) {sorted(unknown)}", "allowed: format, version, layers")
+            raise UserError(f"{source}: unknown key(s) {sorted(unknown)}", "allowed: format, version, layers, vocab")
+        vocab = payload.get("vocab")
+        if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1):
+            raise UserError(f"{source}: 'vocab' must be a positive integer (output tokens kept), got {vocab!r}")
         layers = payload.get("layers")
         if not isinstance(layers, list) or not layers:
             raise UserError(f"{source}: 'layers' must be a non-empty list")
-        return ModelShape(tuple(LayerShape.from_json(d, f"{source}: layers[{i}]") for i, d in enumerate(layers)))
+        return ModelShape(tuple(LayerShape.from_json(d, f"{source}: layers[{i}]") for i, d in enumerate(layers)), vocab)
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_json())
@@ -207,7 +213,9 @@ class ModelShape:
                     "keep more kv_heads",
                 )
             out.append(LayerShape(layer.heads, layer.ffn, kv, ranks=layer.ranks))
-        return ModelShape(tuple(out))
+        if self.vocab is not None and self.vocab > arch.vocab:
+            raise UserError(f"{source}: keeps {self.vocab} output tokens; the model's vocabulary has {arch.vocab}")
+        return ModelShape(tuple(out), self.vocab)
 
     @property
     def has_ranks(self) -> bool:

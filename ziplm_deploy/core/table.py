@@ -10,7 +10,8 @@ JSON form (``ziplm-deploy profile`` writes it; the pruner's search reads it)::
      "ffn": [{"ffn": 0, ...}, {"ffn": 32, ...}, ...],
      "references": {"dense": {...stats...}, "removed": {...}, "dense_recheck": {...}},
      "calibration": {"alpha": 0.97, "beta": 3.1, "drift": 0.004},
-     "lowrank": [{"linear": "in", "rank": 32, ...}, ...]}          (optional: FLOP)
+     "lowrank": [{"linear": "in", "rank": 32, ...}, ...],          (optional: FLOP)
+     "head": [{"rows": 4096, ...}, ...]}                            (optional: trimmed LM heads)
 
 Every head count (and, for GQA, every valid heads/kv_heads pair) has an entry; FFN widths are on a
 grid that includes 0 and the dense width, with linear interpolation between grid points. Widths
@@ -24,6 +25,11 @@ FLOP-factorised FFN Linears (a layer shape's ``ranks``) add, per Linear, the mea
 factorised pair at that rank minus the time of the dense Linear (``references["linear:in"/"linear:out"]``):
 ``lowrank`` entries are on a rank grid per direction ("in": hidden -> ffn, "out": ffn -> hidden),
 interpolated linearly, and measured at the dense FFN width.
+
+A trimmed output vocabulary (a shape's ``vocab``: K output tokens, ``trim-vocab``) adds the measured time of
+the trimmed LM head at K rows (its MatMul, the fill column and the Gather back to vocabulary positions)
+minus the time of the dense LM head (``references["head"]``): ``head`` entries are on a row grid,
+interpolated linearly.
 """
 
 from __future__ import annotations
@@ -108,6 +114,15 @@ class RankEntry:
 
 
 @dataclass(frozen=True)
+class HeadEntry:
+    rows: int  # output tokens a trimmed LM head keeps
+    stats: Stats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, **self.stats.to_json()}
+
+
+@dataclass(frozen=True)
 class Calibration:
     alpha: float
     beta: float
@@ -146,20 +161,22 @@ class LatencyTable:
     lowrank: tuple[RankEntry, ...] = ()
     # a precision with ``fp32-down=L,...``: FFN entries timed with the output projection fp32, used for layers L
     ffn_fp32_down: tuple[FfnEntry, ...] = ()
+    head: tuple[HeadEntry, ...] = ()  # trimmed LM heads by rows kept (with references["head"]: the dense head)
 
     # --- construction -------------------------------------------------------------------------
     @staticmethod
     def build(fingerprint: DeviceFingerprint, arch: ArchSpec, protocol: dict[str, Any],
               attention: list[AttentionEntry], ffn: list[FfnEntry], references: dict[str, Stats],
               lowrank: list[RankEntry] | tuple[RankEntry, ...] = (),
-              ffn_fp32_down: list[FfnEntry] | tuple[FfnEntry, ...] = ()) -> "LatencyTable":
+              ffn_fp32_down: list[FfnEntry] | tuple[FfnEntry, ...] = (),
+              head: list[HeadEntry] | tuple[HeadEntry, ...] = ()) -> "LatencyTable":
         """A table whose calibration is fitted from its own entries and reference models."""
         table = LatencyTable(
             fingerprint, arch, dict(protocol),
             tuple(sorted(attention, key=lambda e: (e.heads, e.kv_heads))),
             tuple(sorted(ffn, key=lambda e: e.ffn)),
             dict(references), Calibration(1.0, 0.0, 0.0), _sorted_ranks(lowrank),
-            tuple(sorted(ffn_fp32_down, key=lambda e: e.ffn)),
+            tuple(sorted(ffn_fp32_down, key=lambda e: e.ffn)), tuple(sorted(head, key=lambda e: e.rows)),
         )
         return table.recalibrated()
 
@@ -258,6 +275,31 @@ class LatencyTable:
         (r0, v0), (r1, v1) = points[i - 1], points[i]
         return max(v0 + (v1 - v0) * (rank - r0) / (r1 - r0), 0.0)
 
+    def head_ms(self, rows: int) -> float:
+        """Time of the LM head trimmed to ``rows`` output tokens (interpolated on the row grid; the dense
+        head's own reference at the full vocabulary)."""
+        if not self.head or "head" not in self.references:
+            raise UserError("latency table has no LM head entries, needed for a model with a trimmed vocabulary",
+                            "profile with `ziplm-deploy profile --vocab-step 4096` (a step of about vocab / 12)")
+        if rows >= self.arch.vocab:
+            return self.references["head"].get(self.statistic)
+        points = [(e.rows, e.stats.get(self.statistic)) for e in self.head]
+        for r, v in points:
+            if r == rows:
+                return v
+        if len(points) == 1:
+            return points[0][1]
+        i = min(max(bisect_left([r for r, _ in points], rows), 1), len(points) - 1)
+        (r0, v0), (r1, v1) = points[i - 1], points[i]
+        return max(v0 + (v1 - v0) * (rows - r0) / (r1 - r0), 0.0)
+
+    def head_delta_ms(self, vocab: int | None) -> float:
+        """What trimming the LM head to ``vocab`` output tokens changes (uncalibrated ms; 0 for the whole
+        vocabulary)."""
+        if vocab is None or vocab >= self.arch.vocab:
+            return 0.0
+        return self.head_ms(vocab) - self.references["head"].get(self.statistic)
+
     def _require_lowrank(self) -> None:
         if not self.lowrank:
             raise UserError("latency table has no low-rank entries, needed for FLOP-factorised FFN Linears",
@@ -294,7 +336,7 @@ class LatencyTable:
             total += self.attention_ms(layer.heads, layer.kv) + self.ffn_ms(layer.ffn, i)
             if layer.ranks:
                 total += self._rank_delta(i, layer)
-        return total
+        return total + self.head_delta_ms(shape.vocab)
 
     def check_arch(self, arch: ArchSpec, source: str = "model") -> None:
         """Refuse to predict for a model the table was not measured for."""
@@ -354,8 +396,12 @@ class LatencyTable:
         for e in other.ffn_fp32_down:
             if e.ffn not in down or e.stats.n > down[e.ffn].stats.n:
                 down[e.ffn] = e
+        head = self.head  # head entries are differences against their run's dense head: whole, like low-rank
+        if not head and other.head:
+            head = other.head
+            refs["head"] = other.references["head"]
         return LatencyTable.build(self.fingerprint, self.arch, self.protocol, list(att.values()),
-                                  list(ffn.values()), refs, lowrank, list(down.values()))
+                                  list(ffn.values()), refs, lowrank, list(down.values()), head)
 
     # --- JSON ---------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -372,6 +418,7 @@ class LatencyTable:
             # written only when present, so tables without FLOP entries stay readable by older versions
             **({"lowrank": [e.to_json() for e in self.lowrank]} if self.lowrank else {}),
             **({"ffn_fp32_down": [e.to_json() for e in self.ffn_fp32_down]} if self.ffn_fp32_down else {}),
+            **({"head": [e.to_json() for e in self.head]} if self.head else {}),
         }
 
     @staticmethod
@@ -380,7 +427,7 @@ class LatencyTable:
         the entries the predictor needs, and a calibration that reproduces its own reference models."""
         check_header(payload, TABLE_FORMAT, (TABLE_VERSION,), source)
         keys = {"format", "version", "fingerprint", "arch", "protocol", "attention", "ffn", "references", "calibration"}
-        missing, unknown = keys - set(payload), set(payload) - keys - {"lowrank", "ffn_fp32_down"}
+        missing, unknown = keys - set(payload), set(payload) - keys - {"lowrank", "ffn_fp32_down", "head"}
         if missing or unknown:
             raise UserError(f"{source}: missing {sorted(missing)} / unknown {sorted(unknown)} keys",
                             "regenerate the table with `ziplm-deploy profile`")
@@ -401,6 +448,14 @@ class LatencyTable:
             if e.linear not in LINEAR_KINDS or f"linear:{e.linear}" not in refs:
                 raise UserError(f"{source}: lowrank[{i}]: bad low-rank entry {e.linear}/{e.rank}",
                                 "entries need linear in/out, rank >= 1 and the matching 'linear:' reference")
+        head = [HeadEntry(integer(d["rows"], source, f"head[{i}].rows", lo=1, hi=arch.vocab - 1),
+                          Stats.from_json(d, source, f"head[{i}]"))
+                for i, d in enumerate(_entries(payload, "head", ("rows",), source, optional=True))]
+        if len({e.rows for e in head}) != len(head):
+            raise UserError(f"{source}: 'head' has two entries with the same rows", "regenerate the table")
+        if head and "head" not in refs:
+            raise UserError(f"{source}: 'head' entries need references.head (the dense LM head timed with them)",
+                            "regenerate the table with `ziplm-deploy profile --vocab-step N`")
         fingerprint = DeviceFingerprint.from_json(payload["fingerprint"], source)
         down = [FfnEntry(integer(d["ffn"], source, f"ffn_fp32_down[{i}].ffn", lo=0),
                          Stats.from_json(d, source, f"ffn_fp32_down[{i}]"))
@@ -417,7 +472,7 @@ class LatencyTable:
             fingerprint, arch, protocol,
             tuple(sorted(att, key=lambda e: (e.heads, e.kv_heads))), tuple(sorted(ffn, key=lambda e: e.ffn)),
             refs, _calibration_from_json(payload["calibration"], source), _sorted_ranks(lowrank),
-            tuple(sorted(down, key=lambda e: e.ffn)),
+            tuple(sorted(down, key=lambda e: e.ffn)), tuple(sorted(head, key=lambda e: e.rows)),
         )
         table._check_calibration(source)
         return table

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..core.arch import SHAPE_CONFIG_KEY, ArchSpec, arch_from_config
 from ..core.errors import InternalError, UserError
-from ..core.shape import LayerShape, ModelShape
+from ..core.shape import VOCAB_CONFIG_KEY, LayerShape, ModelShape, VocabTrim
 from .surgery import LowRankLinear, group_norms
 
 
@@ -134,18 +134,21 @@ class FamilyAdapter:
         return LayerShape(heads=heads, ffn=ffn, kv_heads=kv, ranks=self.ffn_ranks(layer) if ffn else ())
 
     def shape_of(self, model: nn.Module) -> ModelShape:
-        """The model's per-layer shape, dropped layers included (from the config's record of them)."""
+        """The model's per-layer shape, dropped layers included (from the config's record of them), and the
+        output tokens its LM head keeps when ``trim-vocab`` trimmed it."""
         arch = self.arch(model)
         live = [self.layer_shape(layer, arch) for layer in self.layers(model)]
+        trim = getattr(model.config, VOCAB_CONFIG_KEY, None)
+        vocab = len(VocabTrim.from_json(trim, f"config.{VOCAB_CONFIG_KEY}").kept) if trim is not None else None
         recorded = getattr(model.config, SHAPE_CONFIG_KEY, None)
         if recorded is None:
-            return ModelShape(tuple(live))
+            return ModelShape(tuple(live), vocab)
         old = ModelShape.from_json(recorded, source="config.ziplm_shape")
         it = iter(live)
         layers = tuple(LayerShape(dropped=True) if s.dropped else next(it) for s in old.layers)
         if next(it, None) is not None or len(live) != len(old.kept_layers):
             raise InternalError("config.ziplm_shape does not match the model's layers")
-        return ModelShape(layers)
+        return ModelShape(layers, vocab)
 
 
 def _check_heads(heads: Sequence[int], arch: ArchSpec, current: int, group: int, where: str) -> list[int]:
@@ -369,7 +372,16 @@ def _top_neurons(adapter: FamilyAdapter, layer: nn.Module, k: int):
 
 def apply_shape(model: nn.Module, shape: ModelShape) -> nn.Module:
     """Shrink ``model`` in place to ``shape``, choosing what to keep by weight magnitude; FFN Linears the
-    shape gives a FLOP rank become their truncated SVD at that rank."""
+    shape gives a FLOP rank become their truncated SVD at that rank. The output vocabulary is not changed here
+    (which tokens to keep needs data: ``trim-vocab``), so a shape asking for another one is refused."""
+    if shape.vocab is not None:
+        from . import adapter_for
+
+        have = adapter_for(model).shape_of(model).vocab
+        if shape.vocab != have:
+            raise UserError(f"the shape keeps {shape.vocab} output tokens; the model has "
+                            f"{'its whole vocabulary' if have is None else f'{have} kept tokens'}",
+                            "trim the vocabulary with `ziplm-deploy trim-vocab`, or drop 'vocab' from the shape")
     shrink(model, magnitude_plan(model, shape))
     if shape.has_ranks:
         apply_ranks(model, shape)

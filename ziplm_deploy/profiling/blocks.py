@@ -26,10 +26,10 @@ from ..core.errors import UserError
 from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
 from ..families import Family, family_for
 from .onnx_ops import (DTYPES, IR_VERSION, OPSET, BlockContext, GraphBuilder, Sizes, activation, linear,
-                       merge_heads, repeat_kv, sdpa, split_heads)
+                       lm_head_weight, merge_heads, repeat_kv, sdpa, split_heads)
 
 __all__ = ["DTYPES", "IR_VERSION", "OPSET", "BlockContext", "GraphBuilder", "Sizes", "attention_block",
-           "block_graph", "ffn_block", "linear_graph", "model_graph"]
+           "block_graph", "ffn_block", "head_graph", "linear_graph", "model_graph"]
 
 
 def _ffn_linear(b: GraphBuilder, arch: ArchSpec, x: str, key: str, din: int, dout: int, rank: int | None) -> str:
@@ -130,6 +130,32 @@ def linear_graph(arch: ArchSpec, kind: str, rank: int | None, sizes: Sizes, dtyp
     key = "ffn.down" if kind == "out" else "ffn.up"  # names the role, as in the blocks (``int8-dynamic/fp32-down``)
     b.add_output(_ffn_linear(b, arch, x, key, din, dout, rank), "y", ["batch", "seq", dout])
     return b.model(f"{arch.family}_linear_{kind}_{rank or 'dense'}")
+
+
+def head_graph(arch: ArchSpec, rows: int | None, sizes: Sizes, dtype: str = "float32", seed: int = 0) -> onnx.ModelProto:
+    """A causal LM's head on final-normed hidden states: input ``x`` (batch, seq, hidden), output ``logits``
+    (batch, seq, vocab). ``rows`` None: the dense head as the exporter writes the model's (tied: a Transpose
+    of the embedding table). ``rows`` K: a head trimmed to K output tokens as ``TrimmedHead`` exports it:
+    MatMul by a (hidden, K) weight, ReduceMax, Sub (the fill column), Concat, and a Gather with a constant
+    index back to vocabulary positions (kept tokens spread evenly: the cost does not depend on which)."""
+    if not arch.is_decoder:
+        raise UserError(f"{family_for(arch).label} has no LM head", "trimmed heads apply to causal LMs")
+    b = GraphBuilder(dtype, seed)
+    x = b.add_input("x", ["batch", "seq", arch.hidden])
+    if rows is None:
+        if arch.tie_word_embeddings:
+            b.param("embed.tokens", (arch.vocab, arch.hidden))
+        logits = b.op("MatMul", [x, lm_head_weight(b, arch)])
+    else:
+        if not 1 <= rows < arch.vocab:
+            raise UserError(f"a trimmed LM head keeps 1..{arch.vocab - 1} output tokens, not {rows}")
+        kept = b.op("MatMul", [x, b.param("lm_head.weight", (arch.hidden, rows))])
+        fill = b.op("Sub", [b.op("ReduceMax", [kept, b.ints([-1])], keepdims=1), b.fconst(128.0)])
+        index = np.full(arch.vocab, rows, dtype=np.int64)
+        index[np.linspace(0, arch.vocab - 1, rows).astype(np.int64)] = np.arange(rows)
+        logits = b.op("Gather", [b.op("Concat", [kept, fill], axis=-1), b.const(index, "vocab_index")], axis=-1)
+    b.add_output(logits, "logits", ["batch", "seq", arch.vocab])
+    return b.model(f"{arch.family}_head_{rows or 'dense'}")
 
 
 def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "float32", seed: int = 0) -> onnx.ModelProto:

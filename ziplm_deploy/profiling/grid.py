@@ -32,6 +32,25 @@ def rank_grid(n_in: int, n_out: int, step: int) -> list[int]:
     return sorted({top, *range(step, top, step)})
 
 
+def vocab_grid(vocab: int, step: int) -> list[int]:
+    """step, 2*step, ... below ``vocab``: the output-token counts a trimmed LM head is timed at."""
+    if step < 1:
+        raise UserError(f"vocabulary grid step must be >= 1, got {step}")
+    if step >= vocab:
+        raise UserError(f"vocabulary grid step {step} leaves no trimmed head below the vocabulary of {vocab}",
+                        f"use a step below {vocab}, e.g. {max(1, vocab // 12)}")
+    return list(range(step, vocab, step))
+
+
+def check_vocab_step(step: int, arch: ArchSpec) -> None:
+    """Refuse, before any timing, a trimmed-head grid the model cannot have."""
+    if not step:
+        return
+    if not arch.is_decoder:
+        raise UserError(f"--vocab-step: a {arch.family} model has no LM head to trim", "drop --vocab-step")
+    vocab_grid(arch.vocab, step)
+
+
 def random_shape(arch: ArchSpec, rng: np.random.Generator, p_zero: float = 0.15, p_drop: float = 0.05,
                  p_rank: float = 0.0) -> ModelShape:
     """A random non-uniform shape: per layer random head count and FFN width (off-grid), some blocks

@@ -22,15 +22,15 @@ import numpy as np
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
 from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
-from ..core.table import FP32_DENSE, AttentionEntry, FfnEntry, LatencyTable, RankEntry, Stats
+from ..core.table import FP32_DENSE, AttentionEntry, FfnEntry, HeadEntry, LatencyTable, RankEntry, Stats
 from ..families import family_for
 from ..runtime import Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
 from ..runtime.fingerprint import fingerprint
 from ..runtime.quantize import FP32, Precision, quantize_graph
 from ..runtime.timing import Protocol, drift, recheck, round_robin, stats_of
-from .blocks import OPSET, Sizes, block_graph, linear_graph, model_graph
-from .grid import attention_grid, ffn_grid, random_shape, rank_grid
+from .blocks import OPSET, Sizes, block_graph, head_graph, linear_graph, model_graph
+from .grid import attention_grid, ffn_grid, random_shape, rank_grid, vocab_grid
 
 
 
@@ -45,6 +45,7 @@ class ProfileOptions:
     dtype: str = "float32"
     ffn_step: int = 32
     rank_step: int = 0  # > 0: also time FLOP-factorised FFN Linears on this rank grid
+    vocab_step: int = 0  # > 0 (causal LMs): also time LM heads trimmed to step, 2*step, ... output tokens
     protocol: Protocol = field(default_factory=Protocol)
     precision: Precision = FP32  # graphs are quantized so before loading
 
@@ -150,6 +151,13 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     if ranks:
         for kind in LINEAR_KINDS:
             builders[f"ref:linear:{kind}"] = (lambda k=kind: linear_graph(arch, k, None, sizes, opts.dtype))
+    heads = vocab_grid(arch.vocab, opts.vocab_step) if opts.vocab_step else []
+    if heads and not arch.is_decoder:
+        raise UserError(f"{family_for(arch).label} has no LM head to trim", "drop --vocab-step")
+    for rows in heads:
+        builders[f"head:{rows}"] = (lambda r=rows: head_graph(arch, r, sizes, opts.dtype))
+    if heads:
+        builders["ref:head"] = lambda: head_graph(arch, None, sizes, opts.dtype)
     builders["ref:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
     removed = LatencyTable.removed_shape_of(arch)
     builders["ref:removed"] = lambda: model_graph(arch, removed, sizes, opts.dtype)
@@ -171,14 +179,19 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     lowrank = [RankEntry(kind, rank, stats[f"rank:{kind}/{rank}"]) for kind, rank in ranks]
     if ranks:
         refs.update({f"linear:{kind}": stats[f"ref:linear:{kind}"] for kind in LINEAR_KINDS})
+    if heads:
+        refs["head"] = stats["ref:head"]
     if opts.precision.quantized:
         refs[FP32_DENSE] = stats["fp32:dense"]
     fp = precision_fingerprint(backend, opts)
     protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks"}
     if ranks:
         protocol["rank_step"] = opts.rank_step
+    if heads:
+        protocol["vocab_step"] = opts.vocab_step
     ffn32 = [FfnEntry(w, stats[f"ffn32:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)] if down_layers else []
-    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs, lowrank, ffn32)
+    head = [HeadEntry(rows, stats[f"head:{rows}"]) for rows in heads]
+    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs, lowrank, ffn32, head)
 
 
 def _rank_points(arch: ArchSpec, step: int) -> list[tuple[str, int]]:
