@@ -20,13 +20,61 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 TABLE = ROOT / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
+
+
+@dataclass
+class Setup:
+    """SmolLM2-135M with what a one-shot comparison needs: tokenizer, the reference fp32 table, held-out windows
+    and their dense perplexity."""
+
+    model_dir: Path
+    tokenizer: Any
+    table: Any
+    dense: Any
+    evalw: Any
+    dense_perplexity: float
+    work: Path
+
+
+def smollm2_setup(work: str | Path, eval_windows: int, eval_seq: int) -> Setup:
+    import torch
+
+    from tools.bench_prune import heldout_windows
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.models import load_model
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.models.tokenizer import load_tokenizer
+    from ziplm_deploy.prune.evaluate import perplexity
+
+    torch.manual_seed(0)
+    model_dir = smollm2_dir()
+    tokenizer = load_tokenizer(model_dir)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    evalw = heldout_windows(tokenizer, eval_seq, eval_windows)
+    dense = load_model(model_dir).eval()
+    return Setup(model_dir, tokenizer, LatencyTable.load(TABLE), dense, evalw,
+                 perplexity(dense, evalw, progress=False), work)
+
+
+def ziplm_database(setup: Setup, config) -> tuple[Any, Any, Any, Any]:
+    """(calibration windows, database, Hessians, sensitivity costs) of ``config``, cached in the work folder."""
+    from ziplm_deploy.prune.data import calibration_windows
+    from ziplm_deploy.prune.family import _database, _sensitivity_costs
+
+    windows = calibration_windows(setup.tokenizer, "wikipedia", config.seq_len, config.windows, config.seed)
+    db, hessians = _database(setup.dense, windows, config, setup.model_dir, setup.work, print, True)
+    costs = _sensitivity_costs(setup.dense, db, hessians, windows, config, setup.work, print, True)
+    return windows, db, hessians, costs
 
 
 def main() -> None:
@@ -38,38 +86,22 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_attention_levels"))
     args = p.parse_args()
 
-    import torch
-
-    from tools.bench_prune import heldout_windows
-    from ziplm_deploy.core.table import LatencyTable
-    from ziplm_deploy.models import load_model
-    from ziplm_deploy.models.assets import smollm2_dir
-    from ziplm_deploy.models.tokenizer import load_tokenizer
-    from ziplm_deploy.prune.data import calibration_windows
     from ziplm_deploy.prune.evaluate import perplexity
-    from ziplm_deploy.prune.family import PruneConfig, _database, _sensitivity_costs
+    from ziplm_deploy.prune.family import PruneConfig
     from ziplm_deploy.prune.search import search
     from ziplm_deploy.prune.stitch import stitch
 
-    torch.manual_seed(0)
-    model_dir = smollm2_dir()
-    tokenizer = load_tokenizer(model_dir)
-    table = LatencyTable.load(TABLE)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    evalw = heldout_windows(tokenizer, args.eval_seq, args.eval_windows)
-    dense = load_model(model_dir).eval()
+    setup = smollm2_setup(args.work, args.eval_windows, args.eval_seq)
+    dense, table, evalw = setup.dense, setup.table, setup.evalw
     results = {"model": "SmolLM2-135M", "table": TABLE.name, "calibration_windows": args.windows,
                "eval": f"{args.eval_windows} x {args.eval_seq} tokens of lee_background.cor",
-               "dense_perplexity": perplexity(dense, evalw, progress=False), "rows": [], "seconds": {}}
+               "dense_perplexity": setup.dense_perplexity, "rows": [], "seconds": {}}
     print(f"dense perplexity {results['dense_perplexity']:.2f}")
     for attention in ("whole-groups", "heads-in-groups"):
         config = PruneConfig(method="ziplm", targets=tuple(args.targets), windows=args.windows,
                              attention_levels=attention)
-        windows = calibration_windows(tokenizer, "wikipedia", config.seq_len, config.windows, config.seed)
         t0 = time.perf_counter()
-        db, hessians = _database(dense, windows, config, model_dir, work, print, True)
-        costs = _sensitivity_costs(dense, db, hessians, windows, config, work, print, True)
+        _, db, hessians, costs = ziplm_database(setup, config)
         results["seconds"][attention] = round(time.perf_counter() - t0, 1)
         for cost_name, kwargs in (("sensitivity", {"costs": costs}), ("obs-loss", {})):
             for r in search(db, table, args.targets, **kwargs):

@@ -1,4 +1,4 @@
-"""Benchmark: sequential re-fit of the pruned output projections (prune/refit.py) on SmolLM2-135M one-shot members.
+"""Benchmark: sequential re-fit of the pruned output projections (tools/refit.py) on SmolLM2-135M one-shot members.
 
 Same table (profiles/, fp32 ORT CPU), calibration (gensim's Wikipedia, 64 x 128 tokens), database and search
 (measured sensitivity costs, heads within KV groups) as the product's defaults; each member is stitched with
@@ -38,37 +38,22 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_attention_levels"))
     args = p.parse_args()
 
-    import torch
-
-    from tools.bench_prune import heldout_windows
-    from ziplm_deploy.core.table import LatencyTable
-    from ziplm_deploy.models import load_model
-    from ziplm_deploy.models.assets import smollm2_dir
-    from ziplm_deploy.models.tokenizer import load_tokenizer
-    from ziplm_deploy.prune.data import calibration_windows
+    from tools.bench_attention_levels import smollm2_setup, ziplm_database
     from ziplm_deploy.prune.evaluate import perplexity
-    from ziplm_deploy.prune.family import PruneConfig, _database, _sensitivity_costs
-    from ziplm_deploy.prune.refit import refit_sequential
+    from ziplm_deploy.prune.family import PruneConfig
+    from tools.refit import refit_sequential
     from ziplm_deploy.prune.search import search
     from ziplm_deploy.prune.stitch import stitch
 
-    torch.manual_seed(0)
-    model_dir = smollm2_dir()
-    tokenizer = load_tokenizer(model_dir)
-    table = LatencyTable.load(TABLE)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    evalw = heldout_windows(tokenizer, args.eval_seq, args.eval_windows)
-    dense = load_model(model_dir).eval()
+    setup = smollm2_setup(args.work, args.eval_windows, args.eval_seq)
+    dense, table, evalw = setup.dense, setup.table, setup.evalw
     config = PruneConfig(method="ziplm", targets=tuple(args.targets), windows=args.windows,
                          attention_levels=args.attention_levels)
-    windows = calibration_windows(tokenizer, "wikipedia", config.seq_len, config.windows, config.seed)
-    db, hessians = _database(dense, windows, config, model_dir, work, print, True)
-    costs = _sensitivity_costs(dense, db, hessians, windows, config, work, print, True)
+    windows, db, hessians, costs = ziplm_database(setup, config)
     results = {"model": "SmolLM2-135M", "table": TABLE.name, "calibration_windows": args.windows,
                "attention_levels": args.attention_levels,
                "eval": f"{args.eval_windows} x {args.eval_seq} tokens of lee_background.cor",
-               "dense_perplexity": perplexity(dense, evalw, progress=False), "rows": []}
+               "dense_perplexity": setup.dense_perplexity, "rows": []}
     print(f"dense perplexity {results['dense_perplexity']:.2f}")
     for r in search(db, table, args.targets, costs=costs):
         if not r.reachable:

@@ -77,8 +77,7 @@ def _spec(root: Path, **overrides) -> dict:
     ({"model": "m", "distill": {"teacher": False, "kd_weight": 1.0}}, "need distill.teacher: true"),
     ({"model": "m", "distill": {"stpes": 3}}, "unknown key 'distill.stpes'"),
     ({"model": "m", "profile": {"precision": "int4"}}, "profile.precision 'int4' is not a precision label"),
-    ({"model": "m", "prune": {"refit": "yes"}}, "prune.refit 'yes' is unknown"),
-    ({"model": "m", "prune": {"refit": True}}, "'prune.refit' must be a string"),
+    ({"model": "m", "prune": {"attention_levels": True}}, "'prune.attention_levels' must be a string"),
     ({"model": "m", "prune": {"attention_levels": "groups"}}, "prune.attention_levels 'groups' is unknown"),
 ])
 def test_schema_errors_name_the_bad_key(tmp_path, bad, message):

@@ -48,9 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-levels", default="heads-in-groups", choices=("heads-in-groups", "whole-groups"),
                    help="ziplm, GQA models: remove query heads within the kept KV groups too (default), or only "
                         "whole KV groups (a KV head with its query heads)")
-    p.add_argument("--refit", default="none", choices=("none", "pruned", "all"),
-                   help="ziplm: after stitching, re-fit output projections block by block (in model order) to the "
-                        "dense model's outputs on the calibration windows: those of pruned blocks, or all")
     p.add_argument("--probe-windows", type=argtypes.positive_int, default=2,
                    help="ziplm --cost sensitivity: calibration windows each probe is scored on (default 2; "
                         "on SmolLM2 2, 4 and 8 give the same quality within noise, 8 costs 4x the time)")
@@ -90,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                          layerchop_rule=args.layerchop_rule, layerchop_indices=tuple(args.layers),
                          evaluate=not args.no_eval, device=args.device,
                          spdy_samples=args.spdy_samples, cost=args.cost, probe_windows=args.probe_windows,
-                         attention_levels=args.attention_levels, refit=args.refit)
+                         attention_levels=args.attention_levels)
     report = prune_family(args.model, table, table_path, args.calib, config, args.out, progress=not args.no_progress)
     reached = sum(m.reachable for m in report.members)
     print(f"{args.method}: {reached} of {len(report.members)} targets reached in {report.seconds:.0f}s; "

@@ -266,14 +266,7 @@ class LatencyTable:
         if not points:
             raise UserError(f"latency table has no low-rank entries for {kind!r} Linears, needed for FLOP ranks",
                             "profile with `ziplm-deploy profile --rank-step 32`")
-        for r, v in points:
-            if r == rank:
-                return v
-        if len(points) == 1:
-            return points[0][1]
-        i = min(max(bisect_left([r for r, _ in points], rank), 1), len(points) - 1)
-        (r0, v0), (r1, v1) = points[i - 1], points[i]
-        return max(v0 + (v1 - v0) * (rank - r0) / (r1 - r0), 0.0)
+        return _interpolate(points, rank)
 
     def head_ms(self, rows: int) -> float:
         """Time of the LM head trimmed to ``rows`` output tokens (interpolated on the row grid; the dense
@@ -283,15 +276,7 @@ class LatencyTable:
                             "profile with `ziplm-deploy profile --vocab-step 4096` (a step of about vocab / 12)")
         if rows >= self.arch.vocab:
             return self.references["head"].get(self.statistic)
-        points = [(e.rows, e.stats.get(self.statistic)) for e in self.head]
-        for r, v in points:
-            if r == rows:
-                return v
-        if len(points) == 1:
-            return points[0][1]
-        i = min(max(bisect_left([r for r, _ in points], rows), 1), len(points) - 1)
-        (r0, v0), (r1, v1) = points[i - 1], points[i]
-        return max(v0 + (v1 - v0) * (rows - r0) / (r1 - r0), 0.0)
+        return _interpolate([(e.rows, e.stats.get(self.statistic)) for e in self.head], rows)
 
     def head_delta_ms(self, vocab: int | None) -> float:
         """What trimming the LM head to ``vocab`` output tokens changes (uncalibrated ms; 0 for the whole
@@ -493,6 +478,19 @@ class LatencyTable:
     @staticmethod
     def load(path: str | os.PathLike) -> "LatencyTable":
         return LatencyTable.from_json(read_json(path, "latency table"), source=str(path))
+
+
+def _interpolate(points: list[tuple[int, float]], x: int) -> float:
+    """The value at ``x`` of the piecewise-linear curve through ``points`` (ascending x), extended by the
+    nearest segment outside them, never below 0."""
+    for px, v in points:
+        if px == x:
+            return v
+    if len(points) == 1:
+        return points[0][1]
+    i = min(max(bisect_left([px for px, _ in points], x), 1), len(points) - 1)
+    (x0, v0), (x1, v1) = points[i - 1], points[i]
+    return max(v0 + (v1 - v0) * (x - x0) / (x1 - x0), 0.0)
 
 
 def _sorted_ranks(entries) -> tuple[RankEntry, ...]:

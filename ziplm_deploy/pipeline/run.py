@@ -195,8 +195,7 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         config = PruneConfig(method=p.method, targets=p.targets, seq_len=p.seq_len, windows=p.windows, seed=p.seed,
                              ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
                              spdy_samples=p.spdy_samples, device=p.device, cost=p.cost,
-                             probe_windows=p.probe_windows, attention_levels=p.attention_levels,
-                             refit=p.refit)
+                             probe_windows=p.probe_windows, attention_levels=p.attention_levels)
         if workload_manifest is not None:
             latency, latency_path = _workload_latency(run_workload, p.budget, "the run's workload tables"), run_workload
         else:

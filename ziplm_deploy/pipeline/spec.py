@@ -68,22 +68,19 @@ class PruneSpec:
     cost: str = "sensitivity"  # ziplm: measured end-to-end sensitivity per module level, or "obs" (layer loss)
     probe_windows: int = 2
     attention_levels: str = "heads-in-groups"  # ziplm, GQA: query heads within kept KV groups, or "whole-groups"
-    refit: str = "none"  # ziplm: sequential re-fit of output projections: "pruned", "all" or "none"
     # a workload manifest (or its folder) from `profile --workload`: the search budgets its ``budget`` metric
     # (default e2e) instead of the profile stage's one-pass table
     workload_tables: str | None = None
     budget: str | None = None  # e2e | ttft | decode (with workload_tables only)
 
     def __post_init__(self) -> None:
-        from ..prune.family import ATTENTION_LEVELS, COSTS, METHODS, REFITS
+        from ..prune.family import ATTENTION_LEVELS, COSTS, METHODS
         from ..prune.search import BUDGETS
 
         if self.method not in METHODS:
             raise UserError(f"prune.method {self.method!r} is unknown", f"choose one of: {', '.join(METHODS)}")
         if self.cost not in COSTS:
             raise UserError(f"prune.cost {self.cost!r} is unknown", f"choose one of: {', '.join(COSTS)}")
-        if self.refit not in REFITS:
-            raise UserError(f"prune.refit {self.refit!r} is unknown", f"choose one of: {', '.join(REFITS)}")
         if self.attention_levels not in ATTENTION_LEVELS:
             raise UserError(f"prune.attention_levels {self.attention_levels!r} is unknown",
                             f"choose one of: {', '.join(ATTENTION_LEVELS)}")

@@ -37,8 +37,6 @@ METHODS = ("ziplm", "magnitude", "uniform", "layerchop")
 COSTS = ("sensitivity", "obs")  # measured end-to-end KL per module level (prune/sensitivity.py) | OBS layer loss
 # how ZipLM prunes GQA attention: query heads within the kept KV groups too, or whole KV groups only
 ATTENTION_LEVELS = ("heads-in-groups", "whole-groups")
-# ziplm: after stitching, re-fit output projections block by block to the dense outputs (prune/refit.py)
-REFITS = ("none", "pruned", "all")
 FAMILY_FORMAT = "ziplm-deploy/family"
 FAMILY_FILE = "family.json"
 
@@ -63,7 +61,6 @@ class PruneConfig:
     cost: str = "sensitivity"  # ziplm: what the search minimises: measured end-to-end sensitivity, or the OBS loss
     probe_windows: int = 2  # ziplm --cost sensitivity: calibration windows each probe is scored on (2, 4, 8 within noise)
     attention_levels: str = "heads-in-groups"  # ziplm, GQA: query heads within kept KV groups, or whole KV groups only
-    refit: str = "none"  # ziplm: re-fit the output projections of pruned blocks ("pruned") or all ("all") sequentially
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,8 +77,6 @@ class PruneConfig:
             raise UserError(f"unknown loss {self.loss!r}", "choose relative or absolute")
         if self.cost not in COSTS:
             raise UserError(f"unknown search cost {self.cost!r}", f"choose one of: {', '.join(COSTS)}")
-        if self.refit not in REFITS:
-            raise UserError(f"unknown refit {self.refit!r}", f"choose one of: {', '.join(REFITS)}")
         if self.attention_levels not in ATTENTION_LEVELS:
             raise UserError(f"unknown attention levels {self.attention_levels!r}",
                             f"choose one of: {', '.join(ATTENTION_LEVELS)}")
@@ -471,12 +466,7 @@ def _solve(config: PruneConfig, targets: tuple[float, ...], dense, table: Latenc
             from .stitch import stitch
 
             def build(levels=r.levels):
-                model = stitch(copy.deepcopy(dense), db, hessians, levels)
-                if config.refit != "none":
-                    from .refit import refit_sequential
-
-                    refit_sequential(dense, model, windows, config.damp, config.refit, progress=progress)
-                return model
+                return stitch(copy.deepcopy(dense), db, hessians, levels)
         else:
             build = _builder(dense, r.shape)
         rows.append((r.target, True, r.max_speedup, r.shape, r.predicted_ms, r.loss, build))

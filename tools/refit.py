@@ -1,4 +1,11 @@
-"""Sequential re-fit of a pruned model's output projections to the dense model's outputs (one-shot quality).
+"""An experiment that did not pay (tools/bench_refit.py): sequential re-fit of a pruned model's output
+projections to the dense model's outputs.
+
+Measured on SmolLM2-135M one-shot ZipLM members (tools/results/refit_smollm2.md): calibration perplexity
+improves a little (1.5x: 106.6 -> 102.9) but held-out perplexity doubles (151.9 -> 308.4; 2x 376 -> 752;
+3x 1,484 -> 2,458): the fit follows the calibration windows, dominated by their few massive-activation
+tokens, not the model's behaviour. So it is not a product option; kept here, with its tests, to be
+reproducible and for the next idea (a weighted or held-out-validated fit).
 
 The OBS database reconstructs every output projection from the *dense* model's own inputs, one module at
 a time, as if the rest of the model were unpruned. In the pruned model each projection sees inputs that
@@ -23,10 +30,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.errors import InternalError
-from ..models import adapter_for
-from ..models.base import out_in_weight
-from .hessian import first_layer_inputs, run_layer
+from ziplm_deploy.core.errors import InternalError
+from ziplm_deploy.models import adapter_for
+from ziplm_deploy.models.base import out_in_weight
+from ziplm_deploy.prune.hessian import first_layer_inputs, run_layer
 
 REFIT_SCOPES = ("pruned", "all")  # which output projections: those of pruned blocks, or every one present
 
