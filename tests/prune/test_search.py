@@ -54,3 +54,10 @@ def test_dp_is_exact_when_times_fall_on_buckets(seed):
 def test_infeasible_budget_gives_none():
     mods = _instance(0)
     assert dp_select(mods, 0.01) is None
+
+
+def test_every_pruning_method_has_one_solver():
+    """The method registry: the names the CLI and pipeline files accept are exactly the solvers there are."""
+    from ziplm_deploy.prune.family import METHODS, SOLVERS
+
+    assert tuple(SOLVERS) == METHODS

@@ -33,7 +33,7 @@ from ..core.workload import Workload
 if TYPE_CHECKING:
     from .search import LatencyModel
 
-METHODS = ("ziplm", "magnitude", "uniform", "layerchop")
+METHODS = ("ziplm", "magnitude", "uniform", "layerchop")  # SOLVERS has one entry each
 COSTS = ("sensitivity", "obs")  # measured end-to-end KL per module level (prune/sensitivity.py) | OBS layer loss
 # how ZipLM prunes GQA attention: query heads within the kept KV groups too, or whole KV groups only
 ATTENTION_LEVELS = ("heads-in-groups", "whole-groups")
@@ -355,10 +355,11 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
             f"the rest; a target at or below it is the dense model, quantized")
     # the search works in the table's own terms: speedups over its (quantized) dense model
     relative = tuple(max(1.0, t / quant_speedup) for t in config.targets)
-    results = _solve(config, relative, dense, latency, windows, model_dir, out, log, progress)
-    for target, (_, ok, max_speedup, shape, predicted, loss, build) in zip(config.targets, results):
-        member = FamilyMember(target, ok, round(max_speedup * quant_speedup, 4))
-        if not ok:
+    candidates = SOLVERS[config.method](Run(config, relative, dense, latency, windows, model_dir, out, log, progress))
+    for target, c in zip(config.targets, candidates):
+        shape, predicted, loss = c.shape, c.predicted_ms, c.loss
+        member = FamilyMember(target, c.reachable, round(c.max_speedup * quant_speedup, 4))
+        if not c.reachable:
             log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {member.max_speedup:.2f}x)")
             report.members.append(member)
             continue
@@ -372,7 +373,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
             log(f"  target {target:g}x: reusing {path}")
             report.members.append(member)
             continue
-        model = build()
+        model = c.build()
         if config.evaluate and arch.is_decoder:
             from .evaluate import perplexity
 
@@ -418,59 +419,94 @@ def _workload_words(record: dict[str, Any] | None) -> str:
             + f", end-to-end {sp['e2e']:.2f}x]")
 
 
-def _solve(config: PruneConfig, targets: tuple[float, ...], dense, table: LatencyModel, windows, model_dir, out: Path,
-           log, progress):
-    """[(target, reachable, max_speedup, shape, predicted_ms, loss, build_model)] per target (speedups over the
-    latency model's dense prediction; ``table``: a ``search.LatencyModel``)."""
+@dataclass(frozen=True)
+class Candidate:
+    """One target's search outcome, before its model is built: what a pruning method returns per target
+    (speedups and times in the latency model's own terms)."""
+
+    target: float
+    reachable: bool
+    max_speedup: float
+    shape: ModelShape | None = None
+    predicted_ms: float = 0.0
+    loss: float = 0.0  # what the method minimised (search loss; LayerChop: layers dropped)
+    build: Callable[[], Any] | None = None  # the pruned model, from a fresh copy of the dense one
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every pruning method is given."""
+
+    config: PruneConfig
+    targets: tuple[float, ...]
+    dense: Any  # the dense torch model
+    latency: LatencyModel
+    windows: Any  # calibration token windows
+    model_dir: Path
+    out: Path
+    log: Callable[[str], None]
+    progress: bool
+
+
+def _solve_layerchop(run: Run) -> list[Candidate]:
+    from .layerchop import block_influence, chop_for_target, drop_order
+
+    config, table = run.config, run.latency
+    influence = block_influence(run.dense, run.windows) if config.layerchop_rule == "influence" else None
+    order = drop_order(config.layerchop_rule, table.arch.num_layers, influence, config.layerchop_indices)
+    dense_ms = table.predict(table.dense_shape())
+    max_sp = dense_ms / table.predict(_chop_all_but_one(table, order))
+    out = []
+    for t in run.targets:
+        shape = chop_for_target(table, order, t)
+        out.append(Candidate(t, False, max_sp) if shape is None else
+                   Candidate(t, True, max_sp, shape, table.predict(shape), float(sum(s.dropped for s in shape.layers)),
+                             _builder(run.dense, shape)))
+    return out
+
+
+def _solve_ziplm(run: Run) -> list[Candidate]:
+    """OBS database, measured-sensitivity (or OBS-loss) costs, the DP (and SPDY), stitched with OBS weights."""
     import copy
 
     from .search import search
+    from .stitch import stitch
 
-    if config.method == "layerchop":
-        from .layerchop import block_influence, chop_for_target, drop_order
-
-        influence = block_influence(dense, windows) if config.layerchop_rule == "influence" else None
-        order = drop_order(config.layerchop_rule, table.arch.num_layers, influence, config.layerchop_indices)
-        dense_ms = table.predict(table.dense_shape())
-        rows = []
-        for t in targets:
-            shape = chop_for_target(table, order, t)
-            max_sp = dense_ms / table.predict(_chop_all_but_one(table, order))
-            if shape is None:
-                rows.append((t, False, max_sp, None, 0.0, 0.0, None))
-                continue
-            rows.append((t, True, max_sp, shape, table.predict(shape), float(sum(s.dropped for s in shape.layers)),
-                         _builder(dense, shape)))
-        return rows
-
-    if config.method == "ziplm":
-        db, hessians = _database(dense, windows, config, model_dir, out, log, progress)
-    else:
-        db, hessians = _magnitude_database(dense, config), None
+    config = run.config
+    db, hessians = _database(run.dense, run.windows, config, run.model_dir, run.out, run.log, run.progress)
     costs = None
-    if config.method == "ziplm" and config.cost == "sensitivity":
-        costs = _sensitivity_costs(dense, db, hessians, windows, config, out, log, progress)
-    results = search(db, table, targets, loss=config.loss,
-                     uniform=config.uniform or config.method == "uniform", buckets=config.buckets, costs=costs)
-    if config.method == "ziplm" and config.spdy_samples > 0 and not config.uniform:
+    if config.cost == "sensitivity":
+        costs = _sensitivity_costs(run.dense, db, hessians, run.windows, config, run.out, run.log, run.progress)
+    results = search(db, run.latency, run.targets, loss=config.loss, uniform=config.uniform, buckets=config.buckets,
+                     costs=costs)
+    if config.spdy_samples > 0 and not config.uniform:
         from .spdy import spdy_search
 
-        results = [spdy_search(dense, db, hessians, table, r, windows, config, log, costs=costs) if r.reachable else r
-                   for r in results]
-    rows = []
-    for r in results:
-        if not r.reachable:
-            rows.append((r.target, False, r.max_speedup, None, 0.0, 0.0, None))
-            continue
-        if config.method == "ziplm":
-            from .stitch import stitch
+        results = [spdy_search(run.dense, db, hessians, run.latency, r, run.windows, config, run.log, costs=costs)
+                   if r.reachable else r for r in results]
 
-            def build(levels=r.levels):
-                return stitch(copy.deepcopy(dense), db, hessians, levels)
-        else:
-            build = _builder(dense, r.shape)
-        rows.append((r.target, True, r.max_speedup, r.shape, r.predicted_ms, r.loss, build))
-    return rows
+    def builder(levels):
+        return lambda: stitch(copy.deepcopy(run.dense), db, hessians, levels)
+
+    return [Candidate(r.target, r.reachable, r.max_speedup, r.shape, r.predicted_ms, r.loss, builder(r.levels))
+            if r.reachable else Candidate(r.target, False, r.max_speedup) for r in results]
+
+
+def _solve_magnitude(run: Run) -> list[Candidate]:
+    """Magnitude-ranked levels through the same search (``uniform``: the same level in every layer)."""
+    from .search import search
+
+    config = run.config
+    results = search(_magnitude_database(run.dense, config), run.latency, run.targets, loss=config.loss,
+                     uniform=config.uniform or config.method == "uniform", buckets=config.buckets)
+    return [Candidate(r.target, True, r.max_speedup, r.shape, r.predicted_ms, r.loss, _builder(run.dense, r.shape))
+            if r.reachable else Candidate(r.target, False, r.max_speedup) for r in results]
+
+
+# every pruning method ``prune_family`` runs, by name (FLOP is a training method: ``distill.flop``)
+SOLVERS: dict[str, Callable[[Run], list[Candidate]]] = {
+    "ziplm": _solve_ziplm, "magnitude": _solve_magnitude, "uniform": _solve_magnitude, "layerchop": _solve_layerchop,
+}
 
 
 def _builder(dense, shape: ModelShape):
