@@ -215,6 +215,12 @@ def _database_payload() -> dict:
     (lambda d: d["modules"][0].update(unit="gqa_head"), "modules[0]: a gqa_head level lacks kv"),
     (lambda d: d["modules"][0].update(unit="gqa_head", kind="attn") or [lv.update(kv=2) for lv in d["modules"][0]["levels"]],
      "modules[0]: a gqa_head level lacks kv or keeps heads unevenly"),
+    (lambda d: (d["modules"][0].update(unit="gqa_head", kind="attn", group=2),
+                [lv.update(kv=1) for lv in d["modules"][0]["levels"]],
+                d["modules"][0]["levels"][1].update(units=0, kept=[], kv=3)), "modules[0]: a gqa_head level lacks kv"),
+    (lambda d: d["modules"][0].update(unit="gqa_head", kind="attn", group=1) or [lv.update(kv=1) for lv in d["modules"][0]["levels"]],
+     "modules[0]: a gqa_head level lacks kv or keeps heads unevenly"),  # 2 heads in one group of 1
+    (lambda d: d["modules"][0]["levels"][1].update(kv=1), "modules[0]: only gqa_head levels have kv"),
 ])
 def test_database_index_errors_name_file_and_key(tmp_path, edit, key):
     from ziplm_deploy.core.errors import UserError

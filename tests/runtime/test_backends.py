@@ -126,3 +126,23 @@ def test_fingerprint_of_this_machine():
                      opset=18)
     assert fp.cpu == cpu_name() and fp.cpu and fp.cores >= 1 and fp.gpu is None
     assert fp.runtime == "onnxruntime" and fp.threads == 1 and fp.producer.startswith("ziplm-deploy ")
+
+
+def test_every_runtime_is_one_registry_entry():
+    """Runtimes live in one registry: each backend imports lazily and either loads here or says in one line what
+    it needs; verify's runtimes and the GenAI providers are read from it."""
+    from ziplm_deploy.runtime import RUNTIMES
+    from ziplm_deploy.verify.generation import GENAI_PROVIDERS
+    from ziplm_deploy.verify.measure import VERIFY_RUNTIMES
+
+    assert tuple(RUNTIMES) == ("ort-cpu", "ort-cuda", "ort-trt", "trt", "torch")
+    assert VERIFY_RUNTIMES == ("ort-cpu", "ort-cuda", "ort-trt", "trt")
+    assert GENAI_PROVIDERS == {"ort-cpu": None, "ort-cuda": "cuda"}
+    for name in RUNTIMES:
+        try:
+            backend = get_backend(name)
+        except UserError as e:
+            assert "\n" not in str(e) and str(e), name  # cannot run here: one line saying why
+        else:
+            assert backend is not None
+    assert type(get_backend("ort-cpu")).__name__ == "OrtBackend"

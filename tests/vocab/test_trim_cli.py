@@ -161,3 +161,43 @@ def test_the_quality_report_is_strict_json(trimmed, tmp_path):
         (tmp_path / "q.json").write_text(json.dumps(payload))
         with pytest.raises(UserError, match=message):
             VocabQuality.load(tmp_path / "q.json")
+
+
+def test_a_trimmed_model_is_refused_by_prune_and_by_flop_with_a_table_that_cannot_predict_it(
+        model_dirs, texts, tmp_path, capsys, monkeypatch):
+    """Trim after pruning: prune refuses a trimmed model (its shapes would leave the trimmed head out); flop
+    with a table that has no LM head entries is refused before training, not after it."""
+    from families import linear_table
+
+    from ziplm_deploy.cli import main
+
+    trimmed = tmp_path / "trimmed"
+    assert _trim(model_dirs["llama"], trimmed, "--data", str(texts / "domain.txt"), "--keep", "20") == 0
+    linear_table(model_dirs["llama"], tmp_path / "table.json")
+    from ziplm_deploy.core.table import LatencyTable, RankEntry, Stats
+
+    t, st = LatencyTable.load(tmp_path / "table.json"), Stats(0.1, 0.1, 0.1, 5)  # + low-rank entries, for flop
+    LatencyTable.build(t.fingerprint, t.arch, t.protocol, list(t.attention), list(t.ffn),
+                       {**t.references, "linear:in": st, "linear:out": st},
+                       [RankEntry(k, 8, st) for k in ("in", "out")]).save(tmp_path / "table.json")
+    import ziplm_deploy.models
+    import ziplm_deploy.models.io
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was refused")
+
+    monkeypatch.setattr(ziplm_deploy.models, "load_model", forbidden)
+    monkeypatch.setattr(ziplm_deploy.models.io, "load_model", forbidden)
+    capsys.readouterr()
+    for argv, words in (
+        (["prune", "--model", str(trimmed), "--table", str(tmp_path / "table.json"), "--calib", str(texts / "domain.txt"),
+          "--seq-len", "16", "--windows", "2", "--out", str(tmp_path / "p")],
+         "has a trimmed output vocabulary (ziplm_vocab in config.json)"),
+        (["flop", "--model", str(trimmed), "--table", str(tmp_path / "table.json"), "--data", str(texts / "domain.txt"),
+          "--seq-len", "16", "--target-sparsity", "0.5", "--out", str(tmp_path / "f")],
+         "no LM head entries, needed for a model with a trimmed vocabulary"),
+    ):
+        assert main(argv) == 2, argv[0]
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "f").exists()

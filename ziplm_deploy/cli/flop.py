@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..core.manifest import MANIFEST_FILE, new_manifest
-    from ..core.shape import ModelShape
+    from ..core.shape import VOCAB_CONFIG_KEY, ModelShape, VocabTrim
     from ..core.table import LatencyTable
     from ..distill.flop import FlopConfig, flop_prune
     from ..models import adapter_for, load_model, save_model
@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     raw = read_model_config(args.model)
     recorded = raw.get(SHAPE_CONFIG_KEY)
     shape = ModelShape.from_json(recorded, f"{args.model}/config.json") if recorded else ModelShape.dense(arch)
+    trim = raw.get(VOCAB_CONFIG_KEY)
+    if trim is not None:  # the shape the result will have: its trimmed head counts in the prediction too
+        shape = ModelShape(shape.layers, len(VocabTrim.from_json(trim, f"{args.model}/config.json {VOCAB_CONFIG_KEY}").kept))
     if shape.has_ranks:
         raise UserError(f"{args.model} is already factorised (FLOP ranks in its shape)",
                         "run flop on a model that was not through flop")
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         table = LatencyTable.load(args.table)
         table.check_arch(arch, args.model)
         table.check_predicts_ranks(shape)
+        table.head_delta_ms(shape.vocab)  # a trimmed head the table has no entries for: refused now
     windows, held = training_windows(tokenizer, args, args.data)
     model = load_model(args.model)
     print(f"data: {len(windows)} training and {len(held)} held-out windows of {args.seq_len} tokens")

@@ -14,12 +14,13 @@ import argparse
 import sys
 
 from . import argtypes
+from ..runtime import RUNTIMES
 from ..runtime.quantize import PRECISION_HELP, check_precision_layers, precision_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (only config.json is read)")
-    p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt | torch (default ort-cpu)")
+    p.add_argument("--runtime", default="ort-cpu", help=" | ".join(RUNTIMES) + " (default ort-cpu)")
     p.add_argument("--out", help="write the latency table here (TABLE.json)")
     p.add_argument("--table", help="with --check and no --out: check this existing table instead of profiling")
     p.add_argument("--batch", type=argtypes.positive_int, default=1)

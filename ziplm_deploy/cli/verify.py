@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime import RUNTIMES
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int, ranged
 
 below_one = ranged(0, 1, hi_open=True)  # a tolerance in [0, 1): 1 would accept any measured speedup
@@ -30,7 +31,8 @@ below_one = ranged(0, 1, hi_open=True)  # a tolerance in [0, 1): 1 would accept 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", required=True, help="dense model: directory, .onnx, or .plan engine (--runtime trt)")
     p.add_argument("--candidate", required=True, help="pruned model: directory, .onnx, or .plan engine")
-    p.add_argument("--runtime", default="ort-cpu", help="ort-cpu | ort-cuda | ort-trt | trt (default ort-cpu)")
+    p.add_argument("--runtime", default="ort-cpu", help=" | ".join(name for name, r in RUNTIMES.items() if r.deploys != "torch")
+                   + " (default ort-cpu)")
     p.add_argument("--report", required=True, help="write verify.json here")
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--seq", type=positive_int, default=None, help="sequence length (default 128; not with --workload)")

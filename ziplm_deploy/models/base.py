@@ -377,8 +377,10 @@ def apply_shape(model: nn.Module, shape: ModelShape) -> nn.Module:
     if shape.vocab is not None:
         from . import adapter_for
 
-        have = adapter_for(model).shape_of(model).vocab
-        if shape.vocab != have:
+        adapter = adapter_for(model)
+        have = adapter.shape_of(model).vocab
+        want = None if shape.vocab >= adapter.arch(model).vocab else shape.vocab  # the whole vocabulary: untrimmed
+        if want != have:
             raise UserError(f"the shape keeps {shape.vocab} output tokens; the model has "
                             f"{'its whole vocabulary' if have is None else f'{have} kept tokens'}",
                             "trim the vocabulary with `ziplm-deploy trim-vocab`, or drop 'vocab' from the shape")

@@ -24,7 +24,7 @@ from ..core.errors import UserError
 from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
 from ..core.table import FP32_DENSE, AttentionEntry, FfnEntry, HeadEntry, LatencyTable, RankEntry, Stats
 from ..families import family_for
-from ..runtime import Backend, Session, get_backend
+from ..runtime import RUNTIMES, Backend, Session, get_backend
 from ..runtime.feeds import synthetic_feeds
 from ..runtime.fingerprint import fingerprint
 from ..runtime.quantize import FP32, Precision, quantize_graph
@@ -67,7 +67,7 @@ def check_precision(precision: Precision, runtime: str, dtype: str) -> None:
     """Refuse a precision the runtime cannot run as quantized (before any graph is built)."""
     if not precision.quantized:
         return
-    if runtime != "ort-cpu":
+    if runtime not in RUNTIMES or not RUNTIMES[runtime].int8:
         raise UserError(f"precision {precision.label} is ONNX Runtime CPU quantization; runtime {runtime} does not "
                         "run it", "profile int8-dynamic with --runtime ort-cpu, or use --precision fp32")
     if dtype != "float32":

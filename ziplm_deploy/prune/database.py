@@ -116,10 +116,22 @@ def _module_from_json(m: Any, source: str, key: str) -> ModuleDb:
                       number(m["energy"], source, f"{key}.energy", lo=0.0),
                       tuple(_level_from_json(lv, source, f"{key}.levels[{j}]") for j, lv in enumerate(levels)),
                       integer(m.get("group", 1), source, f"{key}.group", lo=1))
-    if module.unit == "gqa_head" and any(lv.kv is None or lv.units != lv.kv * (lv.units // max(lv.kv, 1))
-                                         for lv in module.levels):
-        raise UserError(f"{source}: {key}: a gqa_head level lacks kv or keeps heads unevenly", REBUILD)
+    if module.unit == "gqa_head":
+        if module.kind != "attn" or any(not _even(lv, module.group) for lv in module.levels):
+            raise UserError(f"{source}: {key}: a gqa_head level lacks kv or keeps heads unevenly", REBUILD)
+    elif any(lv.kv is not None for lv in module.levels):
+        raise UserError(f"{source}: {key}: only gqa_head levels have kv", REBUILD)
     return module
+
+
+def _even(level: Level, group: int) -> bool:
+    """A gqa_head level keeps ``units // kv`` query heads in each of ``kv`` KV groups (of ``group`` heads)."""
+    if level.kv is None or (level.units == 0) != (level.kv == 0):
+        return False
+    counts: dict[int, int] = {}
+    for head in level.kept:
+        counts[head // group] = counts.get(head // group, 0) + 1
+    return len(counts) == level.kv and all(c * level.kv == level.units and c <= group for c in counts.values())
 
 
 def _level_from_json(lv: Any, source: str, key: str) -> Level:

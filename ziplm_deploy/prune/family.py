@@ -26,7 +26,7 @@ from ..core.errors import UserError
 from ..core.fingerprint import DeviceFingerprint
 from ..core.jsonio import atomic_write_json, check_header, read_json
 from ..core.manifest import MANIFEST_FILE, ModelManifest, new_manifest
-from ..core.shape import ModelShape
+from ..core.shape import VOCAB_CONFIG_KEY, ModelShape
 from ..core.table import LatencyTable
 from ..core.workload import Workload
 
@@ -322,6 +322,9 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     raw = read_model_config(model_dir)
     if raw.get(SHAPE_CONFIG_KEY):
         raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
+    if raw.get(VOCAB_CONFIG_KEY) is not None:
+        raise UserError(f"{model_dir} has a trimmed output vocabulary ({VOCAB_CONFIG_KEY} in config.json)",
+                        "prune the untrimmed model, then run trim-vocab on the pruned members")
     arch = arch_from_dir(model_dir)
     latency.check_arch(arch, source=str(model_dir))
     tokenizer = load_tokenizer(model_dir)

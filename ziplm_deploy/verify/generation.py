@@ -85,10 +85,12 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import UserError
+from ..runtime import RUNTIMES
 from ..core.manifest import MANIFEST_FILE, file_sha256, now_utc
 from .report import VerifyReport
 
-GENAI_PROVIDERS = {"ort-cpu": None, "ort-cuda": "cuda"}  # verify runtime -> GenAI provider (None: CPU)
+# verify runtime -> GenAI provider to append (None: GenAI's CPU default), from the runtime registry
+GENAI_PROVIDERS = {name: None if r.genai == "cpu" else r.genai for name, r in RUNTIMES.items() if r.genai}
 OPT_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 METRICS = ("ttft_ms", "ms_per_token", "e2e_ms")

@@ -50,10 +50,12 @@ from .. import __version__
 from ..core.errors import UserError
 from ..core.manifest import MANIFEST_FILE, file_sha256, now_utc
 from ..core.parity import ExportReference, load_reference, reference_path
+from ..runtime import RUNTIMES
 from .report import VerifyReport
 
 ENGINE_SUFFIXES = (".plan", ".engine")
-VERIFY_RUNTIMES = ("ort-cpu", "ort-cuda", "ort-trt", "trt")  # deployment runtimes of ONNX files / engines
+# deployment runtimes of ONNX files / engines (the registry's, less torch)
+VERIFY_RUNTIMES = tuple(name for name, r in RUNTIMES.items() if r.deploys != "torch")
 FALLBACK_VOCAB = 16  # token ids for graphs without ziplm metadata: small enough for any vocabulary
 PLAIN_GRAPHS = ("encoder", "decoder", "prefill")  # graphs PyTorch can be run on without a KV cache
 
