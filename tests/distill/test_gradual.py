@@ -105,3 +105,16 @@ def test_gradual_options_are_checked():
     with pytest.raises(UserError, match="starts from the dense model"):
         gradual_ziplm(pruned, linear_table(dense), _windows(4, 0), _windows(4, 1), "unused", GradualConfig(),
                       TrainConfig(steps=1), LossWeights(), progress=False)
+
+
+@pytest.mark.parametrize("attention", ["heads-in-groups", "whole-groups"])
+def test_prune_step_follows_the_attention_levels(attention):
+    dense = tiny_model("llama")  # 6 query heads in 3 KV groups
+    table = linear_table(dense)
+    res = prune_step(copy.deepcopy(dense), table, _windows(8, 0), 1.3,
+                     GradualConfig(targets=(1.3,), ffn_step=8, attention_levels=attention))
+    assert res.reachable
+    attn = [lv for (_, kind), lv in res.levels.items() if kind == "attn"]
+    assert attn and all((lv.kv is not None) == (attention == "heads-in-groups") for lv in attn)
+    with pytest.raises(UserError, match="unknown attention levels 'groups'"):
+        GradualConfig(attention_levels="groups")

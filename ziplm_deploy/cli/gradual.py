@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ffn-step", type=argtypes.positive_int, help="FFN level grid step (default dense FFN width / 32)")
     p.add_argument("--damp", type=argtypes.positive_float, default=0.01, help="Hessian dampening (default 0.01)")
     p.add_argument("--loss", default="relative", choices=("relative", "absolute"))
+    p.add_argument("--attention-levels", default="heads-in-groups", choices=("heads-in-groups", "whole-groups"),
+                   help="GQA models: remove query heads within the kept KV groups too (default), or only whole KV groups")
     add_training_arguments(p)
 
 
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from .distill import (_main_print, _tokenizer, check_mixed_precision, check_model, loss_weights, train_config,
                           training_windows)
 
-    config = GradualConfig(targets=tuple(args.targets), ffn_step=args.ffn_step, damp=args.damp, loss=args.loss)
+    config = GradualConfig(targets=tuple(args.targets), ffn_step=args.ffn_step, damp=args.damp, loss=args.loss,
+                           attention_levels=args.attention_levels)
     weights = loss_weights(args, has_teacher=True)
     tconfig = train_config(args)
     check_output_path(args.out, "run directory", directory=True)

@@ -22,7 +22,7 @@ from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json
 from ..core.manifest import MANIFEST_FILE
 from ..core.table import LatencyTable
-from ..prune.family import MemberRecord
+from ..prune.family import ATTENTION_LEVELS, MemberRecord
 from .losses import LossWeights
 from .trainer import TrainConfig, save_student, train
 
@@ -36,10 +36,14 @@ class GradualConfig:
     damp: float = 0.01
     loss: str = "relative"
     buckets: int = 10000
+    attention_levels: str = "heads-in-groups"  # GQA: query heads within kept KV groups, or "whole-groups"
 
     def __post_init__(self) -> None:
         if not self.targets or any(t < 1.0 for t in self.targets):
             raise UserError(f"speedup targets must be >= 1, got {list(self.targets)}")
+        if self.attention_levels not in ATTENTION_LEVELS:
+            raise UserError(f"unknown attention levels {self.attention_levels!r}",
+                            f"choose one of: {', '.join(ATTENTION_LEVELS)}")
         if list(self.targets) != sorted(set(self.targets)):
             raise UserError(f"gradual targets must be distinct and ascending, got {list(self.targets)}",
                             "e.g. --targets 1.5 2 3")
@@ -75,7 +79,7 @@ def prune_step(model: nn.Module, table: LatencyTable, calib: torch.Tensor, targe
     ffn_step = config.ffn_step or max(1, arch.ffn // 32)
     db = build_database(weights, hessians, arch, ffn_step, config.damp,
                         {"windows": len(calib), "tokens_sha256": token_hash(calib)}, progress=progress,
-                        kv_heads=live_kv_heads(adapter, model, arch))
+                        kv_heads=live_kv_heads(adapter, model, arch), attention=config.attention_levels)
     (result,) = search(db, table, [target], loss=config.loss, buckets=config.buckets)
     if result.reachable:
         stitch(model, db, hessians, result.levels)

@@ -133,12 +133,31 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
         label = family_for(arch).label
         raise UserError(f"{label} has no decode mode", f"drop --decode-kv-len for {label} models")
     backend = opts.backend()
-    dense = ModelShape.dense(arch)
+    builders, overrides = _graph_builders(arch, opts)
+    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision, overrides)
+    try:
+        samples = _time(sessions, opts.protocol, progress)
+        samples["ref:dense_recheck"] = recheck(sessions["ref:dense"].run_bound, opts.protocol.recheck)
+    finally:
+        _close(sessions)
+    return _table(arch, opts, precision_fingerprint(backend, opts), {name: stats_of(s) for name, s in samples.items()})
+
+
+def _graph_builders(arch: ArchSpec, opts: ProfileOptions) -> tuple[dict[str, Callable[[], Any]], dict[str, Precision]]:
+    """Every graph a table times, by entry name (``attn:H/KV``, ``ffn:W``, ``rank:KIND/R``, ``head:K``,
+    ``ref:...``), and the entries quantized otherwise than the table's precision. Refuses what the options
+    cannot profile before any graph is built."""
+    sizes, down_layers = opts.sizes, opts.precision.fp32_down_layers
+    if down_layers and max(down_layers) >= arch.num_layers:
+        raise UserError(f"precision {opts.precision.label} names layer {max(down_layers)} of a {arch.num_layers}-layer "
+                        "model", "list layers 0.." + str(arch.num_layers - 1))
+    heads = vocab_grid(arch.vocab, opts.vocab_step) if opts.vocab_step else []
+    if heads and not arch.is_decoder:
+        raise UserError(f"{family_for(arch).label} has no LM head to trim", "drop --vocab-step")
     builders: dict[str, Callable[[], Any]] = {}
-    for heads, kv in attention_grid(arch):
-        builders[f"attn:{heads}/{kv}"] = (lambda h=heads, k=kv: block_graph(arch, "attention", h, sizes, k, opts.dtype))
+    for h, kv in attention_grid(arch):
+        builders[f"attn:{h}/{kv}"] = (lambda h=h, k=kv: block_graph(arch, "attention", h, sizes, k, opts.dtype))
     overrides: dict[str, Precision] = {}
-    down_layers = opts.precision.fp32_down_layers
     for width in ffn_grid(arch.ffn, opts.ffn_step):
         builders[f"ffn:{width}"] = (lambda w=width: block_graph(arch, "ffn", w, sizes, None, opts.dtype))
         if down_layers:  # fp32-down=L,...: both variants of every FFN block, whatever layer the graph names
@@ -148,50 +167,39 @@ def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> Late
     ranks = _rank_points(arch, opts.rank_step)
     for kind, rank in ranks:
         builders[f"rank:{kind}/{rank}"] = (lambda k=kind, r=rank: linear_graph(arch, k, r, sizes, opts.dtype))
-    if ranks:
-        for kind in LINEAR_KINDS:
-            builders[f"ref:linear:{kind}"] = (lambda k=kind: linear_graph(arch, k, None, sizes, opts.dtype))
-    heads = vocab_grid(arch.vocab, opts.vocab_step) if opts.vocab_step else []
-    if heads and not arch.is_decoder:
-        raise UserError(f"{family_for(arch).label} has no LM head to trim", "drop --vocab-step")
+    for kind in LINEAR_KINDS if ranks else ():
+        builders[f"ref:linear:{kind}"] = (lambda k=kind: linear_graph(arch, k, None, sizes, opts.dtype))
     for rows in heads:
         builders[f"head:{rows}"] = (lambda r=rows: head_graph(arch, r, sizes, opts.dtype))
     if heads:
         builders["ref:head"] = lambda: head_graph(arch, None, sizes, opts.dtype)
+    dense, removed = ModelShape.dense(arch), LatencyTable.removed_shape_of(arch)
     builders["ref:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
-    removed = LatencyTable.removed_shape_of(arch)
     builders["ref:removed"] = lambda: model_graph(arch, removed, sizes, opts.dtype)
     if opts.precision.quantized:
         builders["fp32:dense"] = lambda: model_graph(arch, dense, sizes, opts.dtype)
-    if down_layers and max(down_layers) >= arch.num_layers:
-        raise UserError(f"precision {opts.precision.label} names layer {max(down_layers)} of a {arch.num_layers}-layer "
-                        "model", "list layers 0.." + str(arch.num_layers - 1))
-    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision, overrides)
-    try:
-        samples = _time(sessions, opts.protocol, progress)
-        samples["ref:dense_recheck"] = recheck(sessions["ref:dense"].run_bound, opts.protocol.recheck)
-    finally:
-        _close(sessions)
-    stats = {name: stats_of(s) for name, s in samples.items()}
+    return builders, overrides
+
+
+def _table(arch: ArchSpec, opts: ProfileOptions, fp: Any, stats: dict[str, Stats]) -> LatencyTable:
+    """The table of the timed entries (``_graph_builders``' names)."""
+    ranks = _rank_points(arch, opts.rank_step)
+    heads = vocab_grid(arch.vocab, opts.vocab_step) if opts.vocab_step else []
     attention = [AttentionEntry(h, kv, stats[f"attn:{h}/{kv}"]) for h, kv in attention_grid(arch)]
     ffn = [FfnEntry(w, stats[f"ffn:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)]
     refs = {"dense": stats["ref:dense"], "removed": stats["ref:removed"], "dense_recheck": stats["ref:dense_recheck"]}
-    lowrank = [RankEntry(kind, rank, stats[f"rank:{kind}/{rank}"]) for kind, rank in ranks]
-    if ranks:
-        refs.update({f"linear:{kind}": stats[f"ref:linear:{kind}"] for kind in LINEAR_KINDS})
+    refs.update({f"linear:{kind}": stats[f"ref:linear:{kind}"] for kind in LINEAR_KINDS if ranks})
     if heads:
         refs["head"] = stats["ref:head"]
     if opts.precision.quantized:
         refs[FP32_DENSE] = stats["fp32:dense"]
-    fp = precision_fingerprint(backend, opts)
-    protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks"}
-    if ranks:
-        protocol["rank_step"] = opts.rank_step
-    if heads:
-        protocol["vocab_step"] = opts.vocab_step
-    ffn32 = [FfnEntry(w, stats[f"ffn32:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)] if down_layers else []
-    head = [HeadEntry(rows, stats[f"head:{rows}"]) for rows in heads]
-    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs, lowrank, ffn32, head)
+    protocol = {**opts.protocol.to_json(), "ffn_step": opts.ffn_step, "graphs": "onnx.helper blocks",
+                **({"rank_step": opts.rank_step} if ranks else {}), **({"vocab_step": opts.vocab_step} if heads else {})}
+    ffn32 = ([FfnEntry(w, stats[f"ffn32:{w}"]) for w in ffn_grid(arch.ffn, opts.ffn_step)]
+             if opts.precision.fp32_down_layers else [])
+    return LatencyTable.build(fp, arch, protocol, attention, ffn, refs,
+                              [RankEntry(kind, rank, stats[f"rank:{kind}/{rank}"]) for kind, rank in ranks], ffn32,
+                              [HeadEntry(rows, stats[f"head:{rows}"]) for rows in heads])
 
 
 def _rank_points(arch: ArchSpec, step: int) -> list[tuple[str, int]]:

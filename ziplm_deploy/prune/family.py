@@ -309,8 +309,6 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
 
     from ..core.manifest import file_sha256
     from ..models import load_model
-    from ..models.tokenizer import load_tokenizer
-    from .data import calibration_windows
     from .search import as_latency_model
 
     started = time.perf_counter()
@@ -319,19 +317,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     if table_path.is_dir():  # a workload folder: its manifest pins every table's sha256
         table_path = table_path / "workload.json"
     out = check_output_path(out, "prune output folder", directory=True)
-    raw = read_model_config(model_dir)
-    if raw.get(SHAPE_CONFIG_KEY):
-        raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
-    if raw.get(VOCAB_CONFIG_KEY) is not None:
-        raise UserError(f"{model_dir} has a trimmed output vocabulary ({VOCAB_CONFIG_KEY} in config.json)",
-                        "prune the untrimmed model, then run trim-vocab on the pruned members")
-    arch = arch_from_dir(model_dir)
-    latency.check_arch(arch, source=str(model_dir))
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is None:
-        raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
-    windows = calibration_windows(tokenizer, calib, config.seq_len, config.windows, config.seed)
-    log(f"calibration: {len(windows)} windows of {config.seq_len} tokens from {calib}")
+    arch, tokenizer, windows = _check_inputs(model_dir, latency, calib, config, log)
     for stale in sweep_temporaries(out):  # what a killed run was writing (a half-saved model, a JSON)
         log(f"removed the temporary {stale} of an interrupted run")
     dense = load_model(model_dir)
@@ -349,13 +335,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
                           baseline_ms=round(baseline_ms, 4), workload=workload.to_json() if workload else None,
                           budget=latency.metric if workload else None,
                           dense_workload_prediction=workload_record(latency, latency.dense_shape()))
-    if workload is not None:
-        log(f"workload {workload.describe()}: targets are speedups of the {latency.words} "
-            f"(dense {dense_ms:.3f} ms{' per token' if latency.metric == 'decode' else ''})")
-    if latency.precision != "fp32":
-        log(f"{latency.precision} table: targets are total speedups over the fp32 dense model "
-            f"({baseline_ms:.2f} ms); quantization alone gives {quant_speedup:.2f}x (predicted), so pruning makes up "
-            f"the rest; a target at or below it is the dense model, quantized")
+    _log_targets(latency, log)
     # the search works in the table's own terms: speedups over its (quantized) dense model
     relative = tuple(max(1.0, t / quant_speedup) for t in config.targets)
     candidates = SOLVERS[config.method](Run(config, relative, dense, latency, windows, model_dir, out, log, progress))
@@ -381,12 +361,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
             from .evaluate import perplexity
 
             member.calibration_ppl = round(perplexity(model, windows, progress=False), 4)
-        manifest = new_manifest(config.method, model_dir, shape.to_json(), options=options, metrics={
-            "target_speedup": target, "predicted_ms": member.predicted_ms, "predicted_speedup": member.predicted_speedup,
-            "dense_predicted_ms": report.dense_predicted_ms, "baseline_ms": report.baseline_ms, "search_loss": loss,
-            **({"calibration_ppl": member.calibration_ppl} if member.calibration_ppl is not None else {}),
-            **_workload_metrics(member.workload_prediction),
-        }, table_sha256=report.table_sha256, fingerprint=report.fingerprint)
+        manifest = _member_manifest(report, member, model_dir, options)
         from ..models import save_model
 
         save_model(model, path, tokenizer=tokenizer, overwrite=True,
@@ -412,6 +387,52 @@ def _workload_metrics(record: dict[str, Any] | None) -> dict[str, float | None]:
         return {}
     return {**{f"predicted_{k}": record[k] for k in _PREDICTION_MS},
             **{f"predicted_{k}_speedup": v for k, v in record["speedup"].items()}}
+
+
+def _log_targets(latency: LatencyModel, log) -> None:
+    """Say what the targets are speedups of: a workload's metric, and over the fp32 dense model for a quantized
+    table (quantization alone is then a speedup already)."""
+    dense_ms, baseline_ms = latency.dense_ms(), latency.baseline_ms()
+    if latency.tables is not None:
+        log(f"workload {latency.tables.workload.describe()}: targets are speedups of the {latency.words} "
+            f"(dense {dense_ms:.3f} ms{' per token' if latency.metric == 'decode' else ''})")
+    if latency.precision != "fp32":
+        log(f"{latency.precision} table: targets are total speedups over the fp32 dense model "
+            f"({baseline_ms:.2f} ms); quantization alone gives {baseline_ms / dense_ms:.2f}x (predicted), so pruning "
+            f"makes up the rest; a target at or below it is the dense model, quantized")
+
+
+def _member_manifest(report: FamilyReport, member: FamilyMember, model_dir, options: dict[str, Any]) -> ModelManifest:
+    """The manifest saved with a member: its shape, the run's options, predictions and calibration perplexity."""
+    return new_manifest(report.method, model_dir, member.shape, options=options, metrics={
+        "target_speedup": member.target, "predicted_ms": member.predicted_ms,
+        "predicted_speedup": member.predicted_speedup, "dense_predicted_ms": report.dense_predicted_ms,
+        "baseline_ms": report.baseline_ms, "search_loss": member.search_loss,
+        **({"calibration_ppl": member.calibration_ppl} if member.calibration_ppl is not None else {}),
+        **_workload_metrics(member.workload_prediction),
+    }, table_sha256=report.table_sha256, fingerprint=report.fingerprint)
+
+
+def _check_inputs(model_dir, latency: LatencyModel, calib, config: PruneConfig, log) -> tuple[Any, Any, Any]:
+    """(arch, tokenizer, calibration windows) of a dense model the table describes; refuses, before any model is
+    loaded, a pruned or vocabulary-trimmed model, another architecture, missing tokenizer files or unusable data."""
+    from ..models.tokenizer import load_tokenizer
+    from .data import calibration_windows
+
+    raw = read_model_config(model_dir)
+    if raw.get(SHAPE_CONFIG_KEY):
+        raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
+    if raw.get(VOCAB_CONFIG_KEY) is not None:
+        raise UserError(f"{model_dir} has a trimmed output vocabulary ({VOCAB_CONFIG_KEY} in config.json)",
+                        "prune the untrimmed model, then run trim-vocab on the pruned members")
+    arch = arch_from_dir(model_dir)
+    latency.check_arch(arch, source=str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
+    windows = calibration_windows(tokenizer, calib, config.seq_len, config.windows, config.seed)
+    log(f"calibration: {len(windows)} windows of {config.seq_len} tokens from {calib}")
+    return arch, tokenizer, windows
 
 
 def _workload_words(record: dict[str, Any] | None) -> str:
