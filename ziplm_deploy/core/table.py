@@ -273,7 +273,7 @@ class LatencyTable:
         head's own reference at the full vocabulary)."""
         if not self.head or "head" not in self.references:
             raise UserError("latency table has no LM head entries, needed for a model with a trimmed vocabulary",
-                            "profile with `ziplm-deploy profile --vocab-step 4096` (a step of about vocab / 12)")
+                            "profile with `ziplm-deploy profile --vocab-step K`, K about vocab / 12 (4096 for SmolLM2)")
         if rows >= self.arch.vocab:
             return self.references["head"].get(self.statistic)
         return _interpolate([(e.rows, e.stats.get(self.statistic)) for e in self.head], rows)
