@@ -297,3 +297,13 @@ def test_demo_options_are_refused_at_parse_time(tmp_path, capsys, args, message)
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line():
+    """What the pre-check cannot foresee (here: a folder under /proc, which root's access bits call writable)
+    fails at the write as a one-line error, never a traceback, and leaves nothing."""
+    from ziplm_deploy.core.errors import UserError
+    from ziplm_deploy.core.jsonio import atomic_write_json
+
+    with pytest.raises(UserError, match="cannot write /proc/ziplm-nope/t.json: "):
+        atomic_write_json("/proc/ziplm-nope/t.json", {"a": 1})

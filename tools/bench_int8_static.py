@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_quant import export_point, load_average, log, perplexities, time_files  # noqa: E402
+from bench_quant import export_point, load_average, log, measured_rows  # noqa: E402
 
 RECIPES = ("", "/fp32-embed", "/fp32-embed/fp32-down=1,2,9,10,11,28", "/fp32-embed/fp32-down")
 
@@ -59,18 +59,13 @@ def main() -> None:
                 quantize_file_to(fp32, out, Precision.parse(label), calibration=calib if scheme == "int8-static" else None)
             files[label] = out
     evalw = heldout_windows(tok, 512, args.eval_windows).numpy()
-    ppls = perplexities(work, files, evalw)
-    load = load_average()
-    stats = time_files(files, args.rounds)
-    base = stats["fp32"].p25
-    rows = {k: {"ms": round(stats[k].p25, 2), "speedup": round(base / stats[k].p25, 3),
-                "perplexity": round(ppls[k], 2)} for k in files}
+    rows, load, stats = measured_rows(work, files, evalw, args.rounds, "fp32")
     result = {"benchmark": "int8_static_smollm2", "date": time.strftime("%Y-%m-%d"),
               "calibration": f"{args.calib_windows} x 128 Wikipedia tokens (int8-static)",
               "quality": f"perplexity in ONNX Runtime on {evalw.size} held-out tokens (lee_background.cor), windows of 512",
               "timing": f"onnxruntime CPU, 1 thread, B1 S128, p25 of {args.rounds} interleaved rounds",
               "load_before": load, "load_after": load_average(),
-              "drift": round(stats["fp32:recheck"].p25 / base - 1, 4), "rows": rows}
+              "drift": round(stats["fp32:recheck"].p25 / stats["fp32"].p25 - 1, 4), "rows": rows}
     out = ROOT / "tools" / "results" / "int8_static_smollm2.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(rows, indent=1))

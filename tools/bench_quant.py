@@ -251,6 +251,18 @@ def time_files(files: dict, rounds: int, seq: int = 128, vocab: int = 49152) -> 
                        protocol=Protocol(warmup=3, rounds=rounds))
 
 
+def measured_rows(work: Path, files: dict, evalw, rounds: int, base: str) -> tuple[dict, list[float], dict]:
+    """Every file's held-out ORT perplexity (cached) and p25 latency from one interleaved timing run, with its
+    speedup over the file ``base``: ({key: {"ms", "speedup", "perplexity"}}, load average before timing, the
+    run's stats)."""
+    ppls = perplexities(work, files, evalw)
+    load = load_average()
+    stats = time_files(files, rounds)
+    base_ms = stats[base].p25
+    return {k: {"ms": round(stats[k].p25, 2), "speedup": round(base_ms / stats[k].p25, 3),
+                "perplexity": round(ppls[k], 2)} for k in files}, load, stats
+
+
 def predicted_row(key: str, path: Path, points: dict, table8, ppl: float) -> dict:
     """A model's row: perplexity, size and the prediction of the table of its precision."""
     from ziplm_deploy.core.shape import ModelShape

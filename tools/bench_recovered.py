@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_quant import export_point, load_average, perplexities, quantized_point, time_files  # noqa: E402
+from bench_quant import export_point, load_average, measured_rows, quantized_point  # noqa: E402
 
 
 def main() -> None:
@@ -56,12 +56,7 @@ def main() -> None:
         if args.precision != "fp32":
             files[f"{role}/{args.precision}"] = quantized_point(fp32, work, args.precision)
     evalw = heldout_windows(load_tokenizer(str(smollm2_dir())), 512, args.eval_windows).numpy()
-    ppls = perplexities(work, files, evalw)
-    load = load_average()
-    stats = time_files(files, args.rounds)
-    base = stats["dense/fp32"].p25
-    rows = {k: {"ms": round(stats[k].p25, 2), "speedup": round(base / stats[k].p25, 3),
-                "perplexity": round(ppls[k], 2)} for k in files}
+    rows, load, _ = measured_rows(work, files, evalw, args.rounds, "dense/fp32")
     train = Path(args.recovered).parent / "train.json"
     result = {"benchmark": "recovered", "date": time.strftime("%Y-%m-%d"), "name": args.name,
               "precision": args.precision, "oneshot": args.oneshot, "recovered": args.recovered,

@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-TABLE = ROOT / "profiles" / "smollm2-135m_ort-cpu_b1_s128_t1.json"
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_attention_levels"))
     args = p.parse_args()
 
-    from tools.bench_attention_levels import smollm2_setup, ziplm_database
+    from tools.bench_attention_levels import TABLE, smollm2_setup, ziplm_database
     from ziplm_deploy.prune.evaluate import perplexity
     from ziplm_deploy.prune.family import PruneConfig
     from tools.refit import refit_sequential

@@ -13,9 +13,15 @@ from .errors import UserError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write under a temporary name in the same folder, then rename: never a half-written ``path``. A folder
+    that cannot be made or written (what ``check_output_path`` could not foresee: a read-only mount, a
+    pseudo-filesystem, root's bypassed permission bits) is a one-line error naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}", "choose a writable output location") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
