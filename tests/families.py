@@ -10,8 +10,8 @@ import torch
 from ziplm_deploy.models import LayerPlan, adapter_for
 from ziplm_deploy.models.surgery import head_columns
 
-FAMILIES = ("bert", "gpt2", "llama", "qwen3")
-GQA = ("llama", "qwen3")  # tiny models with 6 query heads in 3 KV groups
+FAMILIES = ("bert", "gemma3", "gpt2", "llama", "qwen3")
+GQA = ("gemma3", "llama", "qwen3")  # tiny models with 6 query heads in 3 KV groups
 
 
 def tiny_model(family: str, seed: int = 0, layers: int = 4):
@@ -45,6 +45,14 @@ def tiny_model(family: str, seed: int = 0, layers: int = 4):
         return cls(cfg_cls(vocab_size=120, hidden_size=48, num_hidden_layers=layers, num_attention_heads=6,
                            num_key_value_heads=3, head_dim=8, intermediate_size=80, max_position_embeddings=64,
                            bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    if family == "gemma3":  # a 4-token sliding window on layers 0, 1 and 3; query scalar 12 (not head_dim)
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        return Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=120, hidden_size=48, num_hidden_layers=layers, num_attention_heads=6, num_key_value_heads=3,
+            head_dim=8, intermediate_size=80, max_position_embeddings=64, query_pre_attn_scalar=12, sliding_window=4,
+            layer_types=["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(layers)],
+            bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
     raise ValueError(family)
 
 
@@ -81,6 +89,8 @@ PLANS = {
     # GQA groups {0,1} {2,3} {4,5}: keep whole groups, or the same count per kept group
     "llama": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
               LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
+    "gemma3": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
+               LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
     "qwen3": [LayerPlan(heads=(), ffn=(1, 5, 70)), LayerPlan(heads=(0, 3, 4), ffn=()), LayerPlan(heads=(2, 3)),
               LayerPlan(heads=(0, 1, 4, 5), ffn=tuple(range(0, 80, 3)))],
 }

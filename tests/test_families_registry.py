@@ -34,6 +34,8 @@ TINY_CONFIGS = {
                 "num_hidden_layers": 2, "intermediate_size": 32, "vocab_size": 50},
     "qwen3": {"model_type": "qwen3", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
               "head_dim": 8, "num_hidden_layers": 2, "intermediate_size": 32, "vocab_size": 50},
+    "gemma3_text": {"model_type": "gemma3_text", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 1,
+                    "head_dim": 8, "num_hidden_layers": 2, "intermediate_size": 32, "vocab_size": 50},
 }
 
 
@@ -79,17 +81,31 @@ def test_config_reader_and_lookup_by_arch(model_type):
 
 
 def test_unknown_model_types_and_families_list_what_exists():
-    listed = "supported: bert, gpt2, llama, mistral, qwen2, qwen3"
-    with pytest.raises(UserError, match=f"model_type='gemma3'.*{listed}"):
-        family_for("gemma3")
-    with pytest.raises(UserError, match=f"x/config.json: unsupported architecture model_type='gemma3'.*{listed}"):
-        arch_from_config({"model_type": "gemma3"}, source="x/config.json")
+    listed = "supported: bert, gemma3_text, gpt2, llama, mistral, qwen2, qwen3"
+    with pytest.raises(UserError, match=f"model_type='phi3'.*{listed}"):
+        family_for("phi3")
+    with pytest.raises(UserError, match=f"x/config.json: unsupported architecture model_type='phi3'.*{listed}"):
+        arch_from_config({"model_type": "phi3"}, source="x/config.json")
     arch = arch_from_config(TINY_CONFIGS["gpt2"])
-    with pytest.raises(UserError, match="unknown model family 'gemma'.*families: bert, gpt2, llama, qwen3"):
-        family_for(replace(arch, family="gemma"))
+    with pytest.raises(UserError, match="unknown model family 'phi'.*families: bert, gemma3, gpt2, llama, qwen3"):
+        family_for(replace(arch, family="phi"))
 
 
-@pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "qwen2", "mistral", "qwen3"])
+@pytest.mark.parametrize("key,value,message", [
+    ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0 is not supported"),
+    ("attn_logit_softcapping", 50.0, "attn_logit_softcapping=50.0 is not supported"),
+    ("use_bidirectional_attention", True, "bidirectional Gemma 3"),
+    ("attention_bias", True, "attention_bias=true is not supported"),
+    ("query_pre_attn_scalar", "256", "query_pre_attn_scalar"),
+    ("query_pre_attn_scalar", -1, "query_pre_attn_scalar"),
+    ("rope_parameters", [1], "rope_parameters"),
+])
+def test_gemma3_reader_refuses_what_its_graphs_do_not_compute(key, value, message):
+    with pytest.raises(UserError, match=message):
+        arch_from_config({**TINY_CONFIGS["gemma3_text"], key: value}, source="config.json")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma3_text"])
 def test_each_family_gives_its_graph_parts_and_adapter(model_type):
     from families import tiny_model
 
@@ -97,7 +113,7 @@ def test_each_family_gives_its_graph_parts_and_adapter(model_type):
 
     family = family_for(model_type)
     assert isinstance(family.graph(), GraphParts)
-    model = tiny_model(model_type, layers=1)
+    model = tiny_model(model_type.removesuffix("_text"), layers=1)
     adapter = adapter_for(model)
     assert isinstance(adapter, FamilyAdapter) and adapter.family == family.name
     assert adapter is family.adapter() is adapter_for(arch_from_config(model.config.to_dict()))

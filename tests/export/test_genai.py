@@ -111,10 +111,11 @@ def test_pruned_forms_generate_token_exact(form, tmp_path, capsys):
 
 
 @pytest.mark.slow  # ~12 s each quiet: three GenAI exports (CI runs -m slow too)
-@pytest.mark.parametrize("family", ["gpt2", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "qwen3", "gemma3"])
 def test_other_decoder_families_generate_token_exact(family, tmp_path):
-    """GPT-2 (learned positions; GenAI type "decoder") and Qwen3 (q/k head norms; GenAI type "qwen3") pruned
-    non-uniformly (a 0-head layer, a layer without FFN, GQA groups removed), and Qwen2 (q/k/v biases)."""
+    """GPT-2 (learned positions; GenAI type "decoder"), Qwen3 (q/k head norms; GenAI type "qwen3") and Gemma 3
+    (a 4-token sliding window on renumbered cache slots; "gemma3_text") pruned non-uniformly (a 0-head layer, a
+    layer without FFN, GQA groups removed), and Qwen2 (q/k/v biases)."""
     from families import PLANS
     from ziplm_deploy.models import shrink
 
@@ -127,8 +128,9 @@ def test_other_decoder_families_generate_token_exact(family, tmp_path):
     result = genai.export_genai(model, tmp_path / "out")
     assert len(result.prompts) == 2 and all(len(o) == 16 for o in result.outputs)  # no tokenizer: synthetic prompts
     assert json.loads((tmp_path / "out" / genai.GENAI_CONFIG).read_text())["model"]["type"] == (
-        "decoder" if family == "gpt2" else family)
-    assert [k.heads for k in result.kv] == {"gpt2": [2, 1, 4], "qwen2": [3, 3, 3, 3], "qwen3": [3, 1, 2]}[family]
+        {"gpt2": "decoder", "gemma3": "gemma3_text"}.get(family, family))
+    assert [k.heads for k in result.kv] == {"gpt2": [2, 1, 4], "qwen2": [3, 3, 3, 3], "qwen3": [3, 1, 2],
+                                            "gemma3": [3, 1, 2]}[family]
 
 
 def test_dense_folder_contents(dense):

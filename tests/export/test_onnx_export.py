@@ -17,7 +17,7 @@ from ziplm_deploy.core.manifest import file_sha256
 from ziplm_deploy.core.parity import load_reference, reference_path
 from ziplm_deploy.export import ExportValidationError, export_onnx
 from ziplm_deploy.export.onnx import compare_outputs
-from ziplm_deploy.models import LayerPlan, adapter_for, shrink
+from ziplm_deploy.models import LayerPlan, adapter_for, generation_cache, shrink
 
 
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
@@ -51,9 +51,10 @@ def test_sequence_classification_export(tmp_path):
     assert [d.name for d in result.diffs] == ["logits"] and result.diffs[0].ok
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
 def test_with_past_graphs_decode_like_generate(family, tmp_path):
-    """Layer 0 without attention, a dropped layer and per-layer KV widths: the ORT greedy loop == generate()."""
+    """Layer 0 without attention, a dropped layer and per-layer KV widths: the ORT greedy loop == generate().
+    Gemma 3's 4-token sliding window is passed after the 6-token prompt, on renumbered cache slots."""
     model = tiny_model(family, layers=5)
     shrink(model, [LayerPlan(heads=()), LayerPlan(dropped=True)] + PLANS[family][1:])
     result = export_onnx(model, tmp_path / "lm.onnx", with_past=True)
@@ -65,7 +66,8 @@ def test_with_past_graphs_decode_like_generate(family, tmp_path):
     kv_widths = [decode.get_inputs()[3 + 2 * i].shape[1] for i in range(n_attn)]
     assert kv_widths == [s.kv for s in adapter_for(model).shape_of(model).layers if not s.dropped and s.heads]
     ids = torch.randint(1, 120, (2, 6))
-    want = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0).numpy()
+    want = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                          past_key_values=generation_cache()).numpy()
     got = greedy_ort(prefill, decode, ids.numpy(), 8, n_attn)
     assert np.array_equal(got, want)
     _check_references(result, [prefill, decode], ["prefill", "decode"])

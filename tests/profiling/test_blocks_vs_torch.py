@@ -250,3 +250,52 @@ def test_qwen3_attention_normalises_each_query_and_key_head(heads, kv):
                                  attention_mask=torch.from_numpy(mask))[0]
     out = _run(arch, "attention", heads, kv, w, {"hidden": _np(x), "mask": mask, "cos": _np(cos), "sin": _np(sin)})
     np.testing.assert_allclose(out["out"], _np(ref), atol=ATOL)
+
+
+@pytest.mark.parametrize("heads,kv", [(4, 1), (2, 1)])
+def test_gemma3_blocks_norm_after_each_sublayer_and_scale_queries_by_their_scalar(heads, kv):
+    """Gemma 3: (1 + w) RMSNorms before and after each sublayer, per-head q/k norms, scores scaled by
+    query_pre_attn_scalar**-0.5 (here 12, not head_dim 8), one KV head shared by 4 query heads (Gemma-3-270m's
+    layout) with heads removed within it by the family adapter, and a GELU-tanh gated FFN."""
+    import copy
+
+    from ziplm_deploy.families import family_for
+
+    torch.manual_seed(7)
+    config = transformers.Gemma3TextConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                           intermediate_size=48, num_hidden_layers=1, vocab_size=50,
+                                           query_pre_attn_scalar=12, attn_implementation="eager")
+    layer = transformers.models.gemma3.modeling_gemma3.Gemma3DecoderLayer(config, layer_idx=0).eval()
+    with torch.no_grad():  # non-trivial norm weights (they initialise to zeros: a scale of 1)
+        for name, p in layer.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5)
+    arch = arch_from_config(config.to_dict())
+    assert arch.family == "gemma3" and arch.query_scale == 12 and arch.activation == "gelu_pytorch_tanh"
+    a = layer.self_attn
+    w = {**_llama_attention_weights(layer, heads, kv, arch.head_dim),
+         "layers.0.attn.q_norm.weight": _np(a.q_norm.weight), "layers.0.attn.k_norm.weight": _np(a.k_norm.weight),
+         "layers.0.attn.post_norm.weight": _np(layer.post_attention_layernorm.weight)}
+    kept = copy.deepcopy(layer)
+    family_for("gemma3_text").adapter().keep_heads(kept, list(range(heads)), list(range(kv)), arch)
+    rope = transformers.models.gemma3.modeling_gemma3.Gemma3RotaryEmbedding(config)
+    x = torch.randn(B, S, arch.hidden)
+    cos, sin = rope(x, torch.arange(S).repeat(B, 1), "sliding_attention")
+    mask = _causal(S)
+    with torch.no_grad():
+        attn = kept.self_attn(kept.input_layernorm(x), position_embeddings=(cos, sin),
+                              attention_mask=torch.from_numpy(mask))[0]
+        ref = x + kept.post_attention_layernorm(attn)
+    out = _run(arch, "attention", heads, kv, w, {"hidden": _np(x), "mask": mask, "cos": _np(cos), "sin": _np(sin)})
+    np.testing.assert_allclose(out["out"], _np(ref), atol=ATOL)
+
+    width, mlp = 30, layer.mlp
+    w = {"layers.0.ffn.norm.weight": _np(layer.pre_feedforward_layernorm.weight),
+         "layers.0.ffn.post_norm.weight": _np(layer.post_feedforward_layernorm.weight),
+         "layers.0.ffn.gate.weight": _np(mlp.gate_proj.weight[:width].T),
+         "layers.0.ffn.up.weight": _np(mlp.up_proj.weight[:width].T),
+         "layers.0.ffn.down.weight": _np(mlp.down_proj.weight[:, :width].T)}
+    with torch.no_grad():
+        mlp.down_proj.weight[:, width:] = 0
+        ref = x + layer.post_feedforward_layernorm(mlp(layer.pre_feedforward_layernorm(x)))
+    np.testing.assert_allclose(_run(arch, "ffn", width, None, w, {"hidden": _np(x)})["out"], _np(ref), atol=ATOL)

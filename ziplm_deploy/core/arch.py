@@ -39,6 +39,7 @@ class ArchSpec:
     norm_eps: float
     rope_theta: float | None = None
     tie_word_embeddings: bool = False
+    query_scale: float | None = None  # attention scores scale by query_scale**-0.5 (Gemma); None: head_dim
     architecture: str | None = None  # config.architectures[0], e.g. "LlamaForCausalLM"
 
     @property

@@ -536,10 +536,14 @@ def _calibration_from_json(cal: Any, source: str) -> Calibration:
                        number(cal["drift"], source, "calibration.drift"))
 
 
+_ARCH_FIELDS_ADDED_LATER = ("query_scale",)  # optional ArchSpec fields (None) an older table does not list
+
+
 def _arch_from_json(d: Any, source: str) -> ArchSpec:
     """The dense architecture the table was measured for: every ArchSpec field, each of its type."""
     d = mapping(d, source, "arch")
     names = {f.name for f in fields(ArchSpec)}
+    d = {**{k: None for k in _ARCH_FIELDS_ADDED_LATER if k not in d}, **d}  # tables written before they existed
     if set(d) != names:
         raise UserError(f"{source}: 'arch' does not describe an architecture (missing {sorted(names - set(d))}, "
                         f"unknown {sorted(set(d) - names)})", "regenerate the table")

@@ -325,6 +325,8 @@ def torch_generate(model, prompts: Sequence[Sequence[int]], tokens: int) -> list
     import torch
     from transformers import GenerationConfig
 
+    from ..models import generation_cache
+
     eos = model.config.eos_token_id
     pad = model.config.pad_token_id
     config = GenerationConfig(max_new_tokens=tokens, do_sample=False, num_beams=1, eos_token_id=eos,
@@ -333,7 +335,8 @@ def torch_generate(model, prompts: Sequence[Sequence[int]], tokens: int) -> list
     with torch.no_grad():
         for prompt in prompts:
             ids = torch.tensor([list(prompt)], dtype=torch.long)
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                                 past_key_values=generation_cache())
             outputs.append(out[0, ids.shape[1]:].tolist())
     return outputs
 

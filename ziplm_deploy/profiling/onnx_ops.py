@@ -164,11 +164,16 @@ def layer_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:
                 axis=-1, epsilon=arch.norm_eps)
 
 
-def rms_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec, width: int | None = None) -> str:
-    """RMSNorm over the last axis (``width``, default the hidden size) with weight ``{key}.weight``."""
+def rms_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec, width: int | None = None,
+             offset: bool = False) -> str:
+    """RMSNorm over the last axis (``width``, default the hidden size) with weight ``{key}.weight``;
+    ``offset``: the scale is ``1 + weight`` (Gemma)."""
     var = b.op("ReduceMean", [b.op("Pow", [x, b.fconst(2.0)]), b.ints([-1])], keepdims=1)
     inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.fconst(arch.norm_eps)])])])
-    return b.op("Mul", [b.param(f"{key}.weight", (width or arch.hidden,), "ones"), b.op("Mul", [x, inv])])
+    weight = b.param(f"{key}.weight", (width or arch.hidden,), "zeros" if offset else "ones")
+    if offset:
+        weight = b.op("Add", [weight, b.fconst(1.0)])
+    return b.op("Mul", [weight, b.op("Mul", [x, inv])])
 
 
 def norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec) -> str:
@@ -216,7 +221,8 @@ def repeat_kv(b: GraphBuilder, x: str, heads: int, kv: int, d: int) -> str:
     return b.op("Reshape", [expanded, b.ints([0, heads, -1, d])])
 
 
-def sdpa(b: GraphBuilder, q: str, k: str, v: str, mask: str, d: int) -> str:
+def sdpa(b: GraphBuilder, q: str, k: str, v: str, mask: str, d: float) -> str:
+    """Softmax attention with scores scaled by ``d**-0.5`` (``d``: the head size, or Gemma's query scalar)."""
     s = b.fconst(1.0 / math.sqrt(math.sqrt(d)))  # the exporter splits the scale over q and k
     kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
     scores = b.op("MatMul", [b.op("Mul", [q, s]), b.op("Mul", [kt, s])])

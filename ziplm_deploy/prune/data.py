@@ -15,13 +15,16 @@ from ..core.errors import UserError
 
 
 def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int | None = None,
-                  seed: int = 0, min_count: int = 1, add_bos: bool = False) -> torch.Tensor:
+                  seed: int = 0, min_count: int = 1, add_bos: bool | None = None) -> torch.Tensor:
     """Concatenate ``texts`` (separated by EOS when the tokenizer has one), cut into ``seq_len`` windows.
 
     Returns ``(n, seq_len)`` token ids: all windows in order when ``count`` is None, else ``count``
-    windows drawn without replacement with ``seed``. ``add_bos`` puts BOS first in every window (the
-    last position is dropped to keep the length).
+    windows drawn without replacement with ``seed``. ``add_bos`` puts BOS first in every window (one
+    token less of text per window); None (default): when the tokenizer itself starts an encoded text with
+    BOS (Gemma, Llama 3: models that are lost without it), not when it does not (SmolLM2, GPT-2).
     """
+    if add_bos is None:
+        add_bos = leading_bos(tokenizer) is not None
     if seq_len < 2:
         raise UserError(f"sequence length {seq_len} is too short", "use at least 2 tokens")
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -35,11 +38,20 @@ def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int
                         f"{max(min_count, 1)}", "pass more text or a shorter sequence length")
     windows = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
     if add_bos:
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else sep[0]
+        bos = leading_bos(tokenizer) or tokenizer.bos_token_id
+        bos = bos if bos is not None else sep[0]
         windows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), windows], dim=1)
     if count is not None and count < n:
         windows = windows[sampled_indices(n, count, seed)]
     return windows
+
+
+def leading_bos(tokenizer: Any) -> int | None:
+    """The token a ``transformers`` tokenizer puts first when it encodes a text with its special tokens
+    (its BOS convention), or None."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    return full[0] if len(full) > len(plain) and full[-len(plain):] == plain and full[0] not in plain else None
 
 
 def sampled_indices(n: int, count: int | None, seed: int = 0) -> list[int]:

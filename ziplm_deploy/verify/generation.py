@@ -808,13 +808,16 @@ def _greedy_tokens(model: Any, prompt: list[int], tokens: int) -> list[int]:
     import torch
     from transformers import GenerationConfig
 
+    from ..models import generation_cache
+
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
     config = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, num_beams=1,
                               eos_token_id=eos,
                               pad_token_id=pad if pad is not None else eos if isinstance(eos, int) else eos[0])
     with torch.no_grad():
         ids = torch.tensor([prompt], dtype=torch.long)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                             past_key_values=generation_cache())
     return out[0, len(prompt):].tolist()
 
 

@@ -151,19 +151,29 @@ def _tokenizer(model_dir: Path) -> Any:
 def text_windows(model_dir: str | os.PathLike, texts: Sequence[str], seq_len: int,
                  count: int | None = None) -> np.ndarray:
     """The first ``count`` windows of ``seq_len`` tokens of ``texts`` (EOS between texts), tokenized with
-    ``model_dir/tokenizer.json``."""
+    ``model_dir/tokenizer.json``; BOS first in each window when the tokenizer starts a text with it (as
+    ``prune.data.token_windows`` does, so both give the same windows)."""
     model_dir = Path(model_dir)
     tokenizer = _tokenizer(model_dir)
     eos = _eos_id(tokenizer, model_dir)
+    bos = _leading_bos(tokenizer)
     ids: list[int] = []
     for text in texts:
         ids += tokenizer.encode(text, add_special_tokens=False).ids + ([eos] if eos is not None else [])
-    n = len(ids) // seq_len
+    body = seq_len - (bos is not None)
+    n = len(ids) // body
     if n < 1:
         raise UserError(f"the text gives no window of {seq_len} tokens ({len(ids)} tokens)",
                         "pass more text or a shorter --eval-seq")
-    windows = np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+    windows = np.asarray(ids[: n * body], dtype=np.int64).reshape(n, body)
+    if bos is not None:
+        windows = np.concatenate([np.full((n, 1), bos, dtype=np.int64), windows], axis=1)
     return windows if count is None else windows[:count]
+
+
+def _leading_bos(tokenizer: Any) -> int | None:
+    plain, full = tokenizer.encode("a", add_special_tokens=False).ids, tokenizer.encode("a").ids
+    return full[0] if len(full) > len(plain) and full[-len(plain):] == plain and full[0] not in plain else None
 
 
 def read_texts(source: str | os.PathLike) -> list[str]:
