@@ -1,4 +1,4 @@
-"""Benchmark: vocabulary trimming (``trim-vocab``) of SmolLM2-135M at several coverages.
+"""Benchmark: vocabulary trimming (``trim-vocab``) of SmolLM2-135M or Gemma-3-270m at several coverages.
 
 Tokens counted on gensim's Wikipedia dump (the domain); quality measured against the untrimmed model on
 held-out news text (gensim's ``lee_background.cor``): coverage, top-1 agreement, KL, perplexity with the
@@ -9,9 +9,10 @@ token), its ``model.onnx`` timed in ONNX Runtime CPU (1 thread, batch 1): prefil
 p25); and GenAI's own loop (1 intra-op thread): every decode step of 64 greedy tokens after a 128-token
 prompt timed, runs interleaved (p25).
 
-    python tools/bench_vocab.py [--coverages 0.99 0.999 0.9999] [--rounds 20] [--decode-rounds 200] [--work DIR]
+    python tools/bench_vocab.py [--model smollm2|gemma3] [--coverages 0.99 0.999 0.9999] [--rounds 20]
+                                [--decode-rounds 200] [--work DIR]
 
-Writes tools/results/vocab_smollm2.{json,md}.
+Writes tools/results/vocab_{model}.{json,md}.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 SEQ, PAST, DECODE_TOKENS = 128, 128, 64
+MODELS = {"smollm2": ("SmolLM2-135M", "smollm2_dir"), "gemma3": ("Gemma-3-270m", "gemma3_dir")}  # label, assets fn
 
 
 def heldout_windows(tokenizer, seq_len: int, count: int):
@@ -113,6 +115,7 @@ def one_thread(folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     parser.add_argument("--coverages", type=float, nargs="+", default=[0.99, 0.999, 0.9999])
     parser.add_argument("--rounds", type=int, default=20, help="prefill timing rounds")
     parser.add_argument("--decode-rounds", type=int, default=200, help="decode-step timing rounds (a step is ~30 ms)")
@@ -129,7 +132,8 @@ def main() -> None:
     from ziplm_deploy.core.arch import read_model_config
     from ziplm_deploy.export.genai import export_genai
     from ziplm_deploy.models import load_model, save_model
-    from ziplm_deploy.models.assets import smollm2_dir, wikipedia_text
+    from ziplm_deploy.models import assets
+    from ziplm_deploy.models.assets import wikipedia_text
     from ziplm_deploy.models.tokenizer import load_tokenizer
     from ziplm_deploy.models.vocab import (count_tokens, prompts_from, select_tokens, special_ids, trim_model,
                                            vocab_quality)
@@ -138,7 +142,8 @@ def main() -> None:
 
     started = time.perf_counter()
     torch.set_num_threads(2)
-    dense_dir = smollm2_dir()
+    label, dir_fn = MODELS[args.model]
+    dense_dir = getattr(assets, dir_fn)()
     tokenizer = load_tokenizer(dense_dir)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_vocab."))
     work.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,7 @@ def main() -> None:
         row["genai_same_64_tokens_as_untrimmed"] = next(
             (i for i, (a, b) in enumerate(zip(tokens, untrimmed_tokens)) if a != b), len(tokens))
     result = {
-        "benchmark": "vocab_smollm2", "date": time.strftime("%Y-%m-%d"),
+        "benchmark": f"vocab_{args.model}", "model": label, "date": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cpus (shared with other jobs: load average "
                    f"{os.getloadavg()[0]:.1f} at the end)",
         "python": platform.python_version(), "torch": torch.__version__,
@@ -248,7 +253,7 @@ def main() -> None:
         "domain_tokens": int(counts.sum()), "domain_distinct": int((counts > 0).sum()), "specials": len(specials),
         "rows": rows, "timings": timings, "seconds": round(time.perf_counter() - started, 1),
     }
-    out = ROOT / "tools" / "results" / "vocab_smollm2.json"
+    out = ROOT / "tools" / "results" / f"vocab_{args.model}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
@@ -256,7 +261,7 @@ def main() -> None:
 
 def markdown(result) -> str:
     s = result["settings"]
-    lines = [f"SmolLM2-135M vocabulary trimming; tokens counted on {s['domain']} ({result['domain_tokens']:,} tokens, "
+    lines = [f"{result.get('model', 'SmolLM2-135M')} vocabulary trimming; tokens counted on {s['domain']} ({result['domain_tokens']:,} tokens, "
              f"{result['domain_distinct']:,} distinct); quality vs the untrimmed model on {s['eval']} of {s['heldout']}, "
              f"greedy {s['greedy']}; latency: {s['runtime']}, p25 of {s['rounds']} (prefill) / {s['decode_rounds']} "
              f"(decode) interleaved rounds; GenAI: {s['genai']}. "
@@ -277,7 +282,7 @@ def markdown(result) -> str:
     lines += ["", "Perplexity over all held-out tokens is infinite for every trimmed model (the impossible tokens: "
               + ", ".join(f"{r['model']} {r['impossible_tokens']} of {r['tokens']}" for r in result["rows"][1:])
               + f"); the untrimmed model's is {result['rows'][1]['reference_perplexity']:.2f}. KL is KL(trimmed || "
-              "untrimmed) in nats (the other direction is infinite). Head MatMul: the bare [1, 576] x [576, K] product "
+              "untrimmed) in nats (the other direction is infinite). Head MatMul: the bare [1, hidden] x [hidden, K] product "
               "of one decode position, timed alone (same protocol). Every GenAI folder generated token-exact like "
               "transformers before it was written."]
     return "\n".join(lines) + "\n"
