@@ -1,14 +1,15 @@
 """Benchmark: does a table with trimmed-head entries (``profile --vocab-step``) predict trim-vocab models?
 
-SmolLM2-135M: a decode table at a 128-token past (1 thread, batch 1) profiled with ``--vocab-step 4096``;
+SmolLM2-135M or Gemma-3-270m: a decode table at a 128-token past (1 thread, batch 1) profiled with
+``--vocab-step`` (default about a twelfth of the vocabulary: 4096 for SmolLM2, 16384 for Gemma);
 the untrimmed model and models trimmed (``trim-vocab``'s selection, Wikipedia token counts) to several
 coverages, each exported as an ONNX Runtime GenAI folder (``export --genai``: token-exact against PyTorch);
 one decode step of each ``model.onnx`` (random 128-token KV) timed in ONNX Runtime CPU, all interleaved (p25).
 Compared: the table's predicted decode step (the shape's ``vocab``) with the measured one.
 
-    python tools/bench_head_table.py [--coverages 0.99 0.9999] [--rounds 300] [--work DIR]
+    python tools/bench_head_table.py [--model smollm2|gemma3] [--coverages 0.99 0.9999] [--rounds 300] [--work DIR]
 
-Writes tools/results/head_table_smollm2.{json,md}.
+Writes tools/results/head_table_{model}.{json,md}. ``--work`` may be ``bench_vocab.py``'s: its GenAI folders are reused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,29 +31,33 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2")
     p.add_argument("--coverages", type=float, nargs="+", default=[0.99, 0.9999])
     p.add_argument("--rounds", type=int, default=300, help="decode-step timing rounds")
-    p.add_argument("--vocab-step", type=int, default=4096)
+    p.add_argument("--vocab-step", type=int, help="default: 4096 (SmolLM2), 16384 (Gemma)")
     p.add_argument("--work", help="keep the table, model directories and GenAI folders here")
     args = p.parse_args()
 
     import numpy as np
     import torch
 
-    from tools.bench_vocab import heldout_windows, ort_calls
+    from tools.bench_vocab import MODELS, heldout_windows, ort_calls
     from ziplm_deploy.core.arch import arch_from_dir, read_model_config
     from ziplm_deploy.core.shape import ModelShape
     from ziplm_deploy.core.table import LatencyTable
     from ziplm_deploy.export.genai import export_genai
     from ziplm_deploy.models import load_model, save_model
-    from ziplm_deploy.models.assets import smollm2_dir, wikipedia_text
+    from ziplm_deploy.models import assets
+    from ziplm_deploy.models.assets import wikipedia_text
     from ziplm_deploy.models.tokenizer import load_tokenizer
     from ziplm_deploy.models.vocab import count_tokens, select_tokens, special_ids, trim_model
     from ziplm_deploy.profiling.profiler import ProfileOptions, profile
     from ziplm_deploy.runtime.timing import Protocol, round_robin, stats_of
 
     torch.set_num_threads(2)
-    dense_dir = smollm2_dir()
+    label, dir_fn = MODELS[args.model]
+    args.vocab_step = args.vocab_step or {"smollm2": 4096, "gemma3": 16384}[args.model]
+    dense_dir = getattr(assets, dir_fn)()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_head_table."))
     work.mkdir(parents=True, exist_ok=True)
     arch = arch_from_dir(dense_dir)
@@ -99,20 +103,20 @@ def main() -> None:
     for row in rows:
         row["predicted_speedup"] = round(base["predicted_ms"] / row["predicted_ms"], 3)
         row["measured_speedup"] = round(base["measured_ms"] / row["measured_ms"], 3)
-    result = {"model": "SmolLM2-135M", "table": {"mode": "decode", "kv_len": 128, "threads": 1,
+    result = {"model": label, "table": {"mode": "decode", "kv_len": 128, "threads": 1,
                                                   "vocab_step": args.vocab_step,
                                                   "head_rows": [e.rows for e in table.head]},
               "rounds": args.rounds, "rows": rows}
     out = ROOT / "tools" / "results"
-    (out / "head_table_smollm2.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["SmolLM2-135M decode step at a 128-token past, ORT CPU 1 thread; table profiled with "
+    (out / f"head_table_{args.model}.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"{label} decode step at a 128-token past, ORT CPU 1 thread; table profiled with "
              f"--vocab-step {args.vocab_step}; GenAI folders' model.onnx timed interleaved ({args.rounds} rounds, p25)",
              "", "| model | output tokens | predicted | measured | error | LM head (predicted) | speedup predicted / measured |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['kept']:,} | {r['predicted_ms']:.2f} ms | {r['measured_ms']:.2f} ms | "
               f"{r['error']:+.1%} | {r['head_ms']:.2f} ms | {r['predicted_speedup']:.2f}x / {r['measured_speedup']:.2f}x |"
               for r in rows]
-    (out / "head_table_smollm2.md").write_text("\n".join(lines) + "\n")
+    (out / f"head_table_{args.model}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -34,6 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 SEQ, PAST, DECODE_TOKENS = 128, 128, 64
+WIKI_HELDOUT = 16  # --heldout wikipedia: articles kept out of the counts
 MODELS = {"smollm2": ("SmolLM2-135M", "smollm2_dir"), "gemma3": ("Gemma-3-270m", "gemma3_dir")}  # label, assets fn
 
 
@@ -116,6 +117,9 @@ def one_thread(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="smollm2")
+    parser.add_argument("--heldout", choices=("news", "wikipedia"), default="news",
+                        help="news: gensim's lee_background.cor (another domain); wikipedia: the last "
+                             f"{WIKI_HELDOUT} Wikipedia articles, left out of the token counts (in-domain)")
     parser.add_argument("--coverages", type=float, nargs="+", default=[0.99, 0.999, 0.9999])
     parser.add_argument("--rounds", type=int, default=20, help="prefill timing rounds")
     parser.add_argument("--decode-rounds", type=int, default=200, help="decode-step timing rounds (a step is ~30 ms)")
@@ -141,6 +145,7 @@ def main() -> None:
     from ziplm_deploy.runtime.timing import Protocol, round_robin, stats_of
 
     started = time.perf_counter()
+    suffix = "" if args.heldout == "news" else "_in_domain"
     torch.set_num_threads(2)
     label, dir_fn = MODELS[args.model]
     dense_dir = getattr(assets, dir_fn)()
@@ -150,11 +155,18 @@ def main() -> None:
     reference = load_model(dense_dir)
     vocab = reference.config.vocab_size
     t0 = time.perf_counter()
-    counts = count_tokens(tokenizer, wikipedia_text(), vocab)
+    articles = wikipedia_text()
+    domain = articles[:-WIKI_HELDOUT] if args.heldout == "wikipedia" else articles
+    counts = count_tokens(tokenizer, domain, vocab)
     count_s = time.perf_counter() - t0
     generation = json.loads((dense_dir / "generation_config.json").read_text())
     specials = special_ids(tokenizer, vocab, read_model_config(dense_dir), generation)
-    held = heldout_windows(tokenizer, SEQ, args.eval_windows)
+    if args.heldout == "wikipedia":
+        from ziplm_deploy.prune.data import token_windows
+
+        held = token_windows(tokenizer, articles[-WIKI_HELDOUT:], SEQ)[: args.eval_windows]
+    else:
+        held = heldout_windows(tokenizer, SEQ, args.eval_windows)
     prompts = prompts_from(held, args.prompts, 16)
     print(f"counted {int(counts.sum()):,} Wikipedia tokens ({int((counts > 0).sum()):,} distinct) in {count_s:.1f}s; "
           f"{len(specials)} specials; {held.numel():,} held-out tokens", flush=True)
@@ -175,7 +187,8 @@ def main() -> None:
         sel = select_tokens(counts, specials, coverage=c)
         model = trim_model(copy.deepcopy(reference), sel.kept)
         t0 = time.perf_counter()
-        q = vocab_quality(model, reference, held, prompts, args.greedy_tokens, eval_data="gensim lee_background.cor")
+        q = vocab_quality(model, reference, held, prompts, args.greedy_tokens,
+                          eval_data="gensim lee_background.cor" if args.heldout == "news" else "held-out Wikipedia")
         quality_s = time.perf_counter() - t0
         model_dir = work / name
         save_model(model, model_dir, tokenizer=tokenizer, overwrite=True)
@@ -236,12 +249,15 @@ def main() -> None:
         row["genai_same_64_tokens_as_untrimmed"] = next(
             (i for i, (a, b) in enumerate(zip(tokens, untrimmed_tokens)) if a != b), len(tokens))
     result = {
-        "benchmark": f"vocab_{args.model}", "model": label, "date": time.strftime("%Y-%m-%d"),
+        "benchmark": f"vocab_{args.model}{suffix}", "model": label, "date": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cpus (shared with other jobs: load average "
                    f"{os.getloadavg()[0]:.1f} at the end)",
         "python": platform.python_version(), "torch": torch.__version__,
         "settings": {
-            "domain": "gensim Wikipedia dump (token counts)", "heldout": "gensim lee_background.cor",
+            "domain": "gensim Wikipedia dump (token counts)" if args.heldout == "news" else
+                      f"gensim Wikipedia dump but its last {WIKI_HELDOUT} articles (token counts)",
+            "heldout": "gensim lee_background.cor" if args.heldout == "news" else
+                       f"the last {WIKI_HELDOUT} Wikipedia articles (in-domain, not counted)",
             "eval": f"{held.shape[0]} x {SEQ} held-out windows",
             "greedy": f"{len(prompts)} prompts (16 tokens) x {args.greedy_tokens} tokens",
             "runtime": "onnxruntime CPU, 1 thread, GenAI graph (last-position logits, past KV)",
@@ -253,7 +269,7 @@ def main() -> None:
         "domain_tokens": int(counts.sum()), "domain_distinct": int((counts > 0).sum()), "specials": len(specials),
         "rows": rows, "timings": timings, "seconds": round(time.perf_counter() - started, 1),
     }
-    out = ROOT / "tools" / "results" / f"vocab_{args.model}.json"
+    out = ROOT / "tools" / "results" / f"vocab_{args.model}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

@@ -162,3 +162,16 @@ def test_apply_shape_does_not_trim_the_vocabulary():
     assert adapter_for(again).shape_of(again).vocab == len(KEPT)
     with pytest.raises(UserError, match=f"keeps 3 output tokens; the model has {len(KEPT)} kept tokens"):
         apply_shape(trimmed, ModelShape(layers, vocab=3))
+
+
+def test_always_kept_tokens_are_the_specials_and_chat_markers_not_reserved_placeholders():
+    """Gemma declares 6,242 ``<unusedN>`` tokens; kept, they would be most of a trimmed head's rows."""
+    from tinyvocab import tokenizer
+
+    from ziplm_deploy.models.vocab import special_ids
+
+    tok = tokenizer()
+    tok.add_tokens(["<start_of_turn>", "<end_of_turn>", "<unused0>", "<unused17>", "[unused3]",
+                    "<|reserved_special_token_4|>"], special_tokens=True)
+    kept = tok.convert_ids_to_tokens(special_ids(tok, len(tok), {"eos_token_id": 2}))
+    assert kept == ["[UNK]", "<s>", "</s>", "<start_of_turn>", "<end_of_turn>"]

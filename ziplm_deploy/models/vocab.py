@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Sequence
 
@@ -161,9 +162,16 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
 
 
+# Reserved placeholder tokens a tokenizer declares but a model never learned to emit: Gemma's 6,242
+# <unused0>.., BERT's [unused0].., Llama 3's <|reserved_special_token_0|>..
+_PLACEHOLDER = re.compile(r"^(<\|?(unused|reserved)[a-z_]*\d+\|?>|\[unused\d+\])$")
+
+
 def special_ids(tokenizer: Any, vocab_size: int, *configs: dict[str, Any] | None) -> list[int]:
     """Token ids a trimmed head always keeps: BOS / EOS / PAD / UNK of the tokenizer and of each config dict
-    (config.json, generation_config.json), every special and every added token of the tokenizer."""
+    (config.json, generation_config.json), every special and every added token of the tokenizer (chat
+    markers such as ``<end_of_turn>``) except reserved placeholders (``<unused12>``: a model never emits
+    them; they would be 6,242 of Gemma's rows)."""
     keys = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
     found: set[int] = set()
     for config in configs:
@@ -173,7 +181,8 @@ def special_ids(tokenizer: Any, vocab_size: int, *configs: dict[str, Any] | None
         for key in keys:
             found.update(_ids(getattr(tokenizer, key, None)))
         found.update(_ids(list(getattr(tokenizer, "all_special_ids", []) or [])))
-        found.update(_ids(list((getattr(tokenizer, "added_tokens_decoder", None) or {}).keys())))
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        found.update(_ids([i for i, token in added.items() if not _PLACEHOLDER.match(str(token))]))
     return sorted(i for i in found if 0 <= i < vocab_size)
 
 
