@@ -192,7 +192,7 @@ def test_a_trimmed_model_is_refused_by_prune_and_by_flop_with_a_table_that_canno
     for argv, words in (
         (["prune", "--model", str(trimmed), "--table", str(tmp_path / "table.json"), "--calib", str(texts / "domain.txt"),
           "--seq-len", "16", "--windows", "2", "--out", str(tmp_path / "p")],
-         "has a trimmed output vocabulary (ziplm_vocab in config.json)"),
+         "no LM head entries, needed for a model with a trimmed vocabulary"),
         (["flop", "--model", str(trimmed), "--table", str(tmp_path / "table.json"), "--data", str(texts / "domain.txt"),
           "--seq-len", "16", "--target-sparsity", "0.5", "--out", str(tmp_path / "f")],
          "no LM head entries, needed for a model with a trimmed vocabulary"),
@@ -201,3 +201,47 @@ def test_a_trimmed_model_is_refused_by_prune_and_by_flop_with_a_table_that_canno
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and words in err, err
     assert not (tmp_path / "p").exists() and not (tmp_path / "f").exists()
+
+
+def test_prune_on_a_trimmed_model_budgets_with_its_head_and_keeps_it(model_dirs, texts, tmp_path):
+    """trim-vocab first, then prune: the head's saving counts toward each total target (over the untrimmed
+    dense model), the search prunes blocks only for the rest, and every member keeps the trimmed head."""
+    from families import linear_table
+
+    from ziplm_deploy.cli import main
+    from ziplm_deploy.core.shape import ModelShape
+    from ziplm_deploy.core.table import HeadEntry, LatencyTable, Stats
+    from ziplm_deploy.models import adapter_for, load_model
+
+    trimmed = tmp_path / "trimmed"
+    assert _trim(model_dirs["llama"], trimmed, "--data", str(texts / "domain.txt"), "--keep", "24") == 0
+    linear_table(model_dirs["llama"], tmp_path / "table.json")
+    t = LatencyTable.load(tmp_path / "table.json")
+
+    def st(ms):
+        return Stats(ms, ms, ms, 5)
+
+    dense_ms = t.predict(t.dense_shape())  # a head that is a third of the model: 24 of 96 rows saves three quarters of it
+    head = dense_ms / 3
+    table = LatencyTable.build(t.fingerprint, t.arch, t.protocol, list(t.attention), list(t.ffn),
+                               {**t.references, "dense": st(dense_ms), "head": st(head)},
+                               head=[HeadEntry(k, st(head * k / t.arch.vocab)) for k in (16, 32, 48, 64, 80)])
+    table.save(tmp_path / "table.json")
+    trimmed_dense = table.predict(ModelShape(table.dense_shape().layers, vocab=24))
+    assert trimmed_dense < dense_ms
+    out = tmp_path / "family"
+    assert main(["prune", "--model", str(trimmed), "--table", str(tmp_path / "table.json"), "--calib",
+                 str(texts / "domain.txt"), "--seq-len", "16", "--windows", "4", "--targets", "1.2", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "family-ziplm.json").read_text())
+    light, strong = report["members"]
+    for member in (light, strong):
+        shape = ModelShape.from_json(member["shape"])
+        assert shape.vocab == 24
+        assert member["predicted_ms"] == pytest.approx(table.predict(shape), rel=1e-4)
+        assert member["predicted_speedup"] >= member["target"] * 0.99  # a total speedup over the untrimmed dense
+        model = load_model(member["path"])
+        assert adapter_for(model).shape_of(model) == shape
+    assert dense_ms / trimmed_dense > 1.2  # the trimmed head alone reaches 1.2x: no block needs to go
+    assert ModelShape.from_json(light["shape"]).layers == table.dense_shape().layers
+    assert ModelShape.from_json(strong["shape"]).layers != table.dense_shape().layers

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,7 +26,7 @@ from ..core.errors import UserError
 from ..core.fingerprint import DeviceFingerprint
 from ..core.jsonio import atomic_write_json, check_header, read_json
 from ..core.manifest import MANIFEST_FILE, ModelManifest, new_manifest
-from ..core.shape import VOCAB_CONFIG_KEY, ModelShape
+from ..core.shape import VOCAB_CONFIG_KEY, ModelShape, VocabTrim
 from ..core.table import LatencyTable
 from ..core.workload import Workload
 
@@ -317,7 +317,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     if table_path.is_dir():  # a workload folder: its manifest pins every table's sha256
         table_path = table_path / "workload.json"
     out = check_output_path(out, "prune output folder", directory=True)
-    arch, tokenizer, windows = _check_inputs(model_dir, latency, calib, config, log)
+    arch, tokenizer, windows, latency = _check_inputs(model_dir, latency, calib, config, log)
     for stale in sweep_temporaries(out):  # what a killed run was writing (a half-saved model, a JSON)
         log(f"removed the temporary {stale} of an interrupted run")
     dense = load_model(model_dir)
@@ -341,6 +341,8 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     candidates = SOLVERS[config.method](Run(config, relative, dense, latency, windows, model_dir, out, log, progress))
     for target, c in zip(config.targets, candidates):
         shape, predicted, loss = c.shape, c.predicted_ms, c.loss
+        if shape is not None and latency.vocab is not None:
+            shape = replace(shape, vocab=latency.vocab)
         member = FamilyMember(target, c.reachable, round(c.max_speedup * quant_speedup, 4))
         if not c.reachable:
             log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {member.max_speedup:.2f}x)")
@@ -413,26 +415,31 @@ def _member_manifest(report: FamilyReport, member: FamilyMember, model_dir, opti
     }, table_sha256=report.table_sha256, fingerprint=report.fingerprint)
 
 
-def _check_inputs(model_dir, latency: LatencyModel, calib, config: PruneConfig, log) -> tuple[Any, Any, Any]:
-    """(arch, tokenizer, calibration windows) of a dense model the table describes; refuses, before any model is
-    loaded, a pruned or vocabulary-trimmed model, another architecture, missing tokenizer files or unusable data."""
+def _check_inputs(model_dir, latency: LatencyModel, calib, config: PruneConfig,
+                  log) -> tuple[Any, Any, Any, LatencyModel]:
+    """(arch, tokenizer, calibration windows, latency model) of a dense model the table describes (with its
+    trimmed LM head's time when trim-vocab trimmed it); refuses, before any model is loaded, a pruned model,
+    another architecture, a trimmed one the table cannot time, missing tokenizer files or unusable data."""
     from ..models.tokenizer import load_tokenizer
     from .data import calibration_windows
 
     raw = read_model_config(model_dir)
     if raw.get(SHAPE_CONFIG_KEY):
         raise UserError(f"{model_dir} is already pruned", "prune the dense model; the table describes it")
-    if raw.get(VOCAB_CONFIG_KEY) is not None:
-        raise UserError(f"{model_dir} has a trimmed output vocabulary ({VOCAB_CONFIG_KEY} in config.json)",
-                        "prune the untrimmed model, then run trim-vocab on the pruned members")
     arch = arch_from_dir(model_dir)
     latency.check_arch(arch, source=str(model_dir))
+    if raw.get(VOCAB_CONFIG_KEY) is not None:  # trim-vocab ran first: the search budgets with its head's time
+        kept = len(VocabTrim.from_json(raw[VOCAB_CONFIG_KEY], f"{model_dir}/config.json: {VOCAB_CONFIG_KEY}").kept)
+        latency = latency.with_vocab(kept)
+        log(f"{model_dir}: LM head trimmed to {kept:,} of {arch.vocab:,} output tokens; targets are total "
+            f"speedups over the untrimmed dense model (the trimmed head alone: "
+            f"{latency.baseline_ms() / latency.dense_ms():.2f}x)")
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
         raise UserError(f"{model_dir} has no tokenizer files", "save the tokenizer into the model directory")
     windows = calibration_windows(tokenizer, calib, config.seq_len, config.windows, config.seed)
     log(f"calibration: {len(windows)} windows of {config.seq_len} tokens from {calib}")
-    return arch, tokenizer, windows
+    return arch, tokenizer, windows, latency
 
 
 def _workload_words(record: dict[str, Any] | None) -> str:

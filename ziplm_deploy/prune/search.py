@@ -16,7 +16,7 @@ speed (mean ms per token) the decode part divided by the number of decode steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Sequence
 
@@ -43,12 +43,14 @@ class LatencyModel:
 
     ``metric`` names what ``T`` is: ``latency`` (one table, ``of_table``) or a workload's ``e2e`` /
     ``ttft`` / ``decode`` (``of_workload``; ``tables`` is then set). ``source`` names the file(s), for
-    error messages."""
+    error messages. ``vocab``: the output tokens of a model whose LM head ``trim-vocab`` trimmed (its head's
+    time is then part of the constant, and every shape is predicted with it; ``with_vocab``)."""
 
     terms: tuple[tuple[float, LatencyTable], ...]
     metric: str = TABLE_METRIC
     tables: WorkloadTables | None = None
     source: str = "latency table"
+    vocab: int | None = None
 
     def __post_init__(self) -> None:
         if not self.terms or any(not (c >= 0 and math.isfinite(c)) for c, _ in self.terms):
@@ -103,7 +105,14 @@ class LatencyModel:
         return _METRIC_WORDS[self.metric]
 
     def dense_shape(self) -> ModelShape:
-        return ModelShape.dense(self.arch)
+        return replace(ModelShape.dense(self.arch), vocab=self.vocab)
+
+    def with_vocab(self, vocab: int | None) -> "LatencyModel":
+        """The same latency model for a model whose LM head keeps ``vocab`` output tokens; a table without head
+        entries is refused here (a ``UserError`` naming ``profile --vocab-step``), before any work."""
+        model = replace(self, vocab=vocab)
+        model.predict(model.dense_shape())
+        return model
 
     def check_arch(self, arch: ArchSpec, source: str = "model") -> None:
         """Every table must describe ``arch``; a mismatch names the table."""
@@ -121,7 +130,8 @@ class LatencyModel:
     # --- the latency model ------------------------------------------------------------------------
     @property
     def constant_ms(self) -> float:
-        return sum(c * t.calibration.beta for c, t in self.terms)
+        """What no block option changes: each table's intercept, and a trimmed head's saving."""
+        return sum(c * (t.calibration.beta + t.calibration.alpha * t.head_delta_ms(self.vocab)) for c, t in self.terms)
 
     def attention_ms(self, heads: int, kv_heads: int | None = None) -> float:
         """Calibrated time an attention block with ``heads`` (``kv_heads``) adds to ``T``."""
@@ -133,7 +143,10 @@ class LatencyModel:
         return sum(c * t.calibration.alpha * t.ffn_ms(width, layer) for c, t in self.terms)
 
     def predict(self, shape: ModelShape) -> float:
-        """``T(shape)`` in ms (each table's own prediction, weighted)."""
+        """``T(shape)`` in ms (each table's own prediction, weighted; with the model's trimmed head when the
+        shape does not name one)."""
+        if self.vocab is not None and shape.vocab is None:
+            shape = replace(shape, vocab=self.vocab)
         return sum(c * t.predict(shape) for c, t in self.terms)
 
     def dense_ms(self) -> float:
@@ -146,6 +159,8 @@ class LatencyModel:
 
     def predict_workload(self, shape: ModelShape) -> WorkloadPrediction | None:
         """TTFT, ms/token and end-to-end of ``shape`` under the workload (None for a plain table)."""
+        if self.vocab is not None and shape.vocab is None:
+            shape = replace(shape, vocab=self.vocab)
         return None if self.tables is None else self.tables.predict(shape)
 
 
