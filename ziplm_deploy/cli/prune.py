@@ -15,7 +15,9 @@ BUDGETS = ("e2e", "ttft", "decode")  # prune.search.BUDGETS (not imported here: 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="dense model directory")
+    p.add_argument("--model", required=True,
+                   help="dense model directory (or one trim-vocab trimmed: the search then budgets with its LM head, "
+                        "which needs a table profiled with --vocab-step)")
     p.add_argument("--table", help="latency table measured for this model (ziplm-deploy profile)")
     p.add_argument("--workload-tables", metavar="PATH",
                    help="instead of --table: workload manifest (or its folder) from `ziplm-deploy profile --workload`")
