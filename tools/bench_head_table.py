@@ -81,7 +81,10 @@ def main() -> None:
         name = f"coverage-{c:g}"
         sel = select_tokens(counts, specials, coverage=c)
         kept[name], folders[name] = len(sel.kept), work / f"{name}-genai"
-        if not (folders[name] / "ziplm_genai.json").is_file():
+        manifest = folders[name] / "ziplm_genai.json"
+        if manifest.is_file():  # reused (e.g. bench_vocab's, counted on other text): its own head
+            kept[name] = json.loads(manifest.read_text())["shape"]["vocab"]
+        else:
             model = trim_model(copy.deepcopy(reference), sel.kept)
             save_model(model, work / name, tokenizer=tokenizer, overwrite=True)
             export_genai(model, folders[name], tokenizer_dir=dense_dir, source=work / name, overwrite=True)
