@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from families import PLANS, greedy_ort, model_output as _out, ort_session, tiny_model
+from families import FAMILIES, PLANS, greedy_ort, model_output as _out, ort_session, tiny_model
 from ziplm_deploy.core.checks import TEMP_PREFIX
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.manifest import file_sha256
@@ -20,7 +20,10 @@ from ziplm_deploy.export.onnx import compare_outputs
 from ziplm_deploy.models import LayerPlan, adapter_for, generation_cache, shrink
 
 
-@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+@pytest.mark.parametrize("family, pruned", [
+    pytest.param(f, p, id=f"{f}-{'pruned' if p else 'dense'}",
+                 marks=[pytest.mark.slow] if (f, p) == ("gemma3", False) else [])  # its pruned form covers more
+    for f in FAMILIES for p in (False, True)])
 def test_export_matches_pytorch_on_new_batch_and_length(family, pruned, tmp_path):
     model = tiny_model(family)
     if pruned:
@@ -51,7 +54,7 @@ def test_sequence_classification_export(tmp_path):
     assert [d.name for d in result.diffs] == ["logits"] and result.diffs[0].ok
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", pytest.param("gemma3", marks=pytest.mark.slow)])
 def test_with_past_graphs_decode_like_generate(family, tmp_path):
     """Layer 0 without attention, a dropped layer and per-layer KV widths: the ORT greedy loop == generate().
     Gemma 3's 4-token sliding window is passed after the 6-token prompt, on renumbered cache slots."""
