@@ -371,7 +371,8 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
         member.path = str(path)
         log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
             + _workload_words(member.workload_prediction)
-            + (f", quantization alone ({report.precision}, nothing pruned)" if shape == latency.dense_shape() else "")
+            + (f", {_unpruned_words(report.precision, latency.vocab)} alone (nothing pruned)"
+               if shape == latency.dense_shape() else "")
             + (f", calibration ppl {member.calibration_ppl:.2f}" if member.calibration_ppl is not None else "")
             + f" -> {path}")
         report.members.append(member)
@@ -380,6 +381,13 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     report.seconds = round(time.perf_counter() - started, 1)
     atomic_write_json(out / f"family-{config.method}.json", report.to_json())
     return report
+
+
+def _unpruned_words(precision: str, vocab: int | None) -> str:
+    """What makes an unpruned member faster than the fp32 dense model: quantization and/or a trimmed head."""
+    parts = ([f"quantization ({precision})"] if precision != "fp32" else []) + (
+        [f"the LM head trimmed to {vocab:,} tokens"] if vocab is not None else [])
+    return " and ".join(parts) or "the dense model"
 
 
 def _workload_metrics(record: dict[str, Any] | None) -> dict[str, float | None]:
@@ -432,7 +440,7 @@ def _check_inputs(model_dir, latency: LatencyModel, calib, config: PruneConfig,
         kept = len(VocabTrim.from_json(raw[VOCAB_CONFIG_KEY], f"{model_dir}/config.json: {VOCAB_CONFIG_KEY}").kept)
         latency = latency.with_vocab(kept)
         log(f"{model_dir}: LM head trimmed to {kept:,} of {arch.vocab:,} output tokens; targets are total "
-            f"speedups over the untrimmed dense model (the trimmed head alone: "
+            f"speedups over the untrimmed dense model (the unpruned trimmed model: "
             f"{latency.baseline_ms() / latency.dense_ms():.2f}x)")
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
