@@ -110,3 +110,25 @@ def test_windows_start_with_bos_when_the_tokenizer_starts_texts_with_it(tmp_path
     with_bos.save_pretrained(tmp_path / "tok")
     assert np.array_equal(text_windows(tmp_path / "tok", read_texts(text), 16), windows.numpy())
     assert token_windows(with_bos, read_texts(text), 16, add_bos=False)[0, 0] != 1  # an explicit choice wins
+
+
+def test_bos_is_found_before_the_text_also_when_the_tokenizer_appends_eos(tmp_path, text):
+    """``[BOS, a, EOS]`` (add_eos_token tokenizers) still means BOS first; a token 0 BOS is kept; ``[a, EOS]``
+    and an empty encoding mean none; the torch-free reader refuses one-token windows like the other."""
+    import numpy as np
+    from tokenizers.processors import TemplateProcessing
+
+    from ziplm_deploy.prune.data import bos_before
+    from ziplm_deploy.verify.ort_quality import text_windows
+
+    assert bos_before([7], [1, 7, 2]) == 1 and bos_before([7, 8], [0, 7, 8]) == 0
+    assert bos_before([7], [7, 2]) is None and bos_before([], [1]) is None and bos_before([7], [7]) is None
+    tok = word_tokenizer(WORDS, 420)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A </s>",
+                                                              special_tokens=[("<s>", 1), ("</s>", 2)])
+    windows = token_windows(tok, read_texts(text), 16)
+    assert (windows[:, 0] == 1).all()
+    tok.save_pretrained(tmp_path / "tok")
+    assert np.array_equal(text_windows(tmp_path / "tok", read_texts(text), 16), windows.numpy())
+    with pytest.raises(UserError, match="sequence length 1 is too short"):
+        text_windows(tmp_path / "tok", read_texts(text), 1)

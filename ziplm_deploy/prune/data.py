@@ -38,8 +38,8 @@ def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int
                         f"{max(min_count, 1)}", "pass more text or a shorter sequence length")
     windows = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
     if add_bos:
-        bos = leading_bos(tokenizer) or tokenizer.bos_token_id
-        bos = bos if bos is not None else sep[0]
+        bos = leading_bos(tokenizer)
+        bos = bos if bos is not None else tokenizer.bos_token_id if tokenizer.bos_token_id is not None else sep[0]
         windows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), windows], dim=1)
     if count is not None and count < n:
         windows = windows[sampled_indices(n, count, seed)]
@@ -49,9 +49,14 @@ def token_windows(tokenizer: Any, texts: Sequence[str], seq_len: int, count: int
 def leading_bos(tokenizer: Any) -> int | None:
     """The token a ``transformers`` tokenizer puts first when it encodes a text with its special tokens
     (its BOS convention), or None."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a")["input_ids"]
-    return full[0] if len(full) > len(plain) and full[-len(plain):] == plain and full[0] not in plain else None
+    return bos_before(tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"])
+
+
+def bos_before(plain: Sequence[int], full: Sequence[int]) -> int | None:
+    """The token ``full`` (a text encoded with special tokens) has before ``plain`` (the same text without
+    them), or None: ``[BOS, a]`` and ``[BOS, a, EOS]`` give BOS; ``[a]`` and ``[a, EOS]`` give None."""
+    plain, full = list(plain), list(full)
+    return full[0] if plain and len(full) > len(plain) and full[1:1 + len(plain)] == plain else None
 
 
 def sampled_indices(n: int, count: int | None, seed: int = 0) -> list[int]:

@@ -112,6 +112,8 @@ class LatencyModel:
         entries is refused here (a ``UserError`` naming ``profile --vocab-step``), before any work."""
         model = replace(self, vocab=vocab)
         model.predict(model.dense_shape())
+        if model.tables is not None:  # a decode or TTFT budget leaves some of the workload's tables out of terms
+            model.tables.predict(model.dense_shape())
         return model
 
     def check_arch(self, arch: ArchSpec, source: str = "model") -> None:

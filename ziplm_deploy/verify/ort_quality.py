@@ -153,6 +153,8 @@ def text_windows(model_dir: str | os.PathLike, texts: Sequence[str], seq_len: in
     """The first ``count`` windows of ``seq_len`` tokens of ``texts`` (EOS between texts), tokenized with
     ``model_dir/tokenizer.json``; BOS first in each window when the tokenizer starts a text with it (as
     ``prune.data.token_windows`` does, so both give the same windows)."""
+    if seq_len < 2:
+        raise UserError(f"sequence length {seq_len} is too short", "use at least 2 tokens")
     model_dir = Path(model_dir)
     tokenizer = _tokenizer(model_dir)
     eos = _eos_id(tokenizer, model_dir)
@@ -172,8 +174,9 @@ def text_windows(model_dir: str | os.PathLike, texts: Sequence[str], seq_len: in
 
 
 def _leading_bos(tokenizer: Any) -> int | None:
+    """``prune.data.bos_before`` (this module stays torch-free: the same rule, written again)."""
     plain, full = tokenizer.encode("a", add_special_tokens=False).ids, tokenizer.encode("a").ids
-    return full[0] if len(full) > len(plain) and full[-len(plain):] == plain and full[0] not in plain else None
+    return full[0] if plain and len(full) > len(plain) and full[1:1 + len(plain)] == plain else None
 
 
 def read_texts(source: str | os.PathLike) -> list[str]:
