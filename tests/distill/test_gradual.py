@@ -105,6 +105,12 @@ def test_gradual_options_are_checked():
     with pytest.raises(UserError, match="starts from the dense model"):
         gradual_ziplm(pruned, linear_table(dense), _windows(4, 0), _windows(4, 1), "unused", GradualConfig(),
                       TrainConfig(steps=1), LossWeights(), progress=False)
+    from ziplm_deploy.models.vocab import trim_model
+
+    trimmed = trim_model(copy.deepcopy(dense), list(range(0, 120, 2)))
+    with pytest.raises(UserError, match="vocabulary-trimmed model is not supported"):
+        gradual_ziplm(trimmed, linear_table(dense), _windows(4, 0), _windows(4, 1), "unused", GradualConfig(),
+                      TrainConfig(steps=1), LossWeights(), progress=False)
 
 
 @pytest.mark.parametrize("attention", ["heads-in-groups", "whole-groups"])

@@ -97,7 +97,11 @@ def gradual_ziplm(dense: nn.Module, table: LatencyTable, calib: torch.Tensor, tr
     from ..prune.evaluate import perplexity
 
     table.check_arch(adapter_for(dense).arch(dense), source="the dense model")
-    if adapter_for(dense).shape_of(dense) != table.dense_shape().validate(table.arch):
+    shape = adapter_for(dense).shape_of(dense)
+    if shape.vocab is not None:
+        raise UserError("gradual pruning of a vocabulary-trimmed model is not supported",
+                        "run gradual on the untrimmed model and trim-vocab its members, or `prune` the trimmed one")
+    if shape != table.dense_shape().validate(table.arch):
         raise UserError("gradual pruning starts from the dense model", "pass the unpruned model directory")
     out = Path(out)
     dense.eval()
