@@ -118,7 +118,7 @@ def test_bos_is_found_before_the_text_also_when_the_tokenizer_appends_eos(tmp_pa
     import numpy as np
     from tokenizers.processors import TemplateProcessing
 
-    from ziplm_deploy.prune.data import bos_before
+    from ziplm_deploy.core.checks import bos_before
     from ziplm_deploy.verify.ort_quality import text_windows
 
     assert bos_before([7], [1, 7, 2]) == 1 and bos_before([7, 8], [0, 7, 8]) == 0

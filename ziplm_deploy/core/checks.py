@@ -178,3 +178,11 @@ def _tensor_end(path: Path, name: str, info: Any) -> int:
     if end < start or (width is not None and end - start != count * width):
         raise _corrupt(path, f"{name} has {end - start} bytes for shape {info['shape']} of {info['dtype']}")
     return end
+
+
+def bos_before(plain: list[int], full: list[int]) -> int | None:
+    """The token ``full`` (a text encoded with special tokens) has before ``plain`` (the same text without
+    them), or None: ``[BOS, a]`` and ``[BOS, a, EOS]`` give BOS; ``[a]`` and ``[a, EOS]`` give None. Both
+    tokenizer kinds (transformers in ``prune.data``, torch-free ``tokenizers`` in ``verify``) ask this."""
+    plain, full = list(plain), list(full)
+    return full[0] if plain and len(full) > len(plain) and full[1:1 + len(plain)] == plain else None

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.checks import check_text
+from ..core.checks import bos_before, check_text
 from ..core.errors import UserError
 
 
@@ -51,12 +51,6 @@ def leading_bos(tokenizer: Any) -> int | None:
     (its BOS convention), or None."""
     return bos_before(tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"])
 
-
-def bos_before(plain: Sequence[int], full: Sequence[int]) -> int | None:
-    """The token ``full`` (a text encoded with special tokens) has before ``plain`` (the same text without
-    them), or None: ``[BOS, a]`` and ``[BOS, a, EOS]`` give BOS; ``[a]`` and ``[a, EOS]`` give None."""
-    plain, full = list(plain), list(full)
-    return full[0] if plain and len(full) > len(plain) and full[1:1 + len(plain)] == plain else None
 
 
 def sampled_indices(n: int, count: int | None, seed: int = 0) -> list[int]:

@@ -27,7 +27,7 @@ from ..core.errors import InternalError, UserError
 from ..core.fingerprint import DeviceFingerprint
 from ..core.shape import LayerShape, ModelShape
 from ..core.table import LatencyTable
-from ..core.workload import WorkloadPrediction, WorkloadTables
+from ..core.workload import WorkloadTables
 from .database import Database, Level
 
 BUDGETS = ("e2e", "ttft", "decode")  # what a workload search budgets: end-to-end, time to first token, ms per token
@@ -158,12 +158,6 @@ class LatencyModel:
         """What speedups of ``T`` are over: the dense model's ``T`` (fp32 tables), or, for quantized tables,
         the fp32 dense model's timed in each table's own run (``LatencyTable.speedup_baseline_ms``)."""
         return sum(c * t.speedup_baseline_ms() for c, t in self.terms)
-
-    def predict_workload(self, shape: ModelShape) -> WorkloadPrediction | None:
-        """TTFT, ms/token and end-to-end of ``shape`` under the workload (None for a plain table)."""
-        if self.vocab is not None and shape.vocab is None:
-            shape = replace(shape, vocab=self.vocab)
-        return None if self.tables is None else self.tables.predict(shape)
 
 
 def as_latency_model(latency: "LatencyTable | LatencyModel") -> LatencyModel:

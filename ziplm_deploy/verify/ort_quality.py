@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.checks import check_text
+from ..core.checks import bos_before, check_text
 from ..core.errors import UserError
 
 
@@ -174,9 +174,7 @@ def text_windows(model_dir: str | os.PathLike, texts: Sequence[str], seq_len: in
 
 
 def _leading_bos(tokenizer: Any) -> int | None:
-    """``prune.data.bos_before`` (this module stays torch-free: the same rule, written again)."""
-    plain, full = tokenizer.encode("a", add_special_tokens=False).ids, tokenizer.encode("a").ids
-    return full[0] if plain and len(full) > len(plain) and full[1:1 + len(plain)] == plain else None
+    return bos_before(tokenizer.encode("a", add_special_tokens=False).ids, tokenizer.encode("a").ids)
 
 
 def read_texts(source: str | os.PathLike) -> list[str]:

@@ -11,6 +11,7 @@ from ...profiling import onnx_ops as ops
 from ...profiling.onnx_ops import BlockContext, GraphBuilder, Sizes
 from ..base import GraphParts
 from ..llama.graph import PARTS as LLAMA_PARTS
+from ..qwen3.graph import head_rms_norm
 
 
 def _pre_norm(b: GraphBuilder, arch: ArchSpec, x: str, p: str) -> str:
@@ -22,15 +23,10 @@ def _post_norm_residual(b: GraphBuilder, arch: ArchSpec, x: str, out: str, p: st
     return b.op("Add", [x, ops.rms_norm(b, out, f"{p}.post_norm", arch, offset=True)])
 
 
-def _head_norm(b: GraphBuilder, x: str, key: str, arch: ArchSpec, n: int) -> str:
-    d = arch.head_dim
-    normed = ops.rms_norm(b, b.op("Reshape", [x, b.ints([0, 0, n, d])]), key, arch, width=d, offset=True)
-    return b.op("Reshape", [normed, b.ints([0, 0, n * d])])
-
-
 def _qkv(b: GraphBuilder, arch: ArchSpec, h: str, p: str, heads: int, kv: int) -> tuple[str, str, str]:
     q, k, v = ops.separate_qkv(b, arch, h, p, heads, kv)
-    return _head_norm(b, q, f"{p}.q_norm", arch, heads), _head_norm(b, k, f"{p}.k_norm", arch, kv), v
+    return (head_rms_norm(b, q, f"{p}.q_norm", arch, heads, offset=True),
+            head_rms_norm(b, k, f"{p}.k_norm", arch, kv, offset=True), v)
 
 
 def _embeddings(b: GraphBuilder, arch: ArchSpec, ids: str, hidden: str, pad: str,
