@@ -87,6 +87,63 @@ def test_the_trimmed_head_graph_computes_what_the_trimmed_head_module_does():
     assert len(kept) == 30 and np.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_last_position_logits_graph_is_the_last_row_of_the_full_one(family):
+    """``Sizes.logits`` "last" (generation's prefill): the whole-model graph and the head graph compute exactly
+    the last position's row of what the all-positions graphs compute, with a fixed 1 on the logits' axis 1."""
+    import numpy as np
+
+    from ziplm_deploy.profiling.blocks import Sizes, head_graph, model_graph
+    from ziplm_deploy.runtime import get_backend
+    from ziplm_deploy.runtime.feeds import synthetic_feeds
+
+    backend = get_backend("ort-cpu", threads=1)
+    arch = arch_from_config(CONFIGS[family])
+    full, last = Sizes(1, 8), Sizes(1, 8, logits="last")
+    shape = random_shapes(arch, 1, seed=1)[0]
+    for make in (lambda s: model_graph(arch, shape, s), lambda s: head_graph(arch, None, s), lambda s: head_graph(arch, 30, s)):
+        outs = []
+        for sizes in (full, last):
+            g = make(sizes)
+            session = backend.load(g.SerializeToString())
+            outs.append(session.run(synthetic_feeds(session.inputs, sizes.dims, arch.vocab))["logits"])
+            session.close()
+            assert [d.dim_value or d.dim_param for d in g.graph.output[0].type.tensor_type.shape.dim][1] == (
+                1 if sizes.logits == "last" else "seq")
+        assert outs[1].shape == (1, 1, arch.vocab)
+        np.testing.assert_allclose(outs[1], outs[0][:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_last_position_logits_is_refused_where_it_means_nothing():
+    with pytest.raises(UserError, match="a decode step has one position"):
+        profile(arch_from_config(CONFIGS["llama"]), ProfileOptions(decode_kv_len=4, logits="last"), progress=False)
+    with pytest.raises(UserError, match="has no LM head"):
+        profile(arch_from_config(CONFIGS["bert"]), ProfileOptions(seq=8, logits="last"), progress=False)
+
+
+def test_tables_profiled_together_are_each_a_whole_table():
+    """``profile_together``: one interleaved timing run for a prefill and a decode table; each has its own
+    entries, references, calibration, re-check and fingerprint, exactly as ``profile`` would give; tables that
+    differ in more than their sizes are not profiled together."""
+    from ziplm_deploy.core.errors import InternalError
+    from ziplm_deploy.profiling.profiler import profile_together
+
+    arch = arch_from_config(CONFIGS["llama"])
+    runs = [ProfileOptions(seq=8, ffn_step=32, logits="last", protocol=FAST),
+            ProfileOptions(decode_kv_len=12, ffn_step=32, protocol=FAST)]
+    prefill, decode = profile_together(arch, runs, progress=False)
+    assert (prefill.fingerprint.mode, prefill.fingerprint.seq, prefill.fingerprint.logits) == ("prefill", 8, "last")
+    assert (decode.fingerprint.mode, decode.fingerprint.kv_len, decode.fingerprint.logits) == ("decode", 12, "all")
+    for table in (prefill, decode):
+        assert [(e.heads, e.kv_heads) for e in table.attention] == attention_grid(arch)
+        assert all(e.stats.n == FAST.rounds for e in table.attention + table.ffn)
+        assert table.predict(table.dense_shape()) == pytest.approx(table.references["dense"].get(table.statistic))
+        assert table.references["dense_recheck"].n == FAST.recheck
+    assert prefill.references["dense"] != decode.references["dense"]  # each timed its own graphs
+    with pytest.raises(InternalError, match="differ in more than their sizes"):
+        profile_together(arch, [runs[0], ProfileOptions(decode_kv_len=12, ffn_step=16, protocol=FAST)], progress=False)
+
+
 def test_bert_has_no_decode():
     with pytest.raises(UserError, match="BERT has no decode mode"):
         profile(arch_from_config(CONFIGS["bert"]), ProfileOptions(decode_kv_len=4), progress=False)

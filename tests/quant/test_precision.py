@@ -58,6 +58,16 @@ def test_bad_fingerprint_precision_is_refused(value, message):
         DeviceFingerprint.from_json({**FP, "precision": value}, "t.json")
 
 
+def test_old_fingerprints_timed_every_positions_logits_and_bad_logits_are_refused():
+    assert DeviceFingerprint.from_json(dict(FP), "old table").logits == "all"
+    last = DeviceFingerprint.from_json({**FP, "logits": "last"}, "new table")
+    assert last.differences(DeviceFingerprint.from_json(FP, "old")) == ["logits: 'last' != 'all'"]
+    for value, message in (("first", "fingerprint.logits must be one of all, last, got 'first'"),
+                           (1, "fingerprint.logits must be a string, got 1")):
+        with pytest.raises(UserError, match=message):
+            DeviceFingerprint.from_json({**FP, "logits": value}, "t.json")
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_quantize_graph_makes_integer_matmuls(per_channel):
     arch = arch_from_config(LLAMA)

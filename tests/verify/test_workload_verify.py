@@ -391,3 +391,71 @@ def test_chat_example_policy(verified, tmp_path, capsys):
     # the same policy on a prefill-only report: every generation budget fails, none passes vacuously
     verdict = judge(Policy.from_dict(lenient, "lenient.yaml"), VerifyReport.from_json(copy.deepcopy(REPORT)))
     assert {c.name for c in verdict.failures} >= set(WORKLOAD_BUDGETS)
+
+
+def test_run_report_shows_the_generation_block(verified, tables, pair, tmp_path):
+    """`report` of a run with a generation verify report: a generation table with each figure measured / predicted
+    (the report's own values), in HTML and Markdown; an invalid figure is a warning and shown as missing."""
+    from ziplm_deploy.verify.runreport import collect, generation_rows, render_html, render_markdown
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["verify", "--baseline", str(pair["dense"]), "--candidate", str(pair["pruned"]), "--workload", WORKLOAD,
+                 "--workload-tables", str(tables), "--report", str(run / "pruned.verify.json"),
+                 "--cache", str(pair["root"] / "cache"), *FAST]) == 0
+    w = json.loads((run / "pruned.verify.json").read_text())["workload"]
+    data = collect(run)
+    (row,) = [r for r in data.rows if r.generation]
+    g = row.generation
+    assert g.workload == WORKLOAD and g.token_agreement == w["token_agreement"]
+    for key in ("ttft_ms", "ms_per_token", "e2e_ms"):
+        assert g.measured[key] == w["candidate"][key]["p25"] and g.baseline[key] == w["baseline"][key]["p25"]
+        assert g.predicted[key] == w["prediction"]["candidate"][key]
+    assert g.measured["tokens_per_s"] == w["candidate"]["tokens_per_s"]
+    assert g.speedup == w["speedup"] and g.speedup_predicted == w["prediction"]["speedup"]
+    rows = generation_rows(data)
+    assert rows[0][:3] == ["model", "workload", "TTFT ms"] and rows[2][0] == row.name
+    assert rows[2][8] == f"{w['speedup']['e2e']:.2f}x / {w['prediction']['speedup']['e2e']:.2f}x"
+    md, page = render_markdown(data), render_html(data)
+    assert "Generation in ONNX Runtime GenAI (measured / predicted):" in md and rows[2][8] in md
+    assert "<h2>Generation in ONNX Runtime GenAI (measured / predicted)</h2>" in page
+
+    bad = json.loads((run / "pruned.verify.json").read_text())
+    bad["workload"]["candidate"]["ttft_ms"]["p25"] = "fast"
+    (run / "pruned.verify.json").write_text(json.dumps(bad))
+    data = collect(run)
+    (row,) = [r for r in data.rows if r.generation]
+    assert row.generation.measured["ttft_ms"] is None
+    assert any("ttft_ms.p25" in warning for warning in data.warnings)
+    assert generation_rows(data)[2][2].startswith("– / ")
+
+
+def test_a_batch_of_two_is_timed_and_predicted_for_two_sequences(pair, tmp_path, capsys):
+    """``--batch 2``: GenAI generates two sequences (the same prompt) per visit; the block, the fingerprint and
+    tokens/s (two tokens per step) say so, the candidate's greedy tokens are checked token-exact, and tables
+    profiled at batch 2 predict it (tables of batch 1 are refused before any work)."""
+    tables = tmp_path / "tables-b2"
+    assert main(["profile", "--model", str(pair["dense"]), "--workload", WORKLOAD, "--batch", "2", "--rounds", "3",
+                 "--warmup", "1", "--ffn-step", "32", "--no-progress", "--out", str(tables)]) == 0
+    out = tmp_path / "verify-b2.json"
+    assert main(["verify", "--baseline", str(pair["dense"]), "--candidate", str(pair["pruned"]), "--workload", WORKLOAD,
+                 "--batch", "2", "--workload-tables", str(tables), "--report", str(out),
+                 "--cache", str(pair["root"] / "cache"), *FAST]) == 0
+    r = VerifyReport.load(out)
+    w = r.workload
+    assert w["workload"]["batch"] == 2 and r.fingerprint["batch"] == 2 and r.inputs["batch"] == 2
+    for role in ("baseline", "candidate"):
+        assert w[role]["tokens_per_s"] == pytest.approx(2000.0 / w[role]["ms_per_token"]["p25"], rel=1e-3)
+        assert w[role]["generated_tokens"] == G
+    assert r.parity["ok"] is True and w["prediction"]["tables"]["fingerprint_differences"] == []
+    assert w["prediction"]["candidate"]["tokens_per_s"] == pytest.approx(
+        2000.0 / w["prediction"]["candidate"]["ms_per_token"], rel=1e-3)
+    batch_one = tmp_path / "tables-b1"
+    assert main(["profile", "--model", str(pair["dense"]), "--workload", WORKLOAD, "--rounds", "3", "--warmup", "1",
+                 "--ffn-step", "32", "--no-progress", "--out", str(batch_one)]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--baseline", str(pair["dense"]), "--candidate", str(pair["pruned"]), "--workload", WORKLOAD,
+                 "--batch", "2", "--workload-tables", str(batch_one), "--report", str(tmp_path / "no.json"),
+                 "--cache", str(pair["root"] / "cache"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch" in err and not (tmp_path / "no.json").exists()

@@ -44,6 +44,8 @@ def test_profile_workload_writes_the_set(profiled, capsys):
         assert t.protocol["rounds"] == 3 and t.protocol["warmup"] == 1 and t.protocol["ffn_step"] == 32
         assert [e.ffn for e in t.ffn] == [0, 32, 64] and t.fingerprint.threads == 1
     assert (tables.prefill.fingerprint.mode, tables.prefill.fingerprint.seq) == ("prefill", 8)
+    # a generation's prefill yields one token: its table times the LM head on the last position, as GenAI runs it
+    assert tables.prefill.fingerprint.logits == "last" and {t.fingerprint.logits for t in tables.decode} == {"all"}
     assert sorted(p.name for p in profiled.parent.iterdir()) == [
         "decode_b1_kv10.json", "decode_b1_kv8.json", "decode_b1_kv9.json", "prefill_b1_s8.json", "workload.json"]
 
@@ -142,6 +144,9 @@ def test_predict_refuses_bad_manifests(profiled, tmp_path, capsys, tiny_model_di
     (["--workload", "chat", "--seq", "64"], ["--seq does not go with --workload"]),
     (["--workload", "chat", "--decode-kv-len", "64"], ["--decode-kv-len does not go with --workload"]),
     (["--workload", "chat", "--check", "2"], ["--check checks one table"]),
+    (["--workload", "chat", "--logits", "last"], ["--logits does not go with --workload"]),
+    (["--decode-kv-len", "4", "--logits", "last"], ["--logits last: a decode step has one position"]),
+    (["--logits", "first"], ["argument --logits: invalid choice"]),
     (["--workload", "chat", "--kv-lens", "512", "600"], ["--kv-lens at KV lengths [512, 600] do not cover", "638"]),
     (["--workload", "prefill-64", "--kv-lens", "64"], ["no decode step"]),
     (["--kv-lens", "8"], ["--kv-lens needs --workload"]),
@@ -162,6 +167,7 @@ def test_profile_workload_refuses_bert_generation(tmp_path, capsys):
     assert main(["profile", "--model", str(tmp_path / "bert"), "--workload", "prefill-8", "--out",
                  str(tmp_path / "o"), *FAST]) == 0  # prefill-only is fine for an encoder
     assert WorkloadTables.load(tmp_path / "o").workload.name == "prefill-8"
+    assert WorkloadTables.load(tmp_path / "o").prefill.fingerprint.logits == "all"  # scoring: every position
 
 
 def test_profile_defaults_unchanged_without_workload(tiny_model_dir, tmp_path, capsys):
@@ -173,6 +179,9 @@ def test_profile_defaults_unchanged_without_workload(tiny_model_dir, tmp_path, c
                  *FAST]) == 0
     fp = LatencyTable.load(tmp_path / "d.json").fingerprint
     assert (fp.mode, fp.seq, fp.kv_len) == ("decode", 1, 5)
+    assert main(["profile", "--model", str(tiny_model_dir), "--out", str(tmp_path / "l.json"), "--logits", "last",
+                 "--seq", "6", *FAST]) == 0
+    assert LatencyTable.load(tmp_path / "l.json").fingerprint.logits == "last"
 
 
 def test_workload_commands_without_torch(no_torch_env, profiled, tiny_model_dir, tmp_path):

@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=argtypes.positive_int, default=None, help="prefill sequence length (default 128)")
     p.add_argument("--decode-kv-len", type=argtypes.nonneg_int, default=None, metavar="L",
                    help="profile decoding one token with a KV cache of L tokens instead of prefill")
+    p.add_argument("--logits", choices=("all", "last"), default=None,
+                   help="prefill of a causal LM: time the LM head on every position (all, default: scoring graphs, "
+                        "`export`) or on the last one only (last: generation graphs, `export --genai`; what "
+                        "--workload uses for a generating workload's prefill table)")
     p.add_argument("--workload", metavar="W",
                    help="measure the tables of a generation workload: chat (prompt 512, generate 128), prefill-S "
                         "or PxG (e.g. 256x64); --out is then a folder or a manifest MANIFEST.json")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
                           threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
                           rank_step=args.rank_step, vocab_step=args.vocab_step, protocol=protocol,
-                          precision=precision)
+                          precision=precision, logits=args.logits or "all")
     progress = not args.no_progress
     if args.out:
         table = profile(arch, opts, progress=progress)
@@ -155,9 +159,11 @@ def _run_workload(args: argparse.Namespace) -> int:
 
     workload = Workload.parse(args.workload, batch=args.batch)
     for option, given in (("--seq", args.seq), ("--decode-kv-len", args.decode_kv_len), ("--table", args.table),
-                          ("--check-out", args.check_out), ("--max-speedup-error", args.max_speedup_error)):
+                          ("--check-out", args.check_out), ("--max-speedup-error", args.max_speedup_error),
+                          ("--logits", args.logits)):
         if given is not None:
-            raise UserError(f"{option} does not go with --workload (the workload sets the prompt and KV lengths)",
+            raise UserError(f"{option} does not go with --workload (the workload sets the prompt, KV lengths and "
+                            "which logits the prefill computes)",
                             f"drop {option}")
     if args.check:
         raise UserError("--check checks one table; it does not go with --workload",

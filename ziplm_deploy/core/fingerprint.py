@@ -18,6 +18,10 @@ from .errors import UserError
 
 _INT_FIELDS = ("cores", "threads", "batch", "seq", "kv_len", "opset")
 DEFAULT_PRECISION = "fp32"  # of fingerprints written before precisions existed
+# which prefill positions a causal LM's graphs computed logits for: every one (scoring, the exporter's
+# default graph) or the last only (generation: the first token's, as GenAI folders compute them); decode
+# steps have one position ("all"). Fingerprints written before the field existed timed every position.
+LOGITS = ("all", "last")
 # int8 recipe options, in label order (runtime.quantize.Precision): per-channel weight scales; the embedding
 # table kept fp32 (a tied LM head is then not dequantized on every call); FFN output projections kept fp32
 PRECISION_OPTIONS = ("per-channel", "fp32-embed", "fp32-down")
@@ -93,6 +97,7 @@ class DeviceFingerprint:
     platform: str  # OS / machine
     producer: str  # "ziplm-deploy X.Y.Z"
     precision: str = DEFAULT_PRECISION  # how the graphs were quantized (runtime.quantize labels)
+    logits: str = "all"  # LOGITS: prefill logits of every position, or of the last only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +107,7 @@ class DeviceFingerprint:
         if not isinstance(d, dict):
             raise UserError(f"{source}: 'fingerprint' must be an object")
         names = {f.name for f in fields(DeviceFingerprint)}
-        missing = names - set(d) - {"precision"}
+        missing = names - set(d) - {"precision", "logits"}
         unknown = set(d) - names
         if missing or unknown:
             raise UserError(
@@ -138,6 +143,12 @@ def _field(name: str, value: Any, source: str) -> Any:
         if not is_precision_label(label):
             raise UserError(f"{source}: {key} must be a precision label ({', '.join(PRECISION_LABELS[:3])}, ...), "
                             f"got {label!r}",
+                            "regenerate the table with `ziplm-deploy profile`")
+        return label
+    if name == "logits":
+        label = typed(value, str, source, key, "a string")
+        if label not in LOGITS:
+            raise UserError(f"{source}: {key} must be one of {', '.join(LOGITS)}, got {label!r}",
                             "regenerate the table with `ziplm-deploy profile`")
         return label
     if name == "gpu":

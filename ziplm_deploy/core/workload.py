@@ -56,7 +56,7 @@ PRESETS: dict[str, tuple[int, int]] = {"chat": (512, 128)}  # name -> (prompt, g
 MAX_TOKENS = 1 << 20  # prompt + generate: a sanity bound (no runtime here has a longer context)
 _SPEC_HINT = "use a preset (chat), prefill-S (e.g. prefill-128) or PxG (prompt x generated tokens, e.g. 256x64)"
 # fingerprint fields that legitimately differ between the tables of one workload
-_PER_TABLE_FIELDS = ("producer", "seq", "mode", "kv_len")
+_PER_TABLE_FIELDS = ("producer", "seq", "mode", "kv_len", "logits")
 
 
 @dataclass(frozen=True)

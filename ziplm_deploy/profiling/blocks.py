@@ -142,6 +142,8 @@ def head_graph(arch: ArchSpec, rows: int | None, sizes: Sizes, dtype: str = "flo
         raise UserError(f"{family_for(arch).label} has no LM head", "trimmed heads apply to causal LMs")
     b = GraphBuilder(dtype, seed)
     x = b.add_input("x", ["batch", "seq", arch.hidden])
+    if sizes.logits == "last":
+        x = last_position(b, x)
     if rows is None:
         if arch.tie_word_embeddings:
             b.param("embed.tokens", (arch.vocab, arch.hidden))
@@ -154,8 +156,17 @@ def head_graph(arch: ArchSpec, rows: int | None, sizes: Sizes, dtype: str = "flo
         index = np.full(arch.vocab, rows, dtype=np.int64)
         index[np.linspace(0, arch.vocab - 1, rows).astype(np.int64)] = np.arange(rows)
         logits = b.op("Gather", [b.op("Concat", [kept, fill], axis=-1), b.const(index, "vocab_index")], axis=-1)
-    b.add_output(logits, "logits", ["batch", "seq", arch.vocab])
+    b.add_output(logits, "logits", ["batch", _logit_rows(sizes), arch.vocab])
     return b.model(f"{arch.family}_head_{rows or 'dense'}")
+
+
+def last_position(b: GraphBuilder, x: str) -> str:
+    """``x[:, -1:, :]``: what a generation graph gives its LM head (transformers' ``logits_to_keep=1``)."""
+    return b.op("Slice", [x, b.ints([-1]), b.ints([2**62]), b.ints([1])])
+
+
+def _logit_rows(sizes: Sizes) -> int | str:
+    return 1 if sizes.logits == "last" else "seq"
 
 
 def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "float32", seed: int = 0) -> onnx.ModelProto:
@@ -163,7 +174,8 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
 
     Encoders (BERT): ``input_ids, attention_mask -> last_hidden_state``. Decoders: ``input_ids,
     attention_mask, position_ids -> logits``; decode adds ``past_key_values.{i}.key/.value`` for each layer
-    that still has attention (compact index i) and returns ``present.{i}.key/.value``.
+    that still has attention (compact index i) and returns ``present.{i}.key/.value``. Prefill with
+    ``sizes.logits`` "last" computes the last position's logits only (batch, 1, vocab), as generation graphs do.
     """
     parts = _family_with_sizes(arch, sizes).graph()
     shape = shape.validate(arch)
@@ -175,7 +187,13 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
     hidden = b.op("Gather", [b.param("embed.tokens", (arch.vocab, arch.hidden)), ids], axis=0)
     hidden, ctx = parts.embeddings(b, arch, ids, hidden, pad, sizes)
     hidden = _layers(b, arch, shape, sizes, hidden, ctx)
-    parts.head(b, arch, hidden)
+    if sizes.logits == "last":  # generation: the LM head (and final norm) on the last position only
+        hidden = last_position(b, hidden)
+        parts.head(b, arch, hidden)
+        b.outputs = [onnx.helper.make_tensor_value_info(o.name, b.elem, ["batch", 1, arch.vocab])
+                     if o.name == "logits" else o for o in b.outputs]
+    else:
+        parts.head(b, arch, hidden)
     # outputs in the exporter's order: logits first
     b.outputs.sort(key=lambda o: (not o.name.startswith(("logits", "last_hidden")), 0))
     return b.model(f"{arch.family}_model")

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from ..core.arch import ArchSpec
 from ..core.errors import UserError
+from ..core.fingerprint import LOGITS
 
 OPSET = 18
 IR_VERSION = 9  # what onnxruntime >= 1.16 reads
@@ -32,10 +33,15 @@ class Sizes:
     seq: int = 128
     mode: str = "prefill"  # "prefill" | "decode"
     kv_len: int = 0
+    logits: str = "all"  # prefill: logits of every position ("all") or of the last only ("last": generation)
 
     def __post_init__(self) -> None:
         if self.mode not in ("prefill", "decode"):
             raise UserError(f"unknown mode {self.mode!r}", "prefill or decode")
+        if self.logits not in LOGITS:
+            raise UserError(f"unknown logits {self.logits!r}", " or ".join(LOGITS))
+        if self.mode == "decode" and self.logits != "all":
+            raise UserError("a decode step has one position: its logits are 'all'", "drop --logits for decode tables")
         if self.batch < 1 or self.seq < 1 or self.kv_len < 0:
             raise UserError(f"sizes must be positive: batch={self.batch} seq={self.seq} kv_len={self.kv_len}")
         if self.mode == "decode" and self.kv_len < 1:

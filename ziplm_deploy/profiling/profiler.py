@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..core.arch import ArchSpec
-from ..core.errors import UserError
+from ..core.errors import InternalError, UserError
 from ..core.shape import LINEAR_KINDS, ModelShape, kind_dims
 from ..core.table import FP32_DENSE, AttentionEntry, FfnEntry, HeadEntry, LatencyTable, RankEntry, Stats
 from ..families import family_for
@@ -48,12 +48,13 @@ class ProfileOptions:
     vocab_step: int = 0  # > 0 (causal LMs): also time LM heads trimmed to step, 2*step, ... output tokens
     protocol: Protocol = field(default_factory=Protocol)
     precision: Precision = FP32  # graphs are quantized so before loading
+    logits: str = "all"  # prefill of a causal LM: logits of every position, or "last" (generation's first token)
 
     @property
     def sizes(self) -> Sizes:
         if self.decode_kv_len:
             return Sizes(self.batch, 1, "decode", self.decode_kv_len)
-        return Sizes(self.batch, self.seq, "prefill", 0)
+        return Sizes(self.batch, self.seq, "prefill", 0, self.logits)
 
     def backend(self) -> Backend:
         if self.runtime == "torch":
@@ -77,7 +78,7 @@ def check_precision(precision: Precision, runtime: str, dtype: str) -> None:
 def precision_fingerprint(backend: Backend, opts: "ProfileOptions") -> Any:
     sizes = opts.sizes
     return fingerprint(backend, dtype=opts.dtype, batch=sizes.batch, seq=sizes.q_len, mode=sizes.mode,
-                       kv_len=sizes.kv_len, opset=OPSET, precision=opts.precision.label)
+                       kv_len=sizes.kv_len, opset=OPSET, precision=opts.precision.label, logits=sizes.logits)
 
 
 @contextlib.contextmanager
@@ -128,19 +129,47 @@ def _time(sessions: dict[str, Session], protocol: Protocol, progress: bool) -> d
 
 def profile(arch: ArchSpec, opts: ProfileOptions, progress: bool = True) -> LatencyTable:
     """Measure the latency table of ``arch`` with ``opts`` on this machine."""
+    (table,) = profile_together(arch, [opts], progress)
+    return table
+
+
+def profile_together(arch: ArchSpec, runs: list[ProfileOptions], progress: bool = True) -> list[LatencyTable]:
+    """The tables of several sizes of one deployment (a workload's prefill and decode tables), every graph of
+    every table timed in ONE interleaved round-robin, so that all of them see the same machine state: tables
+    timed one after the other on a shared machine differ by several percent, and a workload prediction that
+    interpolates between them would inherit it. ``runs`` share the runtime, threads, optimisation level,
+    dtype, precision and protocol (the first's); each table has its own dense re-check and fingerprint."""
+    for opts in runs:
+        _check_options(arch, opts)
+        if replace(opts, batch=runs[0].batch, seq=runs[0].seq, decode_kv_len=runs[0].decode_kv_len,
+                   logits=runs[0].logits) != runs[0]:
+            raise InternalError("profile_together: the tables differ in more than their sizes")
+    backend, protocol = runs[0].backend(), runs[0].protocol
+    sessions: dict[str, Session] = {}
+    try:
+        for i, opts in enumerate(runs):
+            builders, overrides = _graph_builders(arch, opts)
+            loaded = _load_all(backend, builders, opts.sizes, arch.vocab, progress, opts.precision, overrides)
+            sessions.update({f"{i}|{name}": s for name, s in loaded.items()})
+        samples = _time(sessions, protocol, progress)
+        for i in range(len(runs)):
+            samples[f"{i}|ref:dense_recheck"] = recheck(sessions[f"{i}|ref:dense"].run_bound, protocol.recheck)
+    finally:
+        _close(sessions)
+    stats = {key: stats_of(s) for key, s in samples.items()}
+    return [_table(arch, opts, precision_fingerprint(backend, opts),
+                   {key.partition("|")[2]: s for key, s in stats.items() if key.startswith(f"{i}|")})
+            for i, opts in enumerate(runs)]
+
+
+def _check_options(arch: ArchSpec, opts: ProfileOptions) -> None:
     sizes = opts.sizes
     if sizes.decode and not arch.is_decoder:
         label = family_for(arch).label
         raise UserError(f"{label} has no decode mode", f"drop --decode-kv-len for {label} models")
-    backend = opts.backend()
-    builders, overrides = _graph_builders(arch, opts)
-    sessions = _load_all(backend, builders, sizes, arch.vocab, progress, opts.precision, overrides)
-    try:
-        samples = _time(sessions, opts.protocol, progress)
-        samples["ref:dense_recheck"] = recheck(sessions["ref:dense"].run_bound, opts.protocol.recheck)
-    finally:
-        _close(sessions)
-    return _table(arch, opts, precision_fingerprint(backend, opts), {name: stats_of(s) for name, s in samples.items()})
+    if opts.logits != "all" and (sizes.decode or not arch.is_decoder):
+        what = "a decode step has one position" if sizes.decode else f"a {family_for(arch).label} model has no LM head"
+        raise UserError(f"--logits {opts.logits}: {what}", "drop --logits (it applies to causal LMs' prefill tables)")
 
 
 def _graph_builders(arch: ArchSpec, opts: ProfileOptions) -> tuple[dict[str, Callable[[], Any]], dict[str, Precision]]:
@@ -277,7 +306,7 @@ def check(table: LatencyTable, shapes: list[ModelShape], opts: ProfileOptions, p
     diffs = table.fingerprint.differences(fp, ignore=("producer", "cores"))
     if diffs:
         raise UserError("the table was measured for another deployment: " + "; ".join(diffs),
-                        "check with the same --runtime/--threads/--opt-level/--batch/--seq/--decode-kv-len")
+                        "check with the same --runtime/--threads/--opt-level/--batch/--seq/--decode-kv-len/--logits")
     shapes = [s.validate(arch) for s in shapes]
     builders: dict[str, Callable[[], Any]] = {"dense": lambda: model_graph(arch, ModelShape.dense(arch), sizes, opts.dtype)}
     for i, s in enumerate(shapes):

@@ -45,12 +45,12 @@ def gpu_name() -> str | None:
 
 
 def fingerprint(backend: Backend, *, dtype: str, batch: int, seq: int, mode: str, kv_len: int,
-                opset: int, precision: str = "fp32") -> DeviceFingerprint:
+                opset: int, precision: str = "fp32", logits: str = "all") -> DeviceFingerprint:
     d = backend.describe()
     return DeviceFingerprint(
         cpu=cpu_name(), cores=cpu_count(), gpu=d.get("gpu"), runtime=d["runtime"],
         runtime_version=d["runtime_version"], provider=d["provider"], opt_level=d["opt_level"],
         threads=int(d["threads"]), dtype=dtype, batch=batch, seq=seq, mode=mode, kv_len=kv_len, opset=opset,
         platform=f"{platform.system()} {platform.machine()}", producer=f"ziplm-deploy {__version__}",
-        precision=precision,
+        precision=precision, logits=logits,
     )

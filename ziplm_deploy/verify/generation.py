@@ -283,6 +283,7 @@ class Folder:
     genai_manifest: dict[str, Any] | None
     manifest: dict[str, Any] | None  # manifest.json of a model directory
     config: dict[str, Any]  # genai_config.json
+    last_only: bool  # the graph computes the last position's logits only (GenAI's trimmed prefill logits)
 
     @property
     def precision(self) -> str:
@@ -335,7 +336,7 @@ def resolve(r: Input, cache: Path, log: Callable[[str], None]) -> Folder:
                         "run verify again")
     genai_manifest = read_genai_manifest(folder, hashes=False) if (folder / GENAI_MANIFEST).is_file() else None
     config = json.loads((folder / GENAI_CONFIG).read_text())
-    return Folder(r, folder, info.graph, onnx_metadata(info.graph), genai_manifest, manifest, config)
+    return Folder(r, folder, info.graph, onnx_metadata(info.graph), genai_manifest, manifest, config, info.last_only)
 
 
 def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], precision: str = "fp32") -> Path:
@@ -622,7 +623,7 @@ def _fingerprint(opts: Any, w: Any, folder: Folder) -> Any:
         opt_level=opts.opt_level, threads=opts.threads, dtype="float32", batch=w.batch, seq=w.prompt,
         mode="generate", kv_len=0, opset=onnx_info(folder.graph).opset,
         platform=f"{platform.system()} {platform.machine()}", producer=f"ziplm-deploy {__version__}",
-        precision=folder.precision)
+        precision=folder.precision, logits="last" if folder.last_only else "all")
 
 
 def _predict(report: VerifyReport, block: dict[str, Any], folders: dict[str, Folder], plan: Plan,

@@ -7,7 +7,9 @@ Plots: quality vs measured speedup per method (and per deployment precision: a f
 table is its own series, ``ziplm + int8-dynamic``) with the Pareto front and, for quantized families, the
 quantization-only speedup as a dashed line (the point pruning must beat), predicted vs measured latency,
 the kept fraction of heads / FFN width per layer of each model, and the held-out perplexity of every
-recovery run below RUNDIR (``distill``'s ``train.json``) against the tokens it trained on.
+recovery run below RUNDIR (``distill``'s ``train.json``) against the tokens it trained on. Members verified on a
+generation workload (``verify --workload``) get a generation table: TTFT, ms per token, tokens/s and the TTFT /
+decode / end-to-end speedups timed in ONNX Runtime GenAI, each beside the workload tables' prediction.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ModelRow:
     shape: dict[str, Any] | None = None
     verify: str | None = None
     precision: str = "fp32"  # what the model is deployed as (int8-dynamic: pruned on an int8 table)
+    generation: Generation | None = None  # verified on a generation workload (verify --workload)
 
     @property
     def series(self) -> str:
@@ -56,6 +59,24 @@ class ModelRow:
         if self.measured_speedup and self.predicted_speedup:
             return self.measured_speedup / self.predicted_speedup - 1
         return None
+
+
+@dataclass
+class Generation:
+    """A member's generation workload as verify timed it in GenAI (``statistic`` of the samples) and as the
+    workload tables predicted it (None where there were no tables)."""
+
+    workload: str
+    measured: dict[str, float | None]  # ttft_ms, ms_per_token, tokens_per_s, e2e_ms
+    predicted: dict[str, float | None]
+    speedup: dict[str, float | None]  # ttft, decode, e2e: measured over the baseline timed beside it
+    speedup_predicted: dict[str, float | None]
+    baseline: dict[str, float | None]  # the dense (baseline) model's measured figures
+    token_agreement: float | None  # share of greedy tokens equal to the baseline's (reported, not judged)
+
+
+GENERATION_TIMES = ("ttft_ms", "ms_per_token", "tokens_per_s", "e2e_ms")
+GENERATION_SPEEDUPS = ("ttft", "decode", "e2e")
 
 
 @dataclass
@@ -275,6 +296,8 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
         row.quality, row.quality_metric, row.quality_source = candidate_quality, metric, "eval"
     if row.shape is None:
         row.shape = _shape(cand.get("shape"))
+    if rep.workload is not None and rep.ok:
+        row.generation = _generation(data, where, _obj(rep.workload))
     baseline = _obj(rep.baseline)
     if rep.ok and not any(r.method == "baseline" for r in data.rows):  # the reference point of the plots
         base_quality = _num(data, where, quality, ("baseline",), lo=0) if metric else None
@@ -285,6 +308,29 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
                         verify=row.verify)
         data.rows.insert(0, base)
     _dense_from_shape(data, _shape(baseline.get("shape")))
+
+
+def _generation(data: RunData, where: str, block: dict[str, Any]) -> Generation:
+    """A verify report's workload block; a missing or invalid figure is None (invalid ones also a warning)."""
+    st = _text(block.get("statistic")) or "p25"
+    pred = _obj(block.get("prediction"))
+
+    def timed(role: str) -> dict[str, float | None]:
+        r = _obj(block.get(role))
+        out = {k: _num(data, where, r, (k, st), lo=0, lo_open=True)
+               for k in ("ttft_ms", "ms_per_token", "e2e_ms")}
+        out["tokens_per_s"] = _num(data, where, r, ("tokens_per_s",), lo=0, lo_open=True)
+        return out
+
+    def paths(root: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float | None]:
+        return {k: _num(data, where, root, (k,), lo=0, lo_open=True) for k in keys}
+
+    name = _obj(block.get("workload"))
+    return Generation(_text(name.get("name")) or "?", timed("candidate"),
+                      paths(_obj(pred.get("candidate")), GENERATION_TIMES),
+                      paths(_obj(block.get("speedup")), GENERATION_SPEEDUPS),
+                      paths(_obj(pred.get("speedup")), GENERATION_SPEEDUPS), timed("baseline"),
+                      _num(data, where, block, ("token_agreement",), lo=0, hi=1))
 
 
 def _shape(value: Any) -> dict[str, Any] | None:
@@ -413,24 +459,53 @@ def table_rows(data: RunData) -> list[list[str]]:
     return rows
 
 
+def generation_rows(data: RunData) -> list[list[str]]:
+    """Members verified on a generation workload: measured / predicted per figure (empty without any)."""
+    members = [r for r in sorted(data.rows, key=lambda r: (r.method, r.target or 0)) if r.generation]
+    if not members:
+        return []
+
+    def pair(measured: float | None, predicted: float | None, fmt: str, suffix: str = "") -> str:
+        return f"{_f(measured, fmt, suffix)} / {_f(predicted, fmt, suffix)}"
+
+    rows = [["model", "workload", "TTFT ms", "ms/token", "tokens/s", "e2e ms", "TTFT speedup", "decode speedup",
+             "e2e speedup", "tokens = baseline's"]]
+    first = members[0].generation
+    rows.append(["baseline (timed beside the first)", first.workload, _f(first.baseline["ttft_ms"], ".1f"),
+                 _f(first.baseline["ms_per_token"], ".2f"), _f(first.baseline["tokens_per_s"], ".1f"),
+                 _f(first.baseline["e2e_ms"], ".0f"), "1.00x", "1.00x", "1.00x", "–"])
+    for r in members:
+        g = r.generation
+        m, p, s, sp = g.measured, g.predicted, g.speedup, g.speedup_predicted
+        rows.append([r.name, g.workload, pair(m["ttft_ms"], p["ttft_ms"], ".1f"),
+                     pair(m["ms_per_token"], p["ms_per_token"], ".2f"), pair(m["tokens_per_s"], p["tokens_per_s"], ".1f"),
+                     pair(m["e2e_ms"], p["e2e_ms"], ".0f"),
+                     *(pair(s[k], sp[k], ".2f", "x") for k in GENERATION_SPEEDUPS), _f(g.token_agreement, ".0%")])
+    return rows
+
+
+def _html_table(rows: list[list[str]]) -> list[str]:
+    return ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>",
+            *("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]), "</table>"]
+
+
 def _img(svg: str, alt: str) -> str:
     b64 = base64.b64encode(svg.encode()).decode()
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/svg+xml;base64,{b64}"/></figure>'
 
 
 def render_html(data: RunData) -> str:
-    rows = table_rows(data)
     heads, ffn = layer_plots(data)
-    table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>"]
-    table += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]]
-    table.append("</table>")
+    table = _html_table(table_rows(data))
     recovery = []
     if data.curves:
-        crows = curve_rows(data)
-        recovery = ["<h2>Recovery</h2>", "<table>",
-                    "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in crows[0]) + "</tr>",
-                    *("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in crows[1:]),
-                    "</table>", _img(recovery_plot(data), "held-out perplexity during recovery")]
+        recovery = ["<h2>Recovery</h2>", *_html_table(curve_rows(data)),
+                    _img(recovery_plot(data), "held-out perplexity during recovery")]
+    grows = generation_rows(data)
+    generation = [] if not grows else [
+        "<h2>Generation in ONNX Runtime GenAI (measured / predicted)</h2>", *_html_table(grows),
+        "<p>Measured: the statistic of verify's interleaved generations; predicted: the workload tables "
+        "(– without them). Speedups over the baseline timed beside each model.</p>"]
     models = [] if not data.rows else [
         "<h2>Quality vs speedup</h2>", _img(quality_plot(data), "quality vs measured speedup per method"),
         "<h2>Predicted vs measured latency</h2>", _img(latency_plot(data), "predicted vs measured latency"),
@@ -447,7 +522,7 @@ def render_html(data: RunData) -> str:
         "in the deployment runtime.</p>",
         *(table if data.rows else []),
         f"<ul>{warn}</ul>" if warn else "",
-        *models, *recovery,
+        *generation, *models, *recovery,
         "</body>", "</html>", ""])
 
 
@@ -462,6 +537,9 @@ def render_markdown(data: RunData) -> str:
     blocks: list[list[str]] = []
     if data.rows:
         blocks.append(_markdown_table(table_rows(data)))
+    if generation_rows(data):
+        blocks.append(["Generation in ONNX Runtime GenAI (measured / predicted):", "",
+                       *_markdown_table(generation_rows(data))])
     if data.quant_only:
         blocks.append([f"- {p} alone: predicted {x:.2f}x over the fp32 dense model (the point pruning on top "
                        "must beat)" for p, x in data.quant_only.items()])
