@@ -93,16 +93,9 @@ def gradual_ziplm(dense: nn.Module, table: LatencyTable, calib: torch.Tensor, tr
     """Run every stage; ``dense`` is the teacher (left unchanged). Returns one ``Stage`` per target."""
     import copy
 
-    from ..models import adapter_for, load_model
-    from ..prune.evaluate import perplexity
+    from ..models import load_model
 
-    table.check_arch(adapter_for(dense).arch(dense), source="the dense model")
-    shape = adapter_for(dense).shape_of(dense)
-    if shape.vocab is not None:
-        raise UserError("gradual pruning of a vocabulary-trimmed model is not supported",
-                        "run gradual on the untrimmed model and trim-vocab its members, or `prune` the trimmed one")
-    if shape != table.dense_shape().validate(table.arch):
-        raise UserError("gradual pruning starts from the dense model", "pass the unpruned model directory")
+    _check_dense(dense, table)
     out = Path(out)
     dense.eval()
     current = copy.deepcopy(dense)
@@ -116,41 +109,18 @@ def gradual_ziplm(dense: nn.Module, table: LatencyTable, calib: torch.Tensor, tr
             current = load_model(path)
             stages.append(stage)
             continue
-        started = time.perf_counter()
-        log(f"target {target:g}x: OBS database of the current model, search, stitch")
-        result = prune_step(current, table, calib, target, config, progress)
-        if not result.reachable:
-            log(f"target {target:g}x: unreachable (max predicted speedup {result.max_speedup:.2f}x); stopping")
-            stages.append(Stage(target, False, round(result.max_speedup, 4)))
+        stage = _prune_stage(current, table, calib, target, path, config, dense_ms, eval_windows, progress, log)
+        if not stage.reachable:
+            stages.append(stage)
             break
-        stage = Stage(target, True, round(result.max_speedup, 4), str(path), round(result.predicted_ms, 4),
-                      round(dense_ms / result.predicted_ms, 4), result.loss, shape=result.shape.to_json(),
-                      prune_seconds=round(time.perf_counter() - started, 1))
-        if eval_windows is not None:
-            stage.oneshot_ppl = round(perplexity(current, eval_windows, progress=False), 4)
-        log(f"target {target:g}x: predicted {stage.predicted_speedup:.2f}x"
-            + (f", one-shot held-out ppl {stage.oneshot_ppl:.3f}" if stage.oneshot_ppl is not None else "")
-            + "; distilling")
         res = train(current, train_windows, out / "train" / f"{target:g}x", train_config, weights, teacher=dense,
                     eval_windows=eval_windows, progress=progress, log=log)
         stage.train_seconds, stage.history = res.seconds, res.history
         if res.evals:
             stage.distilled_ppl = res.evals[-1]["ppl"]
-        metrics = {"target_speedup": target, "predicted_ms": stage.predicted_ms,
-                   "predicted_speedup": stage.predicted_speedup, "dense_predicted_ms": round(dense_ms, 4),
-                   "search_loss": stage.search_loss}
-        for key in ("oneshot_ppl", "distilled_ppl"):
-            if getattr(stage, key) is not None:
-                metrics[f"heldout_{key}"] = getattr(stage, key)
         options = {"gradual": asdict(config), "train": asdict(train_config), "weights": asdict(weights),
                    "stage": len(stages)}
-        save_student(current, path, parent=parent, method="ziplm-gradual", tokenizer=tokenizer, options=options,
-                     metrics=metrics)
-        if _is_main():
-            atomic_write_json(path / "stage.json", asdict(stage))
-        log(f"target {target:g}x: saved {path}"
-            + (f" (held-out ppl {stage.oneshot_ppl:.3f} -> {stage.distilled_ppl:.3f})"
-               if stage.oneshot_ppl is not None and stage.distilled_ppl is not None else ""))
+        _save_stage(current, stage, path, dense_ms, options, parent, tokenizer, log)
         stages.append(stage)
     if not _is_main():
         return stages
@@ -159,6 +129,61 @@ def gradual_ziplm(dense: nn.Module, table: LatencyTable, calib: torch.Tensor, tr
         "config": asdict(config), "train": asdict(train_config), "weights": asdict(weights),
         "stages": [{k: v for k, v in asdict(s).items() if k != "history"} for s in stages]})
     return stages
+
+
+def _check_dense(dense: nn.Module, table: LatencyTable) -> None:
+    """``dense`` must be the untrimmed dense model that ``table`` was measured on."""
+    from ..models import adapter_for
+
+    table.check_arch(adapter_for(dense).arch(dense), source="the dense model")
+    shape = adapter_for(dense).shape_of(dense)
+    if shape.vocab is not None:
+        raise UserError("gradual pruning of a vocabulary-trimmed model is not supported",
+                        "run gradual on the untrimmed model and trim-vocab its members, or `prune` the trimmed one")
+    if shape != table.dense_shape().validate(table.arch):
+        raise UserError("gradual pruning starts from the dense model", "pass the unpruned model directory")
+
+
+def _prune_stage(current: nn.Module, table: LatencyTable, calib: torch.Tensor, target: float, path: Path,
+                 config: GradualConfig, dense_ms: float, eval_windows: torch.Tensor | None, progress: bool,
+                 log: Callable[[str], None]) -> Stage:
+    """Prune ``current`` in place to ``target``; its stage record (not reachable: ``current`` unchanged)."""
+    from ..prune.evaluate import perplexity
+
+    started = time.perf_counter()
+    log(f"target {target:g}x: OBS database of the current model, search, stitch")
+    result = prune_step(current, table, calib, target, config, progress)
+    if not result.reachable:
+        log(f"target {target:g}x: unreachable (max predicted speedup {result.max_speedup:.2f}x); stopping")
+        return Stage(target, False, round(result.max_speedup, 4))
+    stage = Stage(target, True, round(result.max_speedup, 4), str(path), round(result.predicted_ms, 4),
+                  round(dense_ms / result.predicted_ms, 4), result.loss, shape=result.shape.to_json(),
+                  prune_seconds=round(time.perf_counter() - started, 1))
+    if eval_windows is not None:
+        stage.oneshot_ppl = round(perplexity(current, eval_windows, progress=False), 4)
+    log(f"target {target:g}x: predicted {stage.predicted_speedup:.2f}x"
+        + (f", one-shot held-out ppl {stage.oneshot_ppl:.3f}" if stage.oneshot_ppl is not None else "")
+        + "; distilling")
+    return stage
+
+
+def _save_stage(current: nn.Module, stage: Stage, path: Path, dense_ms: float, options: dict[str, Any],
+                parent: str | os.PathLike, tokenizer: Any, log: Callable[[str], None]) -> None:
+    """Save the distilled model of ``stage`` with its manifest, and ``stage.json`` (which marks it done)."""
+    target = stage.target
+    metrics = {"target_speedup": target, "predicted_ms": stage.predicted_ms,
+               "predicted_speedup": stage.predicted_speedup, "dense_predicted_ms": round(dense_ms, 4),
+               "search_loss": stage.search_loss}
+    for key in ("oneshot_ppl", "distilled_ppl"):
+        if getattr(stage, key) is not None:
+            metrics[f"heldout_{key}"] = getattr(stage, key)
+    save_student(current, path, parent=parent, method="ziplm-gradual", tokenizer=tokenizer, options=options,
+                 metrics=metrics)
+    if _is_main():
+        atomic_write_json(path / "stage.json", asdict(stage))
+    log(f"target {target:g}x: saved {path}"
+        + (f" (held-out ppl {stage.oneshot_ppl:.3f} -> {stage.distilled_ppl:.3f})"
+           if stage.oneshot_ppl is not None and stage.distilled_ppl is not None else ""))
 
 
 def _is_main() -> bool:

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from ..core.checks import TEMP_PREFIX, sweep_temporaries
 from ..core.errors import UserError
 from ..core.jsonio import atomic_write_json
 from .losses import LossWeights, distill_loss
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -171,6 +174,40 @@ def _kept_layers(student: nn.Module, teacher: nn.Module | None) -> list[int]:
     return shape.kept_layers
 
 
+@dataclass
+class _Run:
+    """The fixed parts of one training run, as its helpers need them (set up by ``_prepare``)."""
+
+    config: TrainConfig
+    weights: LossWeights
+    windows: torch.Tensor
+    teacher: nn.Module | None
+    eval_windows: torch.Tensor | None
+    kept: list[int]
+    log: Callable[[str], None]
+    accelerator: Accelerator
+    model: nn.Module  # the student, as prepared by accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    student_hooks: _LayerOutputs | None
+    teacher_hooks: _LayerOutputs | None
+    main: bool
+    world: int
+    rank: int
+    tokens_per_step: int
+    perm_cache: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _TrainState:
+    """Where a run is: the optimizer steps done, their history and evaluations (saved in checkpoints)."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
 def train(student: nn.Module, windows: torch.Tensor, out: str | os.PathLike, config: TrainConfig,
           weights: LossWeights, teacher: nn.Module | None = None, eval_windows: torch.Tensor | None = None,
           resume: bool = True, stop_at: int | None = None, progress: bool = True,
@@ -195,8 +232,29 @@ def train(student: nn.Module, windows: torch.Tensor, out: str | os.PathLike, con
         raise UserError("fp16 mixed precision needs a GPU", "use --mixed-precision no (or bf16) on CPU")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
     set_seed(config.seed)
-    main = accelerator.is_main_process
+    run = _prepare(accelerator, student, teacher, windows, eval_windows, kept, config, weights, log)
+    state = _resume(run, out, resume)
+    if state.step == 0 and not state.evals:
+        _evaluate(run, state)
+    started = time.perf_counter()
+    last = min(config.steps, stop_at) if stop_at is not None else config.steps
+    bar = tqdm(total=config.steps, initial=state.step, desc="distill" if weights.needs_teacher else "train",
+               disable=not (progress and run.main), dynamic_ncols=True)
+    try:
+        _run_steps(run, state, out, last, bar)
+    finally:
+        bar.close()
+        for hooks in (run.student_hooks, run.teacher_hooks):
+            if hooks is not None:
+                hooks.close()
+    return _finish(run, state, out, started)
 
+
+def _prepare(accelerator: Accelerator, student: nn.Module, teacher: nn.Module | None, windows: torch.Tensor,
+             eval_windows: torch.Tensor | None, kept: list[int], config: TrainConfig, weights: LossWeights,
+             log: Callable[[str], None]) -> _Run:
+    """The optimizer, the scheduler and the layer-output hooks; the student and optimizer prepared by
+    ``accelerator``."""
     decay = [p for p in student.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in student.parameters() if p.requires_grad and p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -212,109 +270,139 @@ def train(student: nn.Module, windows: torch.Tensor, out: str | os.PathLike, con
         teacher_hooks = _LayerOutputs(teacher) if weights.hidden > 0 else None
     model, optimizer = accelerator.prepare(student, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    world = accelerator.num_processes
+    return _Run(config=config, weights=weights, windows=windows, teacher=teacher, eval_windows=eval_windows,
+                kept=kept, log=log, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                student_hooks=student_hooks, teacher_hooks=teacher_hooks, main=accelerator.is_main_process,
+                world=world, rank=accelerator.process_index,
+                tokens_per_step=config.batch_size * config.grad_accum * world * windows.shape[1])
 
-    step, history, evals, resumed_from = 0, [], [], None
+
+def _resume(run: _Run, out: Path, resume: bool) -> _TrainState:
+    """The progress of the last checkpoint under ``out`` (its model, optimizer, scheduler and RNG states
+    loaded), or a fresh start."""
     ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        if state.get("config_key") != config.resume_key():
-            raise UserError(f"checkpoint {ckpt} was made with other training options",
-                            "resume with the same options, or pass a new --out")
-        accelerator.load_state(str(ckpt))
-        step, history, evals = state["step"], state["history"], state["evals"]
-        resumed_from = step
-        if main:
-            log(f"resumed from {ckpt} (step {step})")
+    if ckpt is None:
+        return _TrainState()
+    saved = json.loads((ckpt / STATE_FILE).read_text())
+    if saved.get("config_key") != run.config.resume_key():
+        raise UserError(f"checkpoint {ckpt} was made with other training options",
+                        "resume with the same options, or pass a new --out")
+    run.accelerator.load_state(str(ckpt))
+    state = _TrainState(saved["step"], saved["history"], saved["evals"], resumed_from=saved["step"])
+    if run.main:
+        run.log(f"resumed from {ckpt} (step {state.step})")
+    return state
 
+
+def _evaluate(run: _Run, state: _TrainState) -> None:
+    """Held-out perplexity at the current step (none without ``eval_windows``)."""
+    if run.eval_windows is None:
+        return
+    from ..prune.evaluate import perplexity
+
+    with run.accelerator.autocast():
+        ppl = perplexity(run.accelerator.unwrap_model(run.model), run.eval_windows,
+                         batch_size=run.config.eval_batch_size, progress=False)
+    run.model.train()
+    state.evals.append({"step": state.step, "ppl": round(ppl, 4)})
+    if run.main:
+        run.log(f"step {state.step}: held-out perplexity {ppl:.3f}")
+
+
+def _run_steps(run: _Run, state: _TrainState, out: Path, last: int, bar: Any) -> None:
+    """Optimizer steps until step ``last``, with the evaluations and checkpoints due after each."""
+    config = run.config
+    while state.step < last:
+        t0 = time.perf_counter()
+        total, parts_sum = _accumulate_gradients(run, state.step)
+        lr = _optimizer_step(run)
+        state.step += 1
+        if run.world > 1:  # log the loss of the global batch, not of this process's share
+            total, parts_sum = _global_mean(run.accelerator, total, parts_sum)
+        dt = time.perf_counter() - t0
+        _record_step(run, state, bar, total, parts_sum, lr, dt)
+        if config.eval_every and state.step % config.eval_every == 0 and state.step < config.steps:
+            _evaluate(run, state)
+        if state.step == config.steps:
+            _evaluate(run, state)
+        if config.save_every and (state.step % config.save_every == 0 or state.step == last):
+            _save_checkpoint(run.accelerator, out, state.step, config, state.history, state.evals)
+
+
+def _accumulate_gradients(run: _Run, step: int) -> tuple[float, dict[str, float]]:
+    """Forward and backward passes over the micro-batches of optimizer step ``step``; the loss and its
+    parts, averaged over the micro-batches (of this process)."""
+    config, accelerator, teacher, teacher_hooks = run.config, run.accelerator, run.teacher, run.teacher_hooks
     extra = {"use_cache": False}
-    world, rank = accelerator.num_processes, accelerator.process_index
-    seq_len = windows.shape[1]
-    tokens_per_step = config.batch_size * config.grad_accum * world * seq_len
-    perm_cache: dict[int, torch.Tensor] = {}
+    total, parts_sum = 0.0, {}
+    for micro in range(config.grad_accum):
+        idx = micro_batch_indices(len(run.windows), config.batch_size, run.world, run.rank,
+                                  step * config.grad_accum + micro, config.seed, run.perm_cache)
+        ids = run.windows[idx].to(accelerator.device)
+        teacher_logits, teacher_hidden = None, []
+        if teacher_hooks is not None or (teacher is not None and run.weights.kd > 0):
+            with torch.no_grad(), accelerator.autocast():
+                teacher_logits = _logits(teacher(input_ids=ids, **extra))
+            teacher_hidden = teacher_hooks.take() if teacher_hooks else []
+        sync = micro == config.grad_accum - 1
+        ctx = accelerator.no_sync(run.model) if not sync and run.world > 1 else contextlib.nullcontext()
+        with ctx:
+            with accelerator.autocast():
+                student_logits = _logits(run.model(input_ids=ids, **extra))
+            loss, parts = distill_loss(run.weights, ids, student_logits,
+                                       run.student_hooks.take() if run.student_hooks else [], teacher_logits,
+                                       teacher_hidden, run.kept)
+            accelerator.backward(loss / config.grad_accum)
+        total += float(loss.detach()) / config.grad_accum
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v / config.grad_accum
+    return total, parts_sum
 
-    def evaluate() -> None:
-        if eval_windows is None:
-            return
-        from ..prune.evaluate import perplexity
 
-        with accelerator.autocast():
-            ppl = perplexity(accelerator.unwrap_model(model), eval_windows, batch_size=config.eval_batch_size,
-                             progress=False)
-        model.train()
-        evals.append({"step": step, "ppl": round(ppl, 4)})
-        if main:
-            log(f"step {step}: held-out perplexity {ppl:.3f}")
+def _optimizer_step(run: _Run) -> float:
+    """Clip the gradients, step the optimizer and the scheduler; the learning rate of this step."""
+    if run.config.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr
 
-    if step == 0 and not evals:
-        evaluate()
-    started = time.perf_counter()
-    last = min(config.steps, stop_at) if stop_at is not None else config.steps
-    bar = tqdm(total=config.steps, initial=step, desc="distill" if weights.needs_teacher else "train",
-               disable=not (progress and main), dynamic_ncols=True)
-    try:
-        while step < last:
-            t0 = time.perf_counter()
-            total, parts_sum = 0.0, {}
-            for micro in range(config.grad_accum):
-                idx = micro_batch_indices(len(windows), config.batch_size, world, rank,
-                                          step * config.grad_accum + micro, config.seed, perm_cache)
-                ids = windows[idx].to(accelerator.device)
-                teacher_logits, teacher_hidden = None, []
-                if teacher_hooks is not None or (teacher is not None and weights.kd > 0):
-                    with torch.no_grad(), accelerator.autocast():
-                        teacher_logits = _logits(teacher(input_ids=ids, **extra))
-                    teacher_hidden = teacher_hooks.take() if teacher_hooks else []
-                sync = micro == config.grad_accum - 1
-                ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
-                with ctx:
-                    with accelerator.autocast():
-                        student_logits = _logits(model(input_ids=ids, **extra))
-                    loss, parts = distill_loss(weights, ids, student_logits,
-                                               student_hooks.take() if student_hooks else [], teacher_logits,
-                                               teacher_hidden, kept)
-                    accelerator.backward(loss / config.grad_accum)
-                total += float(loss.detach()) / config.grad_accum
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v / config.grad_accum
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if world > 1:  # log the loss of the global batch, not of this process's share
-                keys = sorted(parts_sum)
-                mean = accelerator.reduce(torch.tensor([total] + [parts_sum[k] for k in keys],
-                                                       device=accelerator.device), "mean").tolist()
-                total, parts_sum = mean[0], dict(zip(keys, mean[1:]))
-            dt = time.perf_counter() - t0
-            if not math.isfinite(total):
-                raise UserError(f"the loss became {total} at step {step}", "lower --lr or use --mixed-precision no")
-            row = {"step": step, "loss": round(total, 6), "lr": lr, "tokens_per_s": round(tokens_per_step / dt, 1),
-                   **{k: round(v, 6) for k, v in parts_sum.items()}}
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                evaluate()
-            if step == config.steps:
-                evaluate()
-            if config.save_every and (step % config.save_every == 0 or step == last):
-                _save_checkpoint(accelerator, out, step, config, history, evals)
-    finally:
-        bar.close()
-        for hooks in (student_hooks, teacher_hooks):
-            if hooks is not None:
-                hooks.close()
+
+def _global_mean(accelerator: Accelerator, total: float,
+                 parts_sum: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """The loss and its parts averaged over the processes."""
+    keys = sorted(parts_sum)
+    mean = accelerator.reduce(torch.tensor([total] + [parts_sum[k] for k in keys],
+                                           device=accelerator.device), "mean").tolist()
+    return mean[0], dict(zip(keys, mean[1:]))
+
+
+def _record_step(run: _Run, state: _TrainState, bar: Any, total: float, parts_sum: dict[str, float], lr: float,
+                 dt: float) -> None:
+    """The history row of the step just done, and the progress bar."""
+    if not math.isfinite(total):
+        raise UserError(f"the loss became {total} at step {state.step}", "lower --lr or use --mixed-precision no")
+    row = {"step": state.step, "loss": round(total, 6), "lr": lr,
+           "tokens_per_s": round(run.tokens_per_step / dt, 1), **{k: round(v, 6) for k, v in parts_sum.items()}}
+    state.history.append(row)
+    bar.update(1)
+    bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+
+
+def _finish(run: _Run, state: _TrainState, out: Path, started: float) -> TrainResult:
+    """Unwrap the student (left in eval mode), write ``train.json`` and free accelerate's memory."""
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    student = accelerator.unwrap_model(model)
+    student = accelerator.unwrap_model(run.model)
     student.eval()
-    result = TrainResult(step, round(time.perf_counter() - started, 2), resumed_from, history, evals,
-                         tokens=step * tokens_per_step, device=str(accelerator.device))
-    if main:
+    result = TrainResult(state.step, round(time.perf_counter() - started, 2), state.resumed_from, state.history,
+                         state.evals, tokens=state.step * run.tokens_per_step, device=str(accelerator.device))
+    if run.main:
         atomic_write_json(out / "train.json", {"format": "ziplm-deploy/train", "version": 1,
-                                               "config": asdict(config), "weights": asdict(weights),
+                                               "config": asdict(run.config), "weights": asdict(run.weights),
                                                **result.to_json()})
     accelerator.free_memory()
     return result
