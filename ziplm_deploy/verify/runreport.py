@@ -505,7 +505,9 @@ def render_html(data: RunData) -> str:
     generation = [] if not grows else [
         "<h2>Generation in ONNX Runtime GenAI (measured / predicted)</h2>", *_html_table(grows),
         "<p>Measured: the statistic of verify's interleaved generations; predicted: the workload tables "
-        "(– without them). Speedups over the baseline timed beside each model.</p>"]
+        "(– without them). Speedups over the baseline timed beside each model. Tokens = baseline's: the share of "
+        "the model's greedy tokens equal to the baseline's on verify's random-token prompt (reported, not judged: "
+        "the sequences part at the first difference; each model's parity is its tokens against transformers').</p>"]
     models = [] if not data.rows else [
         "<h2>Quality vs speedup</h2>", _img(quality_plot(data), "quality vs measured speedup per method"),
         "<h2>Predicted vs measured latency</h2>", _img(latency_plot(data), "predicted vs measured latency"),
