@@ -132,7 +132,7 @@ def cli_exported(tiny_pair, tmp_path_factory):
 
 
 def test_recorded_source_directory_gives_pytorch_parity(cli_exported, tmp_path, capsys):
-    from ziplm_deploy.verify.measure import dir_digest, onnx_metadata
+    from ziplm_deploy.verify.inputs import dir_digest, onnx_metadata
 
     cand = cli_exported / "pruned.onnx"
     meta = onnx_metadata(cand)

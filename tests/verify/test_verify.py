@@ -14,7 +14,7 @@ from conftest import cli, copy_onnx, synthetic_table
 
 from ziplm_deploy.cli import main
 from ziplm_deploy.verify import VerifyReport
-from ziplm_deploy.verify.measure import dir_digest
+from ziplm_deploy.verify.inputs import dir_digest
 
 FAST = ["--seq", "16", "--rounds", "5", "--warmup", "1"]
 

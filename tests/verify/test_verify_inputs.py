@@ -171,7 +171,9 @@ def test_valid_input_still_verifies(exported_onnx, tmp_path, capsys):
 def test_a_workload_members_manifest_prediction_is_not_compared_with_a_prefill_pass(options, predicted):
     from types import SimpleNamespace
 
-    from ziplm_deploy.verify.measure import Resolved, VerifyOptions, _predict
+    from ziplm_deploy.verify.inputs import Resolved
+    from ziplm_deploy.verify.measure import VerifyOptions
+    from ziplm_deploy.verify.predict import _predict
 
     manifest = {"options": options, "metrics": {"predicted_speedup": 2.0, "predicted_ms": 10.0}}
     report = SimpleNamespace(speedup={"measured": 1.9, "candidate_ms": 10.5, "predicted": None, "predicted_ms": None,

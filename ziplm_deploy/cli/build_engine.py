@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..runtime.tensorrt import _import_trt, build_engine, onnx_input_ranks, sidecar_path
-    from ..verify.measure import onnx_metadata
+    from ..verify.inputs import onnx_metadata
 
     src, out = Path(args.onnx), Path(args.out)
     if not src.is_file():

@@ -232,7 +232,7 @@ def move_into_place(staged: list[tuple[Path, Path, Path]]) -> list[Path]:
 def _source_metadata(source: str | os.PathLike | None, source_sha256: str | None) -> dict[str, str]:
     if source is None:
         return {}
-    from ..verify.measure import dir_digest  # torch-free; the same content hash verify checks against
+    from ..verify.inputs import dir_digest  # torch-free; the same content hash verify checks against
 
     src = Path(source).resolve()
     return {"ziplm_source": str(src), "ziplm_source_sha256": source_sha256 or dir_digest(src)}

@@ -216,7 +216,7 @@ def _check_genai_input(folder: Path, role: str) -> Input:
     from ..core.checks import integer
     from ..export.genai import MANIFEST_FILE as GENAI_MANIFEST
     from ..export.genai import read_genai_folder, read_genai_manifest
-    from .measure import _metadata_arch_and_shape, onnx_metadata
+    from .inputs import _metadata_arch_and_shape, onnx_metadata
 
     if (folder / GENAI_MANIFEST).is_file():
         read_genai_manifest(folder, hashes=True)
@@ -293,12 +293,12 @@ class Folder:
         return precision_of_metadata(self.metadata, str(self.graph)).label
 
     def shape(self) -> Any:
-        from .measure import _metadata_arch_and_shape
+        from .inputs import _metadata_arch_and_shape
 
         return _metadata_arch_and_shape(self.metadata, str(self.graph))[1]
 
     def describe(self) -> dict[str, Any]:
-        from .measure import onnx_params
+        from .inputs import onnx_params
 
         shape = self.metadata.get("ziplm_shape")
         gm = self.genai_manifest or {}
@@ -321,7 +321,7 @@ def resolve(r: Input, cache: Path, log: Callable[[str], None]) -> Folder:
     from ..export.genai import GENAI_CONFIG
     from ..export.genai import MANIFEST_FILE as GENAI_MANIFEST
     from ..export.genai import read_genai_folder, read_genai_manifest
-    from .measure import onnx_metadata
+    from .inputs import onnx_metadata
 
     manifest = None
     if r.kind == "directory":
@@ -344,7 +344,7 @@ def export_dir(model_dir: Path, cache: Path, log: Callable[[str], None], precisi
     keyed by the directory's content hash and the precision."""
     from ..export.genai import export_genai, manifest_precision, read_genai_manifest
     from ..runtime.quantize import DEFAULT_MIN_TOP1, Precision
-    from .measure import dir_digest
+    from .inputs import dir_digest
 
     p = Precision.parse(precision, f"{model_dir}/{MANIFEST_FILE}: fingerprint.precision")
     digest = dir_digest(model_dir)
@@ -519,7 +519,8 @@ def verify_workload(baseline: str, candidate: str, opts: Any, cache: Path,
                                      prompt_ids(folders["candidate"].config, plan.inputs["candidate"].vocab, w,
                                                 opts.seed)[0], w, log, getattr(opts, "min_top1", None))
         if opts.eval_data:
-            from .measure import Resolved, _quality
+            from .inputs import Resolved
+            from .quality import _quality
 
             report.quality = _quality({role: Resolved(role, r.source, "directory") for role, r in plan.inputs.items()},
                                       opts, log)
@@ -614,7 +615,7 @@ def _fingerprint(opts: Any, w: Any, folder: Folder) -> Any:
 
     from ..core.fingerprint import DeviceFingerprint
     from ..runtime.fingerprint import cpu_count, cpu_name, gpu_name
-    from .measure import onnx_info
+    from .inputs import onnx_info
 
     provider = "CUDAExecutionProvider" if GENAI_PROVIDERS[opts.runtime] == "cuda" else "CPUExecutionProvider"
     return DeviceFingerprint(
@@ -687,7 +688,7 @@ def token_parity(cand: Folder, tokens: list[int], prompt: np.ndarray, w: Any, lo
     source, why_not = _torch_source(cand)
     if source is not None:
         from ..models import load_model
-        from .measure import dir_digest
+        from .inputs import dir_digest
 
         log(f"parity: the candidate's {w.generate} GenAI tokens vs transformers greedy generate on {source}")
         model = load_model(source).eval().float().cpu()
@@ -776,7 +777,7 @@ def _until(tokens: list[int], eos: set[Any]) -> list[int]:
 
 
 def _torch_source(cand: Folder) -> tuple[Path | None, str]:
-    from .measure import dir_digest
+    from .inputs import dir_digest
 
     if cand.input.kind == "directory":
         src, digest = Path(cand.input.source), None
