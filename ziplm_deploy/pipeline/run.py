@@ -117,6 +117,21 @@ def _check_stage_entry(name: str, entry: Any, source: str) -> None:
         typed(v, str, source, f"{key}.result.{k}", "a path")
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the stages of one run share."""
+    spec: PipelineSpec
+    run_dir: Path
+    log: Callable[[str], None]
+    progress: bool
+    stage: Callable[[str, str, Callable[[], tuple[list[str], Any]]], Any]  # _run_stage of this run
+    model_key: str  # the model's content hash, part of every stage key
+    workload_manifest: Path | None  # prune.workload_tables' manifest (None without)
+    table_path: Path  # the profile stage's table
+    run_workload: Path  # the manifest of the run's copy of the workload tables
+    onnx_cache: Path  # verify's export cache: verify reuses these files
+
+
 def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[str], None] = print,
                  progress: bool = True) -> RunResult:
     started = time.perf_counter()
@@ -132,184 +147,231 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         for stale in sweep_temporaries(run_dir / folder):
             log(f"removed the temporary {stale} of an interrupted run")
     result = RunResult(str(run_dir))
-    model_key = _content_hash(spec.model)
+    run = _Run(spec=spec, run_dir=run_dir, log=log, progress=progress,
+               stage=lambda name, key, fn: _run_stage(state, result, log, name, key, fn),
+               model_key=_content_hash(spec.model), workload_manifest=workload_manifest,
+               table_path=run_dir / "table.json", run_workload=run_dir / WORKLOAD_DIR / "workload.json",
+               onnx_cache=run_dir / "onnx")
 
-    def stage(name: str, key: str, fn: Callable[[], tuple[list[str], Any]]) -> Any:
-        cached = state.done(name, key)
-        if cached is not None:
-            log(f"[{name}] unchanged: skipped")
-            result.stages_skipped.append(name)
-            return cached
-        log(f"[{name}]")
-        outputs, value = fn()
-        state.record(name, key, outputs, value)
-        result.stages_run.append(name)
-        return value
-
-    # profile ---------------------------------------------------------------------------------
-    table_path = run_dir / "table.json"
-
-    def do_profile():
-        from ..core.arch import arch_from_dir
-        from ..core.table import LatencyTable
-        from ..profiling.profiler import ProfileOptions, profile
-        from ..runtime.timing import Protocol
-
-        if workload_manifest is not None:  # the workload's tables, and its prefill table for verify
-            from ..core.workload import WorkloadTables
-
-            tables = WorkloadTables.load(workload_manifest)
-            copied = tables.save(run_dir / WORKLOAD_DIR)
-            tables.prefill.save(table_path)
-            return [str(table_path), str(copied)], {"table": str(table_path), "workload_tables": str(copied)}
-        from ..runtime.quantize import Precision
-
-        if spec.profile.table:
-            table = LatencyTable.load(spec.profile.table)
-            mismatch = table.fingerprint.precision_mismatch(spec.profile.precision, "profile.precision")
-            if mismatch:
-                raise UserError(mismatch, "set profile.precision to the table's, or give a table of that precision")
-        else:
-            p = spec.profile
-            table = profile(arch_from_dir(spec.model), ProfileOptions(
-                runtime=p.runtime, batch=p.batch, seq=p.seq, threads=p.threads, opt_level=p.opt_level,
-                ffn_step=p.ffn_step, protocol=Protocol(rounds=p.rounds), precision=Precision.parse(p.precision)),
-                progress=progress)
-        table.save(table_path)
-        return [str(table_path)], {"table": str(table_path)}
-
-    if workload_manifest is not None:  # the manifest pins every table's sha256
-        profile_key = _sha(["workload", model_key, _content_hash(workload_manifest)])
-    else:
-        profile_key = _sha([asdict(spec.profile), model_key,
-                            _content_hash(spec.profile.table) if spec.profile.table else None])
-    stage("profile", profile_key, do_profile)
-    run_workload = run_dir / WORKLOAD_DIR / "workload.json"
-
-    # prune -----------------------------------------------------------------------------------
-    def do_prune():
-        from ..core.table import LatencyTable
-        from ..prune.family import PruneConfig, prune_family
-
-        p = spec.prune
-        config = PruneConfig(method=p.method, targets=p.targets, seq_len=p.seq_len, windows=p.windows, seed=p.seed,
-                             ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
-                             spdy_samples=p.spdy_samples, device=p.device, cost=p.cost,
-                             probe_windows=p.probe_windows, attention_levels=p.attention_levels)
-        if workload_manifest is not None:
-            latency, latency_path = _workload_latency(run_workload, p.budget, "the run's workload tables"), run_workload
-        else:
-            latency, latency_path = LatencyTable.load(table_path), table_path
-        report = prune_family(spec.model, latency, latency_path, p.calib, config,
-                              run_dir / "prune", log=lambda s: log("  " + s), progress=progress)
-        members = [asdict(m) for m in report.members]
-        return [m["path"] for m in members if m["path"]], members
-
-    prune_key = _sha([_prune_options(spec), model_key,
-                      _content_hash(run_workload if workload_manifest is not None else table_path),
-                      _content_hash(spec.prune.calib) if Path(spec.prune.calib).exists() else spec.prune.calib])
-    members = stage("prune", prune_key, do_prune)
+    _profile_stage(run)
+    members, prune_key = _prune_stage(run)
     result.members = members
     reached = [m for m in members if m["reachable"]]
     for m in members:
         if not m["reachable"]:
             log(f"  target {m['target']:g}x unreachable (max predicted {m['max_speedup']:.2f}x)")
-
-    # distill (optional): the trained models replace the pruned ones from here on ------------------
-    trained_key: list[str] = []  # part of the export / verify keys when the exported models are trained ones
-    if spec.distill is not None and reached:
-        distill_key = _sha([asdict(spec.distill), prune_key, model_key,
-                            _content_hash(spec.distill.data) if Path(spec.distill.data).exists() else spec.distill.data])
-        trained = stage("distill", distill_key,
-                        lambda: _distill(spec, reached, run_dir / "distill", distill_key, log, progress))
-        reached = [{**m, "path": trained[Path(m["path"]).name]} for m in reached]
-        trained_key = [distill_key]
-
-    # export ----------------------------------------------------------------------------------
-    cache = run_dir / "onnx"  # verify's export cache: verify reuses these files
-    verify_dir = run_dir / "prune" / "verify"
-    models = [("dense", spec.model)] + [(Path(m["path"]).name, m["path"]) for m in reached]
-    exported: dict[str, str] = {}
-    if spec.export is not None:
-        def do_export():
-            from ..verify.measure import export_dir
-
-            written = {}
-            for name, path in models:
-                written[name] = str(export_dir(Path(path), cache, lambda s: log("  " + s), spec.export.atol,
-                                               spec.export.rtol))
-                if spec.export.with_past and name != "dense":
-                    from ..export import export_onnx
-                    from ..models import load_model
-
-                    decode = cache / f"{name}-decode.onnx"
-                    if not decode.with_name(f"{name}-decode_with_past.onnx").exists():
-                        export_onnx(load_model(path), decode, with_past=True, atol=spec.export.atol,
-                                    rtol=spec.export.rtol)
-            return list(written.values()), written
-
-        export_key = _sha([asdict(spec.export), prune_key, model_key, *trained_key])
-        exported = stage("export", export_key, do_export)
-
-    # engine (optional): TensorRT engines of the exported models ---------------------------------
-    engines: dict[str, str] = {}
-    if spec.engine is not None:
-        engines = stage("engine", _sha([asdict(spec.engine), export_key]),
-                        lambda: _engines(spec, exported, run_dir / "engines", log))
-
-    # verify ----------------------------------------------------------------------------------
-    verify_reports: dict[str, str] = {}
-    if spec.verify is not None and reached:
-        def do_verify():
-            from ..verify.measure import VerifyOptions, verify
-
-            v = spec.verify
-            reports = {}
-            for m in reached:
-                name = Path(m["path"]).name
-                target = _verify_target(spec, m, name, log)
-                common = dict(runtime=v.runtime, threads=v.threads, target=target, tolerance=v.tolerance,
-                              rounds=v.rounds, atol=spec.export.atol if spec.export else 1e-4,
-                              rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
-                if v.generation:  # the run's workload in GenAI, predicted from the run's copy of its tables
-                    w = _run_workload(run_workload)
-                    opts = VerifyOptions(batch=w.batch, workload=w.name, workload_tables=str(run_workload),
-                                         target_metric=spec.prune.budget or "e2e", **common)
-                else:
-                    opts = VerifyOptions(batch=v.batch, seq=v.seq, table=str(table_path), **common)
-                baseline, candidate = (engines["dense"], engines[name]) if engines else (spec.model, m["path"])
-                rep = verify(baseline, candidate, opts, cache, log=lambda s: log("  " + s))
-                out = verify_dir / f"{name}.verify.json"
-                rep.save(out)
-                reports[name] = str(out)
-                _fault_point("verify-saved")
-                sp = rep.speedup or {}
-                what = f"{sp.get('metric')} speedup " if v.generation else ""
-                log(f"  {name}: measured {what}{sp.get('measured')}x, predicted {sp.get('predicted')}x" if rep.ok
-                    else f"  {name}: measurement failed: {rep.error}")
-            return list(reports.values()), reports
-
-        verify_reports = stage("verify", _sha([_verify_options(spec), prune_key, model_key,
-                                               asdict(spec.export) if spec.export else None, *trained_key,
-                                               *([asdict(spec.engine)] if spec.engine else [])]), do_verify)
+    # distill (optional): the trained models replace the pruned ones from here on; trained_key is part of the
+    # export / verify keys when the exported models are trained ones
+    reached, trained_key = _distill_stage(run, reached, prune_key)
+    exported, export_key = _export_stage(run, reached, prune_key, trained_key)
+    engines = _engine_stage(run, exported, export_key)
+    verify_reports = _verify_stage(run, reached, engines, prune_key, trained_key)
 
     # gate (always re-judged: cheap, and its verdict is the run's exit code) --------------------
     if spec.gate is not None:
         result.gate_checks = _gate(spec, verify_reports, members, run_dir / "gate", log)
         result.gate_failures = list(result.gate_checks)
 
-    # report ----------------------------------------------------------------------------------
-    if spec.report and not reached:
-        log("[report] skipped: no target was reached, so there is no model to report on")
-    elif spec.report:
+    _report_stage(run, reached)
+    result.seconds = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _run_stage(state: _State, result: RunResult, log: Callable[[str], None], name: str, key: str,
+               fn: Callable[[], tuple[list[str], Any]]) -> Any:
+    """The stage's recorded result where its key is unchanged and its outputs are still there; else runs it
+    (``fn`` returns its outputs and result) and records it."""
+    cached = state.done(name, key)
+    if cached is not None:
+        log(f"[{name}] unchanged: skipped")
+        result.stages_skipped.append(name)
+        return cached
+    log(f"[{name}]")
+    outputs, value = fn()
+    state.record(name, key, outputs, value)
+    result.stages_run.append(name)
+    return value
+
+
+def _profile_stage(run: _Run) -> None:
+    spec = run.spec
+    if run.workload_manifest is not None:  # the manifest pins every table's sha256
+        profile_key = _sha(["workload", run.model_key, _content_hash(run.workload_manifest)])
+    else:
+        profile_key = _sha([asdict(spec.profile), run.model_key,
+                            _content_hash(spec.profile.table) if spec.profile.table else None])
+    run.stage("profile", profile_key, lambda: _write_table(run))
+
+
+def _write_table(run: _Run) -> tuple[list[str], dict[str, str]]:
+    from ..core.arch import arch_from_dir
+    from ..core.table import LatencyTable
+    from ..profiling.profiler import ProfileOptions, profile
+    from ..runtime.timing import Protocol
+
+    spec, table_path = run.spec, run.table_path
+    if run.workload_manifest is not None:  # the workload's tables, and its prefill table for verify
+        from ..core.workload import WorkloadTables
+
+        tables = WorkloadTables.load(run.workload_manifest)
+        copied = tables.save(run.run_dir / WORKLOAD_DIR)
+        tables.prefill.save(table_path)
+        return [str(table_path), str(copied)], {"table": str(table_path), "workload_tables": str(copied)}
+    from ..runtime.quantize import Precision
+
+    if spec.profile.table:
+        table = LatencyTable.load(spec.profile.table)
+        mismatch = table.fingerprint.precision_mismatch(spec.profile.precision, "profile.precision")
+        if mismatch:
+            raise UserError(mismatch, "set profile.precision to the table's, or give a table of that precision")
+    else:
+        p = spec.profile
+        table = profile(arch_from_dir(spec.model), ProfileOptions(
+            runtime=p.runtime, batch=p.batch, seq=p.seq, threads=p.threads, opt_level=p.opt_level,
+            ffn_step=p.ffn_step, protocol=Protocol(rounds=p.rounds), precision=Precision.parse(p.precision)),
+            progress=run.progress)
+    table.save(table_path)
+    return [str(table_path)], {"table": str(table_path)}
+
+
+def _prune_stage(run: _Run) -> tuple[list[dict[str, Any]], str]:
+    """The members (``asdict`` of each ``prune.family`` member), and the stage key."""
+    spec = run.spec
+    prune_key = _sha([_prune_options(spec), run.model_key,
+                      _content_hash(run.run_workload if run.workload_manifest is not None else run.table_path),
+                      _content_hash(spec.prune.calib) if Path(spec.prune.calib).exists() else spec.prune.calib])
+    return run.stage("prune", prune_key, lambda: _prune_members(run)), prune_key
+
+
+def _prune_members(run: _Run) -> tuple[list[str], list[dict[str, Any]]]:
+    from ..core.table import LatencyTable
+    from ..prune.family import PruneConfig, prune_family
+
+    spec, log = run.spec, run.log
+    p = spec.prune
+    config = PruneConfig(method=p.method, targets=p.targets, seq_len=p.seq_len, windows=p.windows, seed=p.seed,
+                         ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
+                         spdy_samples=p.spdy_samples, device=p.device, cost=p.cost,
+                         probe_windows=p.probe_windows, attention_levels=p.attention_levels)
+    if run.workload_manifest is not None:
+        run_workload = run.run_workload
+        latency, latency_path = _workload_latency(run_workload, p.budget, "the run's workload tables"), run_workload
+    else:
+        latency, latency_path = LatencyTable.load(run.table_path), run.table_path
+    report = prune_family(spec.model, latency, latency_path, p.calib, config,
+                          run.run_dir / "prune", log=lambda s: log("  " + s), progress=run.progress)
+    members = [asdict(m) for m in report.members]
+    return [m["path"] for m in members if m["path"]], members
+
+
+def _distill_stage(run: _Run, reached: list[dict[str, Any]],
+                   prune_key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The reached members, with the trained models in place of the pruned ones where the pipeline distills, and
+    the trained key (the distill stage key; empty without distilling)."""
+    spec = run.spec
+    if spec.distill is None or not reached:
+        return reached, []
+    distill_key = _sha([asdict(spec.distill), prune_key, run.model_key,
+                        _content_hash(spec.distill.data) if Path(spec.distill.data).exists() else spec.distill.data])
+    trained = run.stage("distill", distill_key,
+                        lambda: _distill(spec, reached, run.run_dir / "distill", distill_key, run.log, run.progress))
+    return [{**m, "path": trained[Path(m["path"]).name]} for m in reached], [distill_key]
+
+
+def _export_stage(run: _Run, reached: list[dict[str, Any]], prune_key: str,
+                  trained_key: list[str]) -> tuple[dict[str, str], str | None]:
+    """The exported ONNX files (name -> path; none without the export section), and the stage key."""
+    spec = run.spec
+    models = [("dense", spec.model)] + [(Path(m["path"]).name, m["path"]) for m in reached]
+    if spec.export is None:
+        return {}, None
+    export_key = _sha([asdict(spec.export), prune_key, run.model_key, *trained_key])
+    return run.stage("export", export_key, lambda: _export_models(run, models)), export_key
+
+
+def _export_models(run: _Run, models: list[tuple[str, str]]) -> tuple[list[str], dict[str, str]]:
+    from ..verify.measure import export_dir
+
+    spec, log, cache = run.spec, run.log, run.onnx_cache
+    written = {}
+    for name, path in models:
+        written[name] = str(export_dir(Path(path), cache, lambda s: log("  " + s), spec.export.atol,
+                                       spec.export.rtol))
+        if spec.export.with_past and name != "dense":
+            from ..export import export_onnx
+            from ..models import load_model
+
+            decode = cache / f"{name}-decode.onnx"
+            if not decode.with_name(f"{name}-decode_with_past.onnx").exists():
+                export_onnx(load_model(path), decode, with_past=True, atol=spec.export.atol,
+                            rtol=spec.export.rtol)
+    return list(written.values()), written
+
+
+def _engine_stage(run: _Run, exported: dict[str, str], export_key: str | None) -> dict[str, str]:
+    """(engine, optional) TensorRT engines of the exported models (the spec refuses engines without export)."""
+    if run.spec.engine is None:
+        return {}
+    return run.stage("engine", _sha([asdict(run.spec.engine), export_key]),
+                     lambda: _engines(run.spec, exported, run.run_dir / "engines", run.log))
+
+
+def _verify_stage(run: _Run, reached: list[dict[str, Any]], engines: dict[str, str], prune_key: str,
+                  trained_key: list[str]) -> dict[str, str]:
+    """The verify reports (member name -> path; none without verify or without reached targets)."""
+    spec = run.spec
+    if spec.verify is None or not reached:
+        return {}
+    verify_key = _sha([_verify_options(spec), prune_key, run.model_key,
+                       asdict(spec.export) if spec.export else None, *trained_key,
+                       *([asdict(spec.engine)] if spec.engine else [])])
+    return run.stage("verify", verify_key, lambda: _verify_members(run, reached, engines))
+
+
+def _verify_members(run: _Run, reached: list[dict[str, Any]],
+                    engines: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    from ..verify.measure import VerifyOptions, verify
+
+    spec, log, run_workload = run.spec, run.log, run.run_workload
+    verify_dir = run.run_dir / "prune" / "verify"
+    v = spec.verify
+    reports = {}
+    for m in reached:
+        name = Path(m["path"]).name
+        target = _verify_target(spec, m, name, log)
+        common = dict(runtime=v.runtime, threads=v.threads, target=target, tolerance=v.tolerance,
+                      rounds=v.rounds, atol=spec.export.atol if spec.export else 1e-4,
+                      rtol=spec.export.rtol if spec.export else 1e-3, eval_data=v.eval_data)
+        if v.generation:  # the run's workload in GenAI, predicted from the run's copy of its tables
+            w = _run_workload(run_workload)
+            opts = VerifyOptions(batch=w.batch, workload=w.name, workload_tables=str(run_workload),
+                                 target_metric=spec.prune.budget or "e2e", **common)
+        else:
+            opts = VerifyOptions(batch=v.batch, seq=v.seq, table=str(run.table_path), **common)
+        baseline, candidate = (engines["dense"], engines[name]) if engines else (spec.model, m["path"])
+        rep = verify(baseline, candidate, opts, run.onnx_cache, log=lambda s: log("  " + s))
+        out = verify_dir / f"{name}.verify.json"
+        rep.save(out)
+        reports[name] = str(out)
+        _fault_point("verify-saved")
+        sp = rep.speedup or {}
+        what = f"{sp.get('metric')} speedup " if v.generation else ""
+        log(f"  {name}: measured {what}{sp.get('measured')}x, predicted {sp.get('predicted')}x" if rep.ok
+            else f"  {name}: measurement failed: {rep.error}")
+    return list(reports.values()), reports
+
+
+def _report_stage(run: _Run, reached: list[dict[str, Any]]) -> None:
+    if run.spec.report and not reached:
+        run.log("[report] skipped: no target was reached, so there is no model to report on")
+    elif run.spec.report:
         from ..verify.runreport import collect, render_html, render_markdown
 
+        run_dir = run.run_dir
         data = collect(run_dir / "prune")
         (run_dir / "report.html").write_text(render_html(data))
         (run_dir / "report.md").write_text(render_markdown(data))
-        log(f"[report] {run_dir / 'report.html'}")
-    result.seconds = round(time.perf_counter() - started, 1)
-    return result
+        run.log(f"[report] {run_dir / 'report.html'}")
 
 
 def _prune_options(spec: PipelineSpec) -> dict[str, Any]:
