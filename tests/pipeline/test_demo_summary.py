@@ -70,7 +70,7 @@ def test_chat_demo_end_to_end(tmp_path):
     for row in (dense, member):
         assert row.ttft_ms > 0 and row.tokens_per_s > 0 and row.perplexity > 1
         assert row.ttft_predicted_ms > 0 and row.tokens_per_s_predicted > 0
-    assert member.e2e_speedup > 1.0 and member.e2e_speedup_predicted == pytest.approx(1.5, abs=0.02)
+    assert member.e2e_speedup > 1.0 and 1.5 * (1 - 1e-6) <= member.e2e_speedup_predicted < 1.6
     over_budget = member.perplexity > 3 * dense.perplexity
     assert ("max_perplexity_increase" in member.failed_checks) == over_budget
     assert report.table_source == ("reference" if reference_workload_if_measured_here(1) else "measured now")

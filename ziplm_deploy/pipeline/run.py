@@ -415,7 +415,8 @@ def _workload_latency(path: str | os.PathLike, budget: str | None, source: str):
 def _check_workload(spec: PipelineSpec) -> Path | None:
     """The manifest of ``prune.workload_tables`` (None without), refused before any work when it does not load,
     does not describe the model, has no decode step for ``budget: decode``, or when verify would time a prefill
-    pass of another length or batch than the workload's prompt (verify predicts it from the prefill table); with
+    pass of another length or batch than the workload's prompt (verify predicts it from the prefill table) or of
+    other logits (a generating workload's prefill table times the last position's, the plain export every one); with
     ``verify.generation``, when the model is an encoder or verify could not time the workload
     (``_check_generation``)."""
     p = spec.prune
@@ -441,6 +442,11 @@ def _check_workload(spec: PipelineSpec) -> Path | None:
         raise UserError(f"verify times a prefill pass of batch {v.batch}, seq {v.seq}, but workload {w.name} has "
                         f"batch {w.batch}, prompt {w.prompt}: its prefill table cannot predict that pass",
                         f"set verify.seq: {w.prompt} and verify.batch: {w.batch}")
+    elif v is not None and latency.tables.prefill.fingerprint.logits != "all":
+        raise UserError(f"workload {w.name}'s prefill table times the LM head on the last position only (a generation's "
+                        "first token, as GenAI runs it), but verify without generation times an exported graph that "
+                        "computes every position's logits: the table cannot predict that pass",
+                        "set verify.generation: true (time the workload in ONNX Runtime GenAI), or drop verify")
     return manifest
 
 

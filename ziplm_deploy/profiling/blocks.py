@@ -178,6 +178,9 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
     ``sizes.logits`` "last" computes the last position's logits only (batch, 1, vocab), as generation graphs do.
     """
     parts = _family_with_sizes(arch, sizes).graph()
+    if sizes.logits == "last" and not arch.is_decoder:
+        raise UserError(f"a {arch.family} model has no LM head: its graph has no last-position logits",
+                        "use logits 'all' for encoders")
     shape = shape.validate(arch)
     b = GraphBuilder(dtype, seed)
     ids = b.add_input("input_ids", ["batch", "seq"], onnx.TensorProto.INT64)
@@ -187,7 +190,8 @@ def model_graph(arch: ArchSpec, shape: ModelShape, sizes: Sizes, dtype: str = "f
     hidden = b.op("Gather", [b.param("embed.tokens", (arch.vocab, arch.hidden)), ids], axis=0)
     hidden, ctx = parts.embeddings(b, arch, ids, hidden, pad, sizes)
     hidden = _layers(b, arch, shape, sizes, hidden, ctx)
-    if sizes.logits == "last":  # generation: the LM head (and final norm) on the last position only
+    if sizes.logits == "last":  # generation: the LM head on the last position only (transformers slices after the
+        # final norm, this graph before it: one normed row instead of P, a negligible difference)
         hidden = last_position(b, hidden)
         parts.head(b, arch, hidden)
         b.outputs = [onnx.helper.make_tensor_value_info(o.name, b.elem, ["batch", 1, arch.vocab])

@@ -296,6 +296,7 @@ def check(table: LatencyTable, shapes: list[ModelShape], opts: ProfileOptions, p
           protocol: Protocol | None = None) -> CheckReport:
     """Time ``shapes`` end to end beside the dense model; compare with ``table.predict``."""
     arch = table.arch
+    _check_options(arch, opts)
     sizes = opts.sizes
     protocol = protocol or Protocol(warmup=3, rounds=20, recheck=10)
     backend = opts.backend()
