@@ -118,14 +118,14 @@ def test_generation_verify_judges_the_decode_target_and_resumes(setup, tmp_path,
 
     assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
     assert "skipped: profile, prune, verify" in capsys.readouterr().out
-    # without verify.generation: verify runs again, one prefill pass at the workload's prompt, TTFT-checked
+    # without verify.generation: the workload's prefill table times last-position logits (GenAI's), which one
+    # prefill pass of the plain export does not compute: refused before any work, the run's reports untouched
+    before = (run / "prune" / "verify" / f"{name}.verify.json").read_bytes()
     pipeline = _write(tmp_path / "p.yaml", _spec(setup, verify={"seq": 16, "rounds": 2}, gate=None))
-    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "stages run: verify; skipped: profile, prune" in out
-    assert "verify times the prefill pass only, so it checks the predicted TTFT speedup" in out
-    r = VerifyReport.load(run / "prune" / "verify" / f"{name}.verify.json")
-    assert r.workload is None and r.speedup["target"] == member["workload_prediction"]["speedup"]["ttft"]
+    assert main(["run", str(pipeline), "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "last position only" in err and "verify.generation: true" in err, err
+    assert (run / "prune" / "verify" / f"{name}.verify.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("case, words", [
