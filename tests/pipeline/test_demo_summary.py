@@ -56,6 +56,17 @@ def test_chat_demo_refuses_options_it_does_not_take(capsys, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("workload", [[], ["--workload", "chat"]])
+def test_a_run_folder_that_cannot_be_made_is_one_line(workload, capsys):
+    """An output folder on a pseudo-filesystem passes the writability pre-check (its parent exists) but cannot be
+    made: one line naming it, exit 2, before any work (both demos; every command that makes its output folder)."""
+    from ziplm_deploy.cli import main
+
+    assert main(["demo", *workload, "--out", "/proc/ziplm-nope/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write /proc/ziplm-nope/run" in err, err
+
+
 @pytest.mark.slow  # ~6 min: the real SmolLM2 pruned for chat, exported to GenAI folders, generation timed
 def test_chat_demo_end_to_end(tmp_path):
     """`demo --workload chat` (small settings) on the real SmolLM2 with the stored chat tables: one member searched

@@ -12,13 +12,25 @@ from .checks import TEMP_PREFIX
 from .errors import UserError
 
 
+def make_dirs(folder: str | os.PathLike, what: str | os.PathLike | None = None) -> Path:
+    """``mkdir -p`` of an output folder; a folder that cannot be made (what ``check_output_path`` could not
+    foresee: a read-only mount, a pseudo-filesystem, root's bypassed permission bits) is a one-line error
+    naming ``what`` (default the folder)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {what or folder}: {e.strerror or e}", "choose a writable output location") from None
+    return folder
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write under a temporary name in the same folder, then rename: never a half-written ``path``. A folder
     that cannot be made or written (what ``check_output_path`` could not foresee: a read-only mount, a
     pseudo-filesystem, root's bypassed permission bits) is a one-line error naming the path."""
     path = Path(path)
+    make_dirs(path.parent, path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}", "choose a writable output location") from None

@@ -58,7 +58,7 @@ from .. import __version__
 from ..core import checks
 from ..core.checks import TEMP_PREFIX
 from ..core.errors import UserError
-from ..core.jsonio import atomic_write_json, check_header, read_json
+from ..core.jsonio import atomic_write_json, check_header, make_dirs, read_json
 from ..runtime.quantize import DEFAULT_MIN_TOP1, FP32, QUALITY_METADATA, TOP1_KIND, Precision, precision_of_metadata
 
 GRAPH_FILE = "model.onnx"
@@ -557,7 +557,7 @@ def export_genai(model, out: str | os.PathLike, *, tokenizer_dir: str | os.PathL
     config = genai_config(model, kv, first_heads)
     tokenizer_dir = tokenizer_dir if tokenizer_dir is not None else source
     prompts = check_prompts(model.config.vocab_size, tokenizer_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, out)
     for stale in out.parent.glob(f"{TEMP_PREFIX}{out.name}.*"):  # what a killed export of this folder left
         shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()

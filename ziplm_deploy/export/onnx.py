@@ -36,6 +36,7 @@ from torch import nn
 from .. import __version__
 from ..core.checks import TEMP_PREFIX
 from ..core.errors import UserError
+from ..core.jsonio import make_dirs
 from ..core.manifest import file_sha256
 from ..core.parity import OutputDiff, output_diff, reference_path, save_reference
 from ..models import adapter_for
@@ -214,7 +215,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, with_past: bool = Fals
 
 def fresh_tempdir(out: Path) -> Path:
     """A temporary folder beside ``out``, after removing what a killed export of the same file left."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, out)
     for stale in out.parent.glob(f"{TEMP_PREFIX}{out.stem}.*"):
         shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.stem}.", dir=out.parent))

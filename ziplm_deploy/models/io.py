@@ -22,7 +22,7 @@ from torch import nn
 from ..core import checks
 from ..core.arch import SHAPE_CONFIG_KEY, ArchSpec, arch_from_config, arch_from_dir, config_path, read_model_config
 from ..core.errors import UserError
-from ..core.jsonio import read_json
+from ..core.jsonio import make_dirs, read_json
 from ..core.shape import VOCAB_CONFIG_KEY, ModelShape, VocabTrim
 from ..families import family_for
 from .base import LayerPlan, apply_ranks, shrink
@@ -237,7 +237,7 @@ def save_model(model: nn.Module, out: str | os.PathLike, tokenizer: Any = None, 
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists", "choose another --out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, out)
     tmp = Path(tempfile.mkdtemp(prefix=f"{checks.TEMP_PREFIX}{out.name}.", dir=out.parent))  # swept by later runs
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -106,21 +106,28 @@ def run_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0, 3.0), threads: i
     result = run_pipeline(spec, out, log=log)
     report = DemoReport(str(out), "reference" if table else "measured now", precision,
                         gate_failed=bool(result.gate_failures), seconds=result.seconds)
+    for m, name, rep, gate, failed in _verified_members(result, out, report.unreachable):
+        sp, quality = rep.get("speedup") or {}, rep.get("quality") or {}
+        report.dense_ms = report.dense_ms or sp.get("baseline_ms")
+        report.dense_perplexity = report.dense_perplexity or quality.get("baseline")
+        gate = "-" if spec.gate is None else gate
+        report.rows.append(DemoRow(name, m["target"], m["predicted_speedup"], sp.get("measured"), sp.get("candidate_ms"),
+                                   quality.get("candidate"), (rep.get("parity") or {}).get("ok"), gate, failed))
+    return report
+
+
+def _verified_members(result, out: Path, unreachable: list[dict]):
+    """Each reached member of a demo run with its verify report (``{}`` when there is none), its gate verdict
+    (PASSED / FAILED) and the budgets it failed; unreachable targets are appended to ``unreachable``."""
     for m in result.members:
         if not m["reachable"]:
-            report.unreachable.append({"target": m["target"], "max_speedup": m["max_speedup"]})
+            unreachable.append({"target": m["target"], "max_speedup": m["max_speedup"]})
             continue
         name = Path(m["path"]).name
         path = out / "prune" / "verify" / f"{name}.verify.json"
         rep = json.loads(path.read_text()) if path.is_file() else {}
-        sp, quality = rep.get("speedup") or {}, rep.get("quality") or {}
-        report.dense_ms = report.dense_ms or sp.get("baseline_ms")
-        report.dense_perplexity = report.dense_perplexity or quality.get("baseline")
-        gate = "-" if spec.gate is None else ("FAILED" if name in result.gate_failures else "PASSED")
-        failed = tuple(result.gate_checks.get(name, ())) if gate == "FAILED" else ()
-        report.rows.append(DemoRow(name, m["target"], m["predicted_speedup"], sp.get("measured"), sp.get("candidate_ms"),
-                                   quality.get("candidate"), (rep.get("parity") or {}).get("ok"), gate, failed))
-    return report
+        gate = "FAILED" if name in result.gate_failures else "PASSED"
+        yield m, name, rep, gate, tuple(result.gate_checks.get(name, ())) if gate == "FAILED" else ()
 
 
 def _f(x, fmt):
@@ -235,17 +242,9 @@ def run_chat_demo(out: Path, targets: tuple[float, ...] = (1.5, 2.0), threads: i
     result = run_pipeline(spec, out, log=log)
     report = ChatReport(str(out), "reference" if tables.parent != out / "chat-tables" else "measured now",
                         gate_failed=bool(result.gate_failures), seconds=result.seconds)
-    for m in result.members:
-        if not m["reachable"]:
-            report.unreachable.append({"target": m["target"], "max_speedup": m["max_speedup"]})
-            continue
-        name = Path(m["path"]).name
-        path = out / "prune" / "verify" / f"{name}.verify.json"
-        rep = json.loads(path.read_text()) if path.is_file() else {}
+    for m, name, rep, gate, failed in _verified_members(result, out, report.unreachable):
         if not report.rows:
             report.rows.append(_chat_row("dense", None, rep, "baseline"))
-        gate = "FAILED" if name in result.gate_failures else "PASSED"
-        failed = tuple(result.gate_checks.get(name, ())) if gate == "FAILED" else ()
         report.rows.append(_chat_row(name, m["target"], rep, "candidate", gate, failed))
     return report
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ..core.checks import check_output_path, mapping, number, sweep_temporaries, typed
 from ..core.errors import UserError
-from ..core.jsonio import atomic_write_json, check_header, read_json
+from ..core.jsonio import atomic_write_json, check_header, make_dirs, read_json
 from .spec import PipelineSpec
 
 STATE_FILE = "state.json"
@@ -142,7 +142,7 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         _import_trt()  # a clear error before any work where TensorRT is missing
     state = _State(run_dir)  # a damaged state.json is refused before any work
     workload_manifest = _check_workload(spec)  # so are unusable prune.workload_tables
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(run_dir)
     for folder in WORK_FOLDERS:
         for stale in sweep_temporaries(run_dir / folder):
             log(f"removed the temporary {stale} of an interrupted run")

@@ -539,9 +539,9 @@ def render_markdown(data: RunData) -> str:
     blocks: list[list[str]] = []
     if data.rows:
         blocks.append(_markdown_table(table_rows(data)))
-    if generation_rows(data):
-        blocks.append(["Generation in ONNX Runtime GenAI (measured / predicted):", "",
-                       *_markdown_table(generation_rows(data))])
+    grows = generation_rows(data)
+    if grows:
+        blocks.append(["Generation in ONNX Runtime GenAI (measured / predicted):", "", *_markdown_table(grows)])
     if data.quant_only:
         blocks.append([f"- {p} alone: predicted {x:.2f}x over the fp32 dense model (the point pruning on top "
                        "must beat)" for p, x in data.quant_only.items()])
