@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from killpoint import killed_cli
 from ziplm_deploy.cli import main
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.pipeline.spec import PipelineSpec
@@ -141,8 +141,8 @@ def test_killed_run_resumes_to_the_same_artifacts(tiny_lm, tmp_path):
     spec = _spec(tiny_lm, export=None, verify=None, gate=None, report=False)
     pipeline = _write(tmp_path / "p.yaml", spec)
     cmd = [sys.executable, "-m", "ziplm_deploy", "run", str(pipeline), "--no-progress"]
-    env = dict(os.environ, ZIPLM_FAULT="member-saved")
-    killed = subprocess.run(cmd + ["--out", str(tmp_path / "resumed")], env=env, capture_output=True, text=True,
+    argv = cmd[3:] + ["--out", str(tmp_path / "resumed")]
+    killed = subprocess.run(killed_cli("ziplm_deploy.models:save_model", argv), capture_output=True, text=True,
                             timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL right after the first model was saved
     assert (tmp_path / "resumed" / "prune" / "ziplm-1.05x" / "manifest.json").is_file()

@@ -6,9 +6,7 @@ and ``verify.generation``'s target-metric selection (ttft / decode / e2e)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 import yaml
 
 from families import tiny_llama_for, tiny_model, word_tokenizer
+from killpoint import killed_cli
 from ziplm_deploy.cli import main
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.workload import Workload
@@ -76,8 +75,8 @@ def test_generation_verify_judges_the_decode_target_and_resumes(setup, tmp_path,
     pipeline = _write(tmp_path / "p.yaml", _spec(setup))
     run = tmp_path / "run"
     # killed right after the member's verify report was written, before the stage was recorded
-    killed = subprocess.run([sys.executable, "-m", "ziplm_deploy", "run", str(pipeline), "--out", str(run),
-                             "--no-progress"], env=dict(os.environ, ZIPLM_FAULT="verify-saved"), capture_output=True,
+    argv = ["run", str(pipeline), "--out", str(run), "--no-progress"]
+    killed = subprocess.run(killed_cli("ziplm_deploy.verify.report:VerifyReport.save", argv), capture_output=True,
                             text=True, timeout=600)
     assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert "measured decode speedup" not in killed.stdout  # killed before its log line
@@ -93,7 +92,7 @@ def test_generation_verify_judges_the_decode_target_and_resumes(setup, tmp_path,
     (member,) = family["members"]
     name = Path(member["path"]).name
     r = VerifyReport.load(run / "prune" / "verify" / f"{name}.verify.json")
-    w, sp = r.workload, r.speedup
+    w, sp = r.workload, r.speedup.to_json()
     assert r.ok and w["workload"] == {"name": WORKLOAD, "prompt": 16, "generate": 8, "batch": 1}
     assert r.inputs["workload"] == WORKLOAD and r.protocol["rounds"] == 2 and w["baseline"]["ttft_ms"]["n"] == 2
     assert r.baseline["source"] == str(setup["dense"]) and r.candidate["source"] == member["path"]
@@ -190,17 +189,17 @@ def test_the_target_is_judged_on_its_metric(metric):
     speedup = {"ttft": round(base.ttft.get(st) / cand.ttft.get(st), 5),
                "decode": round(base.per_token.get(st) / cand.per_token.get(st), 5),
                "e2e": round(base.e2e.get(st) / cand.e2e.get(st), 5)}
-    sp = speedup_block(metric, base, cand, speedup, st, 1.5, 0.05)
+    sp = speedup_block(metric, base, cand, speedup, st, 1.5, 0.05).to_json()
     times = {"ttft": "ttft", "decode": "per_token", "e2e": "e2e"}[metric]
     assert sp["metric"] == metric and sp["measured"] == speedup[metric]
     assert sp["baseline_ms"] == getattr(base, times).get(st) and sp["candidate_ms"] == getattr(cand, times).get(st)
     assert sp["meets_target"] is (metric != "decode")
     assert sp["target_deviation"] == round(speedup[metric] / 1.5 - 1, 5)
     assert sp["target"] == 1.5 and sp["tolerance"] == 0.05 and sp["target_source"] == "option"
-    none = speedup_block(metric, base, cand, speedup, st, None, 0.05)
+    none = speedup_block(metric, base, cand, speedup, st, None, 0.05).to_json()
     assert none["meets_target"] is None and none["target_deviation"] is None and none["measured"] == speedup[metric]
     # a metric that was not measured (decode of one generated token) meets no target: the gate fails closed
-    missing = speedup_block(metric, base, cand, {**speedup, metric: None}, st, 1.5, 0.05)
+    missing = speedup_block(metric, base, cand, {**speedup, metric: None}, st, 1.5, 0.05).to_json()
     assert missing["meets_target"] is False and missing["target_deviation"] is None
 
 

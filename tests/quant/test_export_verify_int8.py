@@ -121,6 +121,7 @@ def test_verify_judges_a_quantized_candidate_by_top1_and_measures_it_in_ort(tiny
     increase = q["candidate"] / q["baseline"] - 1
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"version: 1\nbudgets:\n  max_perplexity_increase: {abs(increase) + 0.5}\n")
+    assert VerifyReport.from_json(v).to_json() == v  # the typed report writes back what it read
     verdict = judge(Policy.load(policy), VerifyReport.load(report))
     [check] = [c for c in verdict.checks if c.name == "max_perplexity_increase"]
     assert check.passed and check.measured == pytest.approx(increase)  # the budget reads the ORT perplexities

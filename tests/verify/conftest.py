@@ -87,3 +87,13 @@ def copy_onnx(src: Path, dst: Path, reference: bool = True) -> Path:
     if reference:
         shutil.copy(reference_path(src), reference_path(dst))
     return dst
+
+
+def assert_round_trips(path: Path):
+    """The report at ``path`` loads and ``to_json`` writes back exactly its JSON (keys, values and their order)."""
+    from ziplm_deploy.verify.report import VerifyReport
+
+    payload = json.loads(Path(path).read_text())
+    report = VerifyReport.from_json(payload, str(path))
+    assert json.dumps(report.to_json()) == json.dumps(payload)
+    return report

@@ -8,11 +8,10 @@ import json
 import pytest
 
 from ziplm_deploy.cli import main
-from ziplm_deploy.cli.build_engine import profiles_from_args
 from ziplm_deploy.core.errors import UserError
 from ziplm_deploy.core.manifest import file_sha256
-from ziplm_deploy.runtime.tensorrt import (ENGINE_FORMAT, check_engine_metadata, load_engine_metadata, parse_shapes,
-                                           sidecar_path)
+from ziplm_deploy.export.tensorrt import parse_shapes, profiles_from_args
+from ziplm_deploy.runtime.tensorrt import ENGINE_FORMAT, check_engine_metadata, load_engine_metadata, sidecar_path
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, copy_onnx, synthetic_table
+from conftest import assert_round_trips, cli, copy_onnx, synthetic_table
 
 from ziplm_deploy.cli import main
-from ziplm_deploy.verify import VerifyReport
 from ziplm_deploy.verify.inputs import dir_digest
 
 FAST = ["--seq", "16", "--rounds", "5", "--warmup", "1"]
@@ -34,7 +33,7 @@ def test_verify_directories_report_has_every_field(verified, tiny_pair):
     out, code = verified
     payload = json.loads((out / "verify.json").read_text())
     assert payload["format"] == "ziplm-deploy/verify-report" and payload["version"] == 1
-    rep = VerifyReport.from_json(payload)
+    rep = assert_round_trips(out / "verify.json")
     assert rep.ok and code == 0
     for role, src in (("baseline", "dense"), ("candidate", "pruned")):
         m = payload[role]
@@ -77,7 +76,7 @@ def test_verify_reuses_exports_and_takes_target_from_manifest(verified, tiny_pai
           "--report", str(out / "again.json"), *FAST])
     text = capsys.readouterr().out
     assert text.count("reusing export") == 2
-    sp = json.loads((out / "again.json").read_text())["speedup"]
+    sp = assert_round_trips(out / "again.json").to_json()["speedup"]
     assert sp["target"] == 1.3 and sp["target_source"] == "manifest"
     assert sp["prediction_source"] == "manifest" and sp["predicted"] == 1.4
 
@@ -91,14 +90,15 @@ def test_verify_onnx_files_without_torch(verified, no_torch_env, tmp_path):
             str(tmp_path / "edge.json"), "--table", str(out / "table.json"), *FAST)
     assert r.returncode == 0, r.stderr
     assert "PASSED" in r.stdout and "parity vs export-reference" in r.stdout
-    edge = json.loads((tmp_path / "edge.json").read_text())
+    edge = assert_round_trips(tmp_path / "edge.json").to_json()
     assert edge["status"] == "ok" and edge["baseline"]["kind"] == "onnx"
     assert edge["parity"]["reference"] == "export-reference" and edge["parity"]["ok"]
     assert edge["parity"]["note"] == "torch is not installed"  # the recorded source directory is here, torch is not
     assert edge["speedup"]["predicted"] == payload["speedup"]["predicted"]  # same shapes, same table
     assert not (tmp_path / "onnx-cache").exists()  # nothing exported
     code = ("import sys, ziplm_deploy.verify.measure, ziplm_deploy.verify.policy, ziplm_deploy.verify.runreport, "
-            "ziplm_deploy.cli.verify, ziplm_deploy.cli.gate, ziplm_deploy.cli.report, ziplm_deploy.cli.build_engine; "
+            "ziplm_deploy.cli.verify, ziplm_deploy.cli.gate, ziplm_deploy.cli.report, ziplm_deploy.cli.build_engine, "
+            "ziplm_deploy.export.tensorrt; "
             "assert 'torch' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], env=no_torch_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -125,7 +125,7 @@ def test_errored_measurement_is_recorded_and_fails_the_gate(verified, tmp_path, 
     code = main(["verify", "--baseline", payload["baseline"]["file"], "--candidate", str(broken),
                  "--report", str(report), *FAST])
     assert code == 1
-    written = json.loads(report.read_text())
+    written = assert_round_trips(report).to_json()
     assert written["status"] == "error" and "onnxruntime could not load the model" in written["error"]
     assert written["candidate"]["latency"] is None and written["speedup"] == {}
     capsys.readouterr()

@@ -174,16 +174,15 @@ def test_a_workload_members_manifest_prediction_is_not_compared_with_a_prefill_p
     from ziplm_deploy.verify.inputs import Resolved
     from ziplm_deploy.verify.measure import VerifyOptions
     from ziplm_deploy.verify.predict import _predict
+    from ziplm_deploy.verify.report import Speedup
 
     manifest = {"options": options, "metrics": {"predicted_speedup": 2.0, "predicted_ms": 10.0}}
-    report = SimpleNamespace(speedup={"measured": 1.9, "candidate_ms": 10.5, "predicted": None, "predicted_ms": None,
-                                      "prediction_error": None, "latency_prediction_error": None,
-                                      "prediction_source": None})
+    report = SimpleNamespace(speedup=Speedup(measured=1.9, candidate_ms=10.5))
     models = {"baseline": Resolved("baseline", "dense", "directory"),
               "candidate": Resolved("candidate", "member", "directory", manifest=manifest)}
     _predict(report, models, VerifyOptions())
-    assert report.speedup["predicted"] == predicted
-    assert (report.speedup["prediction_error"] is None) == (predicted is None)
+    assert report.speedup.predicted == predicted
+    assert (report.speedup.prediction_error is None) == (predicted is None)
 
 
 @pytest.mark.parametrize("metric,message", [("ttft", "target metric ttft needs a workload"),

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from families import tiny_llama_for, tiny_model
-from conftest import cli
+from conftest import assert_round_trips, cli
 from tests.verify.test_gate import REPORT
 from tests.verify.test_gate_adversarial import BAD_VALUES, dotted, edited, failures, only
 from ziplm_deploy.cli import main
@@ -69,7 +69,7 @@ def verified(pair) -> dict:
     root = pair["root"]
     rc = main(["verify", "--baseline", str(pair["dense"]), "--candidate", str(pair["pruned"]), "--workload", WORKLOAD,
                "--report", str(root / "verify.json"), "--cache", str(root / "cache"), *FAST])
-    return {"rc": rc, "path": root / "verify.json", "report": VerifyReport.load(root / "verify.json"),
+    return {"rc": rc, "path": root / "verify.json", "report": assert_round_trips(root / "verify.json"),
             "folders": sorted((root / "cache").glob("*-genai"))}
 
 
@@ -115,7 +115,7 @@ def test_directories_are_exported_timed_and_checked_token_exact(verified, pair):
     assert r.baseline["kind"] == r.candidate["kind"] == "directory"
     assert r.candidate["shape"]["layers"] == [s.to_json() for s in PRUNED.layers]
     assert r.candidate["latency"] == r.workload["candidate"]["e2e_ms"]  # top level: the end-to-end time
-    assert r.speedup["metric"] == "e2e" and r.speedup["measured"] == r.workload["speedup"]["e2e"]
+    assert r.speedup.metric == "e2e" and r.speedup.measured == r.workload["speedup"]["e2e"]
     assert r.fingerprint["mode"] == "generate" and r.fingerprint["seq"] == P
     # the candidate's G greedy tokens from GenAI equal transformers' greedy generate on the timed prompt
     assert r.parity["reference"] == "pytorch" and r.parity["ok"] is True
@@ -173,7 +173,7 @@ def test_genai_folders_with_workload_tables(verified, tables, pair, tmp_path, ca
     assert main(["verify", "--baseline", str(dense), "--candidate", str(moved), "--workload", WORKLOAD,
                  "--workload-tables", str(tables), "--report", str(out), *FAST]) == 0
     stdout = capsys.readouterr().out
-    r = VerifyReport.load(out)
+    r = assert_round_trips(out)
     _check_block(r.workload)
     assert r.baseline["kind"] == r.candidate["kind"] == "genai"
     assert r.parity["reference"] == "genai-export-check" and r.parity["ok"] is True and len(r.parity["outputs"]) == 5
@@ -190,7 +190,7 @@ def test_genai_folders_with_workload_tables(verified, tables, pair, tmp_path, ca
         assert pred["error"]["speedup"][key] == pytest.approx(r.workload["speedup"][key] / pred["speedup"][key] - 1,
                                                               abs=1e-4)
     assert pred["tables"]["fingerprint_differences"] == []  # profiled and verified in one deployment
-    assert r.speedup["prediction_source"] == "workload-tables" and r.speedup["predicted"] == pred["speedup"]["e2e"]
+    assert r.speedup.prediction_source == "workload-tables" and r.speedup.predicted == pred["speedup"]["e2e"]
     assert "TTFT ms" in stdout and "tokens/s" in stdout and "pred. speedup" in stdout
 
 
@@ -200,9 +200,9 @@ def test_target_metric_judges_the_named_speedup(verified, tmp_path):
     out = tmp_path / "verify.json"
     main(["verify", "--baseline", str(dense), "--candidate", str(pruned), "--workload", WORKLOAD, "--target", "1.01",
           "--target-metric", "decode", "--report", str(out), *FAST])
-    r = VerifyReport.load(out)
-    assert r.speedup["metric"] == "decode" and r.speedup["measured"] == r.workload["speedup"]["decode"]
-    assert r.speedup["target"] == 1.01 and r.speedup["meets_target"] == (r.speedup["measured"] >= 1.01 * 0.95)
+    r = assert_round_trips(out)
+    assert r.speedup.metric == "decode" and r.speedup.measured == r.workload["speedup"]["decode"]
+    assert r.speedup.target == 1.01 and r.speedup.meets_target == (r.speedup.measured >= 1.01 * 0.95)
 
 
 def test_genai_folders_verify_without_torch(verified, pair, no_torch_env):

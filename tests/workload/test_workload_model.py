@@ -160,6 +160,10 @@ def test_tables_of_another_deployment_are_refused(tiny_tables):
         WorkloadTables(WORKLOAD, prefill, (d8, d9, d9, d11))
     with pytest.raises(UserError, match=r"at KV lengths \[8, 9\] do not cover"):
         WorkloadTables(WORKLOAD, prefill, (d8, d9))
+    # a prefill table timing every position's logits over-predicts TTFT: refused
+    with pytest.raises(UserError, match=r"prefill table: times the LM head on all 8 prompt positions.*profile --workload"):
+        WorkloadTables(WORKLOAD, _with_fp(prefill, logits="all"), (d8, d9, d11))
+    assert WorkloadTables.from_prefill_table(_with_fp(prefill, logits="all")).workload.generate == 0  # scoring: fine
 
 
 def test_tables_of_another_model_are_refused(tiny_tables):

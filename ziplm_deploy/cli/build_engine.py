@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 from . import argtypes
-from ..runtime.tensorrt import profiles_from_args  # noqa: F401  (torch-free; shared with the pipeline)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.checks import check_output_path
     from ..core.errors import UserError
-    from ..runtime.tensorrt import _import_trt, build_engine, onnx_input_ranks, sidecar_path
+    from ..export.tensorrt import build_engine, onnx_input_ranks, profiles_from_args
+    from ..runtime.tensorrt import _import_trt, sidecar_path
     from ..verify.inputs import onnx_metadata
 
     src, out = Path(args.onnx), Path(args.out)

@@ -116,19 +116,24 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(f"{path} ({kind}): {arch.family} {arch.architecture or ''}, {len(shape.kept_layers)} of "
+    else:
+        _print_report(report, arch, shape, precision, io)
+    return 0
+
+
+def _print_report(report: dict[str, Any], arch: Any, shape: Any, precision: dict[str, Any], io: dict[str, str]) -> None:
+    params, flops, dense_flops = report["parameters"], report["flops"], report["dense_flops"]
+    print(f"{report['path']} ({report['kind']}): {arch.family} {arch.architecture or ''}, {len(shape.kept_layers)} of "
           f"{arch.num_layers} layers")
     if params:
         print(f"parameters: {params / 1e6:.2f}M total; transformer blocks {report['block_parameters'] / 1e6:.2f}M "
               f"of {report['dense_block_parameters'] / 1e6:.2f}M dense ({report['block_parameters'] / report['dense_block_parameters']:.1%})")
     print(_precision_line(precision))
-    print(f"FLOPs (batch 1, seq {args.seq}): {flops / 1e9:.2f} G of {dense_flops / 1e9:.2f} G dense "
+    print(f"FLOPs (batch 1, seq {report['seq']}): {flops / 1e9:.2f} G of {dense_flops / 1e9:.2f} G dense "
           f"({flops / dense_flops:.1%})")
     gqa = arch.kv_heads != arch.heads
-    ranks = shape.has_ranks
     print(f"{'layer':>5}  {'heads':>5}" + (f"  {'kv':>3}" if gqa else "") + f"  {'ffn':>6}"
-          + ("  FLOP ranks" if ranks else ""))
+          + ("  FLOP ranks" if shape.has_ranks else ""))
     for i, s in enumerate(shape.layers):
         if s.dropped:
             print(f"{i:>5}  dropped")
@@ -137,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{i:>5}  {s.heads:>5}" + (f"  {s.kv:>3}" if gqa else "") + f"  {s.ffn:>6}{low}")
     for name, role in io.items():
         print(f"  {role}: {name}")
-    return 0
 
 
 def _precision_line(info: dict[str, Any]) -> str:

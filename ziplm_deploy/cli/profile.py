@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from . import argtypes
 from ..runtime import RUNTIMES
@@ -69,11 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.arch import arch_from_dir
     from ..core.checks import check_output_path
     from ..core.errors import UserError
-    from ..core.jsonio import atomic_write_json
     from ..core.table import LatencyTable
-    from ..profiling.grid import check_vocab_step
-    from ..profiling.profiler import ProfileOptions, check, check_precision, profile, random_shapes
-    from ..runtime.timing import Protocol
+    from ..profiling.profiler import profile
 
     if args.workload is not None:
         return _run_workload(args)
@@ -86,28 +84,43 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--out", args.out), ("--check-out", args.check_out)):
         if path is not None:
             check_output_path(path, option)
-    precision = precision_from_args(args.precision, args.per_channel)
-    check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
-    check_precision_layers(precision, arch.num_layers, args.model)
-    check_vocab_step(args.vocab_step, arch)
-    protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
-    opts = ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
-                          threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
-                          rank_step=args.rank_step, vocab_step=args.vocab_step, protocol=protocol,
-                          precision=precision, logits=args.logits or "all")
-    progress = not args.no_progress
+    opts = _options(args, arch)
     if args.out:
-        table = profile(arch, opts, progress=progress)
+        table = profile(arch, opts, progress=not args.no_progress)
         table.save(args.out)
-        _print_table(args.out, table, protocol.max_drift)
+        _print_table(args.out, table, opts.protocol.max_drift)
     else:
         table = LatencyTable.load(args.table)
         table.check_arch(arch, args.model)
-    if not args.check:
-        return 0
+    return _check_table(args, arch, table, opts) if args.check else 0
+
+
+def _options(args: argparse.Namespace, arch: Any) -> Any:
+    """The profiling options of a single table, the precision and vocabulary step checked against the model."""
+    from ..profiling.grid import check_vocab_step
+    from ..profiling.profiler import ProfileOptions, check_precision
+    from ..runtime.timing import Protocol
+
+    precision = precision_from_args(args.precision, args.per_channel)
+    check_precision(precision, args.runtime, args.dtype)
+    check_precision_layers(precision, arch.num_layers, args.model)
+    check_vocab_step(args.vocab_step, arch)
+    protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)
+    return ProfileOptions(runtime=args.runtime, batch=args.batch, seq=args.seq, decode_kv_len=args.decode_kv_len,
+                          threads=args.threads, opt_level=args.opt_level, dtype=args.dtype, ffn_step=args.ffn_step,
+                          rank_step=args.rank_step, vocab_step=args.vocab_step, protocol=protocol,
+                          precision=precision, logits=args.logits or "all")
+
+
+def _check_table(args: argparse.Namespace, arch: Any, table: Any, opts: Any) -> int:
+    """``--check N``: time N random shapes against the table's predictions; exit 1 past --max-speedup-error."""
+    from ..core.jsonio import atomic_write_json
+    from ..profiling.profiler import check, random_shapes
+    from ..runtime.timing import Protocol
+
     shapes = random_shapes(arch, args.check, seed=args.seed, p_rank=0.5 if table.lowrank else 0.0)
-    report = check(table, shapes, opts, progress=progress,
+    report = check(table, shapes, opts, progress=not args.no_progress,
                    protocol=Protocol(warmup=3, rounds=args.check_rounds, seed=args.seed))
     if args.check_out:
         atomic_write_json(args.check_out, {"format": "ziplm-deploy/table-check", "version": 1, **report.to_json()})
@@ -120,15 +133,15 @@ def run(args: argparse.Namespace) -> int:
     s = report.summary()
     print(f"latency error: median {s['median_abs_latency_error']:.1%}, max {s['max_abs_latency_error']:.1%}; "
           f"speedup error: median {s['median_abs_speedup_error']:.1%}, max {s['max_abs_speedup_error']:.1%}")
-    if abs(report.drift) > protocol.max_drift:
+    if abs(report.drift) > opts.protocol.max_drift:
         print(f"warning: the dense model moved by {report.drift:+.1%} during the check: the machine was busy",
               file=sys.stderr)
-    if args.max_speedup_error is not None:
-        ok = s["max_abs_speedup_error"] <= args.max_speedup_error
-        print(f"{'PASSED' if ok else 'FAILED'}: max speedup error {s['max_abs_speedup_error']:.1%} "
-              f"(limit {args.max_speedup_error:.1%})")
-        return 0 if ok else 1
-    return 0
+    if args.max_speedup_error is None:
+        return 0
+    ok = s["max_abs_speedup_error"] <= args.max_speedup_error
+    print(f"{'PASSED' if ok else 'FAILED'}: max speedup error {s['max_abs_speedup_error']:.1%} "
+          f"(limit {args.max_speedup_error:.1%})")
+    return 0 if ok else 1
 
 
 def _print_table(where: str, table, max_drift: float) -> None:

@@ -8,6 +8,7 @@ Keep the output tokens a domain uses: an LM head of K rows that still answers ov
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from . import argtypes
 
@@ -40,38 +41,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import copy
-    import json
     from pathlib import Path
 
-    from ..core import checks
-    from ..core.arch import read_model_config
     from ..core.checks import check_output_path
-    from ..core.errors import UserError
-    from ..core.jsonio import read_json
-    from ..core.manifest import MANIFEST_FILE, ModelManifest, new_manifest
-    from ..models.io import check_model_dir, check_seq_len
-    from ..models.tokenizer import load_tokenizer
-    from ..models.vocab import QUALITY_FILE, check_trimmable, count_tokens, select_tokens, special_ids
+    from ..core.manifest import MANIFEST_FILE, ModelManifest
+    from ..models import load_model
+    from ..models.vocab import count_tokens, prompts_from, select_tokens, trim_model, vocab_quality
     from ..prune.data import read_texts
 
     check_output_path(args.out, "output directory", directory=True, overwrite=args.overwrite)
+    arch, tokenizer = _checked_model(args)
+    parent_manifest = Path(args.model) / MANIFEST_FILE
+    parent = ModelManifest.load(parent_manifest) if parent_manifest.is_file() else None
+    texts = read_texts(args.data, "domain text")
+    held, held_name = _held_out(args, texts, read_texts)
+    if args.eval_data is None:
+        texts = texts[: len(texts) - len(held)]
+    windows = _windows(tokenizer, held, args.eval_seq, args.eval_windows, held_name)
+    specials = _special_tokens(args, arch, tokenizer)
+    selection = select_tokens(count_tokens(tokenizer, texts, arch.vocab), specials, keep=args.keep,
+                              coverage=args.coverage)
+    reference = load_model(args.model)
+    model = trim_model(copy.deepcopy(reference), selection.kept)
+    prompts = prompts_from(windows, args.greedy_prompts, min(PROMPT_TOKENS, args.eval_seq - 1))
+    quality = vocab_quality(model, reference, windows, prompts, args.greedy_tokens, eval_data=held_name)
+    del reference
+    _save(args, model, tokenizer, arch, selection, quality, parent, held_name)
+    _print(args, selection, quality, arch.vocab)
+    return 0
+
+
+def _checked_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model's architecture and tokenizer, refused before any work if it cannot be trimmed as asked."""
+    from ..core.arch import read_model_config
+    from ..core.errors import UserError
+    from ..models.io import check_model_dir, check_seq_len
+    from ..models.tokenizer import load_tokenizer
+    from ..models.vocab import check_trimmable
+
     arch = check_model_dir(args.model)
     check_trimmable(arch, read_model_config(args.model), args.model)
     check_seq_len(args.model, args.eval_seq, "--eval-seq")
     if args.keep is not None and args.keep > arch.vocab:
         raise UserError(f"--keep {args.keep} is more than the model's {arch.vocab} output tokens",
                         f"pass --keep {arch.vocab} or less")
-    parent_manifest = Path(args.model) / MANIFEST_FILE
-    parent = ModelManifest.load(parent_manifest) if parent_manifest.is_file() else None
     tokenizer = load_tokenizer(args.model)
     if tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer files", "trim-vocab counts tokens with the model's tokenizer: "
                         "copy it into the model directory")
-    texts = read_texts(args.data, "domain text")
-    held, held_name = _held_out(args, texts, read_texts)
-    if args.eval_data is None:
-        texts = texts[: len(texts) - len(held)]
-    windows = _windows(tokenizer, held, args.eval_seq, args.eval_windows, held_name)
+    return arch, tokenizer
+
+
+def _special_tokens(args: argparse.Namespace, arch: Any, tokenizer: Any) -> Any:
+    """The ids always kept (special tokens, the generation config's ids); ``--keep`` must leave room for them."""
+    from pathlib import Path
+
+    from ..core import checks
+    from ..core.arch import read_model_config
+    from ..core.errors import UserError
+    from ..core.jsonio import read_json
+    from ..models.vocab import special_ids
+
     generation_file = Path(args.model) / "generation_config.json"
     generation = (checks.mapping(read_json(generation_file, "generation config"), str(generation_file))
                   if generation_file.is_file() else None)
@@ -79,18 +109,18 @@ def run(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep < len(specials):
         raise UserError(f"--keep {args.keep} is fewer than the {len(specials)} special tokens that are always kept",
                         f"pass --keep {len(specials) + 1} or more")
-    counts = count_tokens(tokenizer, texts, arch.vocab)
-    selection = select_tokens(counts, specials, keep=args.keep, coverage=args.coverage)
+    return specials
+
+
+def _save(args: argparse.Namespace, model: Any, tokenizer: Any, arch: Any, selection: Any, quality: Any,
+          parent: Any, held_name: str) -> None:
+    import json
 
     from ..core.cost import block_params
-    from ..models import adapter_for, load_model, save_model
-    from ..models.vocab import prompts_from, trim_model, vocab_quality
+    from ..core.manifest import MANIFEST_FILE, new_manifest
+    from ..models import adapter_for, save_model
+    from ..models.vocab import QUALITY_FILE
 
-    reference = load_model(args.model)
-    model = trim_model(copy.deepcopy(reference), selection.kept)
-    prompts = prompts_from(windows, args.greedy_prompts, min(PROMPT_TOKENS, args.eval_seq - 1))
-    quality = vocab_quality(model, reference, windows, prompts, args.greedy_tokens, eval_data=held_name)
-    del reference
     shape = adapter_for(model).shape_of(model)
     k, hidden = len(selection.kept), arch.hidden
     options = {"data": str(args.data), "keep": args.keep, "coverage": args.coverage, "eval_data": held_name,
@@ -108,8 +138,6 @@ def run(args: argparse.Namespace) -> int:
     save_model(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite,
                extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n",
                             QUALITY_FILE: json.dumps(quality.to_json(), indent=2) + "\n"})
-    _print(args, selection, quality, arch.vocab)
-    return 0
 
 
 def _held_out(args: argparse.Namespace, texts: list[str], read_texts) -> tuple[list[str], str]:

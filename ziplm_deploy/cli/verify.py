@@ -107,31 +107,32 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"output parity not checkable: {(report.parity or {}).get('note') or 'no reference'}")
     elif not report.parity["ok"]:
         problems.append(f"output parity vs {report.parity['reference']} out of tolerance")
-    if report.speedup.get("meets_target") is False:
-        problems.append(f"measured speedup {report.speedup['measured']:.2f}x below target {report.speedup['target']:g}x "
-                        f"(tolerance {report.speedup['tolerance']:.0%})")
+    sp = report.speedup
+    if sp.meets_target is False:
+        problems.append(f"measured speedup {sp.measured:.2f}x below target {sp.target:g}x "
+                        f"(tolerance {sp.tolerance:.0%})")
     print(f"FAILED: {'; '.join(problems)}" if problems else "PASSED")
     return 1 if problems else 0
 
 
 def format_summary(report) -> str:
     lines = []
-    sp = report.speedup or {}
+    sp = report.speedup
     for role in ("baseline", "candidate"):
         lat = (getattr(report, role) or {}).get("latency")
         if lat:
             lines.append(f"{role:>9}: p25 {lat['p25']:.3f} ms  p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  (n={lat['n']})")
-    if sp.get("measured") is not None:
-        line = f"measured speedup {sp['measured']:.3f}x"
-        if sp.get("target") is not None:
-            line += f"  target {sp['target']:g}x ({sp['target_deviation']:+.1%})"
-        if sp.get("predicted") is not None:
-            line += f"  predicted {sp['predicted']:.3f}x ({sp['prediction_source']}; error {sp['prediction_error']:+.1%})"
+    if sp.measured is not None:
+        line = f"measured speedup {sp.measured:.3f}x"
+        if sp.target is not None:
+            line += f"  target {sp.target:g}x ({sp.target_deviation:+.1%})"
+        if sp.predicted is not None:
+            line += f"  predicted {sp.predicted:.3f}x ({sp.prediction_source}; error {sp.prediction_error:+.1%})"
         lines.append(line)
     if report.workload:
         lines += workload_lines(report.workload)
-    if report.timing.get("interference"):
-        lines.append(f"warning: the baseline moved by {report.timing['drift']:+.1%} during timing: the machine was busy")
+    if report.timing.interference:
+        lines.append(f"warning: the baseline moved by {report.timing.drift:+.1%} during timing: the machine was busy")
     if report.parity and report.parity.get("reference") == "none":
         lines.append(f"parity: not checkable ({report.parity.get('note')})")
     elif report.parity:

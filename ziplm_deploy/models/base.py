@@ -7,7 +7,7 @@ An adapter knows where one family keeps its layers, heads and FFN neurons. Every
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -187,36 +187,8 @@ def shrink(model: nn.Module, plan: Sequence[LayerPlan]) -> nn.Module:
         raise UserError("the plan drops every layer", "keep at least one layer")
 
     for i, (layer, p) in enumerate(zip(layers, plan)):
-        if p.dropped:
-            continue
-        shape = adapter.layer_shape(layer, arch)
-        where = f"layer {i}"
-        if p.heads is not None and shape.heads > 0:
-            heads = sorted(p.heads)
-            if not heads:
-                adapter.remove_attention(layer, arch)
-            elif len(heads) < shape.heads:
-                group = shape.heads // max(shape.kv, 1)
-                kv = _check_heads(heads, arch, shape.heads, group, where)
-                adapter.keep_heads(layer, heads, kv, arch)
-            else:
-                _check_heads(heads, arch, shape.heads, shape.heads, where)
-        elif p.heads and shape.heads == 0:
-            raise UserError(f"{where}: attention is already removed; cannot keep heads {list(p.heads)}")
-        if p.ffn is not None and shape.ffn > 0:
-            idx = sorted(p.ffn)
-            if len(set(idx)) != len(idx) or any(not 0 <= j < shape.ffn for j in idx):
-                raise UserError(f"{where}: FFN indices must be distinct and in [0, {shape.ffn})")
-            if not idx:
-                adapter.remove_ffn(layer, arch)
-            elif len(idx) < shape.ffn:
-                if shape.ranks:
-                    raise UserError(f"{where}: its FFN is factorised (FLOP ranks {dict(shape.ranks)}); "
-                                    "neurons of a factorised FFN cannot be removed",
-                                    "prune FFN neurons before running flop")
-                adapter.keep_ffn(layer, idx)
-        elif p.ffn and shape.ffn == 0:
-            raise UserError(f"{where}: FFN is already removed; cannot keep neurons")
+        if not p.dropped:
+            _shrink_layer(adapter, arch, layer, p, f"layer {i}")
 
     kept_modules = [layers[i] for i in kept_live]
     adapter.set_layers(model, kept_modules)
@@ -229,6 +201,37 @@ def shrink(model: nn.Module, plan: Sequence[LayerPlan]) -> nn.Module:
 
     _record_shape(model, before, plan, layers, adapter, arch)
     return model
+
+
+def _shrink_layer(adapter: Any, arch: Any, layer: nn.Module, p: LayerPlan, where: str) -> None:
+    """Keep ``p``'s heads and FFN neurons of one layer, in place (``None``: keep all; empty: remove the part)."""
+    shape = adapter.layer_shape(layer, arch)
+    if p.heads is not None and shape.heads > 0:
+        heads = sorted(p.heads)
+        if not heads:
+            adapter.remove_attention(layer, arch)
+        elif len(heads) < shape.heads:
+            group = shape.heads // max(shape.kv, 1)
+            kv = _check_heads(heads, arch, shape.heads, group, where)
+            adapter.keep_heads(layer, heads, kv, arch)
+        else:
+            _check_heads(heads, arch, shape.heads, shape.heads, where)
+    elif p.heads and shape.heads == 0:
+        raise UserError(f"{where}: attention is already removed; cannot keep heads {list(p.heads)}")
+    if p.ffn is not None and shape.ffn > 0:
+        idx = sorted(p.ffn)
+        if len(set(idx)) != len(idx) or any(not 0 <= j < shape.ffn for j in idx):
+            raise UserError(f"{where}: FFN indices must be distinct and in [0, {shape.ffn})")
+        if not idx:
+            adapter.remove_ffn(layer, arch)
+        elif len(idx) < shape.ffn:
+            if shape.ranks:
+                raise UserError(f"{where}: its FFN is factorised (FLOP ranks {dict(shape.ranks)}); "
+                                "neurons of a factorised FFN cannot be removed",
+                                "prune FFN neurons before running flop")
+            adapter.keep_ffn(layer, idx)
+    elif p.ffn and shape.ffn == 0:
+        raise UserError(f"{where}: FFN is already removed; cannot keep neurons")
 
 
 def _record_shape(model, before: ModelShape, plan, layers, adapter: FamilyAdapter, arch: ArchSpec) -> None:

@@ -353,10 +353,9 @@ def _verify_members(run: _Run, reached: list[dict[str, Any]],
         out = verify_dir / f"{name}.verify.json"
         rep.save(out)
         reports[name] = str(out)
-        _fault_point("verify-saved")
-        sp = rep.speedup or {}
-        what = f"{sp.get('metric')} speedup " if v.generation else ""
-        log(f"  {name}: measured {what}{sp.get('measured')}x, predicted {sp.get('predicted')}x" if rep.ok
+        sp = rep.speedup
+        what = f"{sp.metric} speedup " if v.generation else ""
+        log(f"  {name}: measured {what}{sp.measured}x, predicted {sp.predicted}x" if rep.ok
             else f"  {name}: measurement failed: {rep.error}")
     return list(reports.values()), reports
 
@@ -397,12 +396,6 @@ def _run_workload(manifest: Path):
     from ..core.workload import WorkloadTables
 
     return WorkloadTables.load(manifest).workload
-
-
-def _fault_point(name: str) -> None:
-    from ..prune.family import _fault_point as fault
-
-    fault(name)
 
 
 def _workload_latency(path: str | os.PathLike, budget: str | None, source: str):
@@ -526,7 +519,7 @@ def _gate(spec: PipelineSpec, verify_reports: dict[str, str], members: list[dict
 def _engines(spec: PipelineSpec, exported: dict[str, str], out: Path,
              log: Callable[[str], None]) -> tuple[list[str], dict[str, str]]:
     """One engine (+ metadata sidecar) per exported ONNX file, with one optimisation profile."""
-    from ..runtime.tensorrt import build_engine, onnx_input_ranks, profiles_from_args
+    from ..export.tensorrt import build_engine, onnx_input_ranks, profiles_from_args
 
     e = spec.engine
     engines: dict[str, str] = {}

@@ -1,1 +1,3 @@
-"""Layer 3: calibration data, evaluation, and (to come) structured OBS, search, LayerChop and FLOP."""
+"""Layer 3: calibration data and evaluation, structured OBS (``hessian``, ``obs``, ``database``, ``stitch``), the
+latency-constrained search (``search``, ``spdy``, ``sensitivity``), LayerChop, and the method registry and
+families of members (``family``). FLOP lives in ``distill`` (it trains while it prunes)."""

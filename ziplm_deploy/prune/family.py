@@ -290,14 +290,6 @@ def _finished_member(path: Path, options: dict[str, Any], table_sha: str,
     return m.metrics if same and m.shape == shape else None
 
 
-def _fault_point(name: str) -> None:
-    """Test hook: ``ZIPLM_FAULT=<name>`` kills the process here (SIGKILL), to test resuming."""
-    if os.environ.get("ZIPLM_FAULT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyModel, table_path: str | os.PathLike,
                  calib: str | os.PathLike, config: PruneConfig, out: str | os.PathLike,
                  log: Callable[[str], None] = print, progress: bool = True) -> FamilyReport:
@@ -338,49 +330,50 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     _log_targets(latency, log)
     # the search works in the table's own terms: speedups over its (quantized) dense model
     relative = tuple(max(1.0, t / quant_speedup) for t in config.targets)
-    candidates = SOLVERS[config.method](Run(config, relative, dense, latency, windows, model_dir, out, log, progress))
-    for target, c in zip(config.targets, candidates):
-        shape, predicted, loss = c.shape, c.predicted_ms, c.loss
-        if shape is not None and latency.vocab is not None:
-            shape = replace(shape, vocab=latency.vocab)
+    run = Run(config, relative, dense, latency, windows, model_dir, out, log, progress)
+    for target, c in zip(config.targets, SOLVERS[config.method](run)):
         member = FamilyMember(target, c.reachable, round(c.max_speedup * quant_speedup, 4))
-        if not c.reachable:
+        if c.reachable:
+            _produce_member(run, report, member, c, baseline_ms, tokenizer, options, arch.is_decoder)
+        else:
             log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {member.max_speedup:.2f}x)")
-            report.members.append(member)
-            continue
-        member.predicted_ms, member.predicted_speedup = round(predicted, 4), round(baseline_ms / predicted, 4)
-        member.search_loss, member.shape = loss, shape.to_json()
-        member.workload_prediction = workload_record(latency, shape)
-        path = _member_dir(out, config.method, target)
-        done = _finished_member(path, options, report.table_sha256, member.shape)
-        if done is not None:  # an earlier, interrupted run already produced this model
-            member.path, member.calibration_ppl = str(path), done.get("calibration_ppl")
-            log(f"  target {target:g}x: reusing {path}")
-            report.members.append(member)
-            continue
-        model = c.build()
-        if config.evaluate and arch.is_decoder:
-            from .evaluate import perplexity
+        report.members.append(member)
+    report.seconds = round(time.perf_counter() - started, 1)
+    atomic_write_json(out / f"family-{config.method}.json", report.to_json())
+    return report
 
-            member.calibration_ppl = round(perplexity(model, windows, progress=False), 4)
-        manifest = _member_manifest(report, member, model_dir, options)
-        from ..models import save_model
 
-        save_model(model, path, tokenizer=tokenizer, overwrite=True,
-                   extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n"})
-        member.path = str(path)
-        log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
+def _produce_member(run: Run, report: FamilyReport, member: FamilyMember, c: Candidate, baseline_ms: float,
+                    tokenizer: Any, options: dict[str, Any], is_decoder: bool) -> None:
+    """Fill ``member``'s prediction and save its model (or reuse the one an interrupted run saved)."""
+    latency, config, target = run.latency, run.config, member.target
+    shape = c.shape if latency.vocab is None else replace(c.shape, vocab=latency.vocab)
+    member.predicted_ms, member.predicted_speedup = round(c.predicted_ms, 4), round(baseline_ms / c.predicted_ms, 4)
+    member.search_loss, member.shape = c.loss, shape.to_json()
+    member.workload_prediction = workload_record(latency, shape)
+    path = _member_dir(run.out, config.method, target)
+    done = _finished_member(path, options, report.table_sha256, member.shape)
+    if done is not None:  # an earlier, interrupted run already produced this model
+        member.path, member.calibration_ppl = str(path), done.get("calibration_ppl")
+        run.log(f"  target {target:g}x: reusing {path}")
+        return
+    model = c.build()
+    if config.evaluate and is_decoder:
+        from .evaluate import perplexity
+
+        member.calibration_ppl = round(perplexity(model, run.windows, progress=False), 4)
+    manifest = _member_manifest(report, member, run.model_dir, options)
+    from ..models import save_model
+
+    save_model(model, path, tokenizer=tokenizer, overwrite=True,
+               extra_files={MANIFEST_FILE: json.dumps(manifest.to_json(), indent=2) + "\n"})
+    member.path = str(path)
+    run.log(f"  target {target:g}x: predicted {member.predicted_speedup:.2f}x ({member.predicted_ms:.2f} ms)"
             + _workload_words(member.workload_prediction)
             + (f", {_unpruned_words(report.precision, latency.vocab)} alone (nothing pruned)"
                if shape == latency.dense_shape() else "")
             + (f", calibration ppl {member.calibration_ppl:.2f}" if member.calibration_ppl is not None else "")
             + f" -> {path}")
-        report.members.append(member)
-        del model
-        _fault_point("member-saved")
-    report.seconds = round(time.perf_counter() - started, 1)
-    atomic_write_json(out / f"family-{config.method}.json", report.to_json())
-    return report
 
 
 def _unpruned_words(precision: str, vocab: int | None) -> str:

@@ -1,11 +1,12 @@
 """Native TensorRT backend: build an engine from ONNX (optimisation profile at the timed shapes, timing
 cache on disk) or load a serialized ``.plan``; run with ``execute_async_v3`` on a CUDA stream and
 synchronise that stream. ``tensorrt`` is imported lazily; device memory goes through libcudart (ctypes),
-so neither torch nor pycuda is needed.
+so neither torch nor pycuda is needed. ``build_serialized`` is the one place a TensorRT builder is
+configured (the profiler's block engines here, engine files in ``export.tensorrt``).
 
 Engines are only valid for the GPU model / compute capability and TensorRT version that built them.
-``build_engine`` writes a metadata sidecar (``FILE.plan.json``, format ``ziplm-deploy/engine``) and
-loading a ``.plan`` checks it first (``check_engine_metadata``): another GPU, compute capability or
+``export.tensorrt.build_engine`` writes a metadata sidecar (``FILE.plan.json``, format ``ziplm-deploy/engine``)
+and loading a ``.plan`` checks it first (``check_engine_metadata``): another GPU, compute capability or
 TensorRT version, a missing sidecar or an engine file that is not the one described is refused.
 """
 
@@ -138,36 +139,9 @@ class TensorRTBackend(Backend):
 
     def build(self, onnx_bytes: bytes, shapes: Mapping[str, tuple[int, ...]]) -> bytes:
         """A serialized engine with one optimisation profile at exactly ``shapes``."""
-        trt = self.trt
-        builder = trt.Builder(self.logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse(onnx_bytes):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise UserError(f"TensorRT could not parse the ONNX model: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
-        config.builder_optimization_level = int(self.opt_level)
-        if self.fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        cache_path = Path(self.timing_cache) if self.timing_cache else None
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            name = network.get_input(i).name
-            if name not in shapes:
-                raise UserError(f"no shape given for TensorRT input {name!r}")
-            profile.set_shape(name, shapes[name], shapes[name], shapes[name])
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise UserError("TensorRT failed to build the engine", "see the TensorRT log above")
-        if cache_path:
-            from ..core.jsonio import atomic_write_bytes
-
-            atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-        return bytes(serialized)
+        precision = "fp16" if self.fp16 else "fp32"
+        return build_serialized(self, onnx_bytes, {name: (dims, dims, dims) for name, dims in shapes.items()},
+                                precision, self.timing_cache)
 
 
 class TensorRTSession(Session):
@@ -295,126 +269,50 @@ def check_engine_metadata(meta: dict[str, Any], tensorrt_version: str, gpu: str 
                         "rebuild it on this machine with `ziplm-deploy build-engine`")
 
 
-def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
-    """``"input_ids:1x128,attention_mask:1x128"`` -> {name: dims} (trtexec's --minShapes syntax)."""
-    out: dict[str, tuple[int, ...]] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, sep, dims = part.rpartition(":")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if not sep or not name or not shape or min(shape) < 1:
-            raise UserError(f"bad shape {part!r}", "write NAME:DxDx..., e.g. input_ids:1x128,attention_mask:1x128")
-        out[name] = shape
-    return out
-
-
-def profiles_from_args(onnx_inputs: dict[str, int], min_s: str | None, opt_s: str,
-                       max_s: str | None) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """{input: (min, opt, max)} from the three shape options; ``onnx_inputs`` maps input name -> rank."""
-
-    def expand(spec: str, flag: str) -> dict[str, tuple[int, ...]]:
-        if ":" in spec:
-            shapes = parse_shapes(spec)
-        else:
-            dims = parse_shapes(f"all:{spec}")["all"]
-            shapes = {n: dims for n, rank in onnx_inputs.items() if rank == len(dims)}
-        unknown = sorted(set(shapes) - set(onnx_inputs))
-        if unknown:
-            raise UserError(f"{flag}: the model has no input(s) {unknown}", f"inputs: {', '.join(onnx_inputs)}")
-        missing = sorted(set(onnx_inputs) - set(shapes))
-        if missing:
-            raise UserError(f"{flag}: no shape for input(s) {missing}", "name them: NAME:DxD,...")
-        return shapes
-
-    opt = expand(opt_s, "--opt")
-    lo = expand(min_s, "--min") if min_s else opt
-    hi = expand(max_s, "--max") if max_s else opt
-    out = {}
-    for name in onnx_inputs:
-        a, b, c = lo[name], opt[name], hi[name]
-        if not (len(a) == len(b) == len(c)) or any(x > y or y > z for x, y, z in zip(a, b, c)):
-            raise UserError(f"profile of {name!r} needs min <= opt <= max with equal ranks, got {a} / {b} / {c}")
-        out[name] = (a, b, c)
-    return out
-
-
-def onnx_input_ranks(path: str | os.PathLike) -> dict[str, int]:
-    """Input name -> rank of an ONNX graph (initializers listed as inputs excluded), weights not loaded."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    return {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits}
-
-
-def build_engine(onnx_path: str | os.PathLike, out: str | os.PathLike, profiles: dict[str, tuple[tuple[int, ...], ...]],
-                 precision: str = "fp32", timing_cache: str | None = None, workspace_mb: int = 4096,
-                 opt_level: str = "3") -> dict[str, Any]:
-    """Build ``out`` (a serialized engine) from ``onnx_path`` with one optimisation profile
-    ``{input: (min, opt, max)}``; write its sidecar; return the metadata. Needs TensorRT and a GPU."""
-    import datetime as _dt
-    import json as _json
-
-    from .. import __version__
-    from ..core.jsonio import atomic_write_bytes, atomic_write_json
-    from ..core.manifest import file_sha256
-
+def build_serialized(backend: TensorRTBackend, onnx: bytes | Path, profiles: Mapping[str, tuple[tuple[int, ...], ...]],
+                     precision: str, timing_cache: str | os.PathLike | None) -> bytes:
+    """The one place a TensorRT builder is configured: parse ``onnx`` (bytes, or a file whose external data sits
+    beside it), one optimisation profile ``{input: (min, opt, max)}``, ``precision`` kernels allowed, the timing
+    cache read if present and updated; the serialized engine. The profiler's block engines and
+    ``export.tensorrt.build_engine`` both come through here."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
-    backend = TensorRTBackend(opt_level=opt_level, workspace_mb=workspace_mb, timing_cache=timing_cache)
     trt = backend.trt
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise UserError(f"ONNX file not found: {onnx_path}")
     builder = trt.Builder(backend.logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, backend.logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    parsed = parser.parse_from_file(str(onnx)) if isinstance(onnx, Path) else parser.parse(onnx)
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise UserError(f"TensorRT could not parse {onnx if isinstance(onnx, Path) else 'the ONNX model'}: {errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, backend.workspace_mb << 20)
     config.builder_optimization_level = int(backend.opt_level)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
+    if precision in ("fp16", "bf16"):
+        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
     cache_path = Path(timing_cache) if timing_cache else None
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    profile = builder.create_optimization_profile()
+    config.add_optimization_profile(_profile(builder, network, profiles))
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError("TensorRT failed to build the engine", "see the TensorRT log above")
+    if cache_path:
+        from ..core.jsonio import atomic_write_bytes
+
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def _profile(builder: Any, network: Any, profiles: Mapping[str, tuple[tuple[int, ...], ...]]) -> Any:
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     missing = [n for n in names if n not in profiles]
     if missing:
-        raise UserError(f"no --min/--opt/--max shape for input(s) {missing}", f"the model's inputs: {', '.join(names)}")
+        raise UserError(f"no shape for TensorRT input(s) {missing}", f"the model's inputs: {', '.join(names)}")
+    profile = builder.create_optimization_profile()
     for name in names:
         lo, opt, hi = profiles[name]
         if not (len(lo) == len(opt) == len(hi)) or any(a > b or b > c for a, b, c in zip(lo, opt, hi)):
             raise UserError(f"profile of {name!r} needs min <= opt <= max with equal ranks, got {lo} / {opt} / {hi}")
         profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UserError("TensorRT failed to build the engine", "see the TensorRT log above")
-    atomic_write_bytes(out, bytes(serialized))
-    if cache_path:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    import onnx
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    meta = {
-        "format": ENGINE_FORMAT, "version": ENGINE_VERSION,
-        "tensorrt_version": trt.__version__, "gpu": _gpu(), "compute_capability": backend.cuda.compute_capability(),
-        "precision": precision, "builder_opt_level": int(backend.opt_level), "workspace_mb": workspace_mb,
-        "profiles": [{name: {"min": list(p[0]), "opt": list(p[1]), "max": list(p[2])} for name, p in profiles.items()}],
-        "source_onnx": str(onnx_path), "source_onnx_sha256": file_sha256(onnx_path),
-        "engine_sha256": file_sha256(out), "timing_cache": str(cache_path) if cache_path else None,
-        "onnx_metadata": {p.key: p.value for p in proto.metadata_props},
-        "producer": f"ziplm-deploy {__version__}",
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-    }
-    _json.dumps(meta)  # fail before writing if anything is not JSON
-    atomic_write_json(sidecar_path(out), meta)
-    return meta
+    return profile

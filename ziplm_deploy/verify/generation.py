@@ -87,7 +87,7 @@ from .. import __version__
 from ..core.errors import UserError
 from ..runtime import RUNTIMES
 from ..core.manifest import MANIFEST_FILE, file_sha256, now_utc
-from .report import VerifyReport
+from .report import Speedup, Timing, VerifyReport
 
 # verify runtime -> GenAI provider to append (None: GenAI's CPU default), from the runtime registry
 GENAI_PROVIDERS = {name: None if r.genai == "cpu" else r.genai for name, r in RUNTIMES.items() if r.genai}
@@ -562,9 +562,10 @@ def _measure(report: VerifyReport, folders: dict[str, Folder], plan: Plan, opts:
     speedup = {"ttft": ratio(base.ttft, cand.ttft), "decode": ratio(base.per_token, cand.per_token),
                "e2e": ratio(base.e2e, cand.e2e)}
     agree = sum(a == b for a, b in zip(base.tokens, cand.tokens)) / w.generate
-    report.timing = {"statistic": st, "baseline_recheck": rechecked.to_json(), "drift": round(moved, 5),
-                     "max_drift": protocol.max_drift, "interference": abs(moved) > protocol.max_drift,
-                     "attempts": attempt, "metric": "e2e"}
+    timing = Timing(statistic=st, baseline_recheck=rechecked.to_json(), drift=round(moved, 5),
+                    max_drift=protocol.max_drift, interference=abs(moved) > protocol.max_drift, attempts=attempt,
+                    metric="e2e")
+    report.timing = timing
     report.fingerprint = _fingerprint(opts, w, folders["candidate"]).to_json()
     report.speedup = speedup_block(target_metric(opts), base, cand, speedup, st, opts.target, opts.tolerance)
     total = w.prompt + w.generate
@@ -577,13 +578,13 @@ def _measure(report: VerifyReport, folders: dict[str, Folder], plan: Plan, opts:
             "baseline": {**base.to_json(folders["baseline"].folder), "precision": folders["baseline"].precision},
             "candidate": {**cand.to_json(folders["candidate"].folder), "precision": folders["candidate"].precision},
             "speedup": speedup, "token_agreement": round(agree, 5),
-            "timing": {k: report.timing[k] for k in ("baseline_recheck", "drift", "max_drift", "interference",
-                                                     "attempts")},
+            "timing": {k: getattr(timing, k) for k in ("baseline_recheck", "drift", "max_drift", "interference",
+                                                       "attempts")},
             "prediction": None}
 
 
 def speedup_block(metric: str, base: RoleTiming, cand: RoleTiming, speedup: dict[str, float | None], statistic: str,
-                  target: float | None, tolerance: float) -> dict[str, Any]:
+                  target: float | None, tolerance: float) -> Speedup:
     """The report's ``speedup`` block: ``target`` judged on the measured speedup of ``metric`` (e2e, ttft or decode,
     the times being that metric's: end to end, TTFT or ms per token); a metric not measured (decode of G = 1) meets
     no target."""
@@ -591,14 +592,11 @@ def speedup_block(metric: str, base: RoleTiming, cand: RoleTiming, speedup: dict
     b, c = getattr(base, attr), getattr(cand, attr)
     measured = speedup[metric]
     judged = target is not None and measured is not None
-    return {"statistic": statistic, "metric": metric, "baseline_ms": b.get(statistic) if b else None,
-            "candidate_ms": c.get(statistic) if c else None,
-            "measured": measured, "target": target, "tolerance": tolerance,
-            "target_source": "option" if target is not None else None,
-            "meets_target": None if target is None else judged and bool(measured >= target * (1 - tolerance)),
-            "target_deviation": round(measured / target - 1, 5) if judged else None,
-            "predicted": None, "predicted_ms": None, "prediction_error": None,
-            "latency_prediction_error": None, "prediction_source": None, "table": None}
+    return Speedup(statistic=statistic, metric=metric, baseline_ms=b.get(statistic) if b else None,
+                   candidate_ms=c.get(statistic) if c else None, measured=measured, target=target, tolerance=tolerance,
+                   target_source="option" if target is not None else None,
+                   meets_target=None if target is None else judged and bool(measured >= target * (1 - tolerance)),
+                   target_deviation=round(measured / target - 1, 5) if judged else None)
 
 
 def _ort_version() -> str | None:
@@ -660,18 +658,17 @@ def _predict(report: VerifyReport, block: dict[str, Any], folders: dict[str, Fol
     path = Path(opts.workload_tables)
     manifest = path / "workload.json" if path.is_dir() else path
     sp = report.speedup
-    metric = sp.get("metric", "e2e")
-    key = TARGET_METRICS[metric][1]
+    key = TARGET_METRICS[sp.metric][1]
 
     def ms(p: Any) -> float | None:
         value = getattr(p, key)
         return None if value is None else round(value, 5)
 
-    sp.update(predicted=None if psp[metric] is None else round(psp[metric], 5),
-              predicted_ms=ms(pred["candidate"]), prediction_source="workload-tables",
-              predicted_baseline_ms=ms(pred["baseline"]),
-              prediction_error=errors["speedup"][metric], latency_prediction_error=errors["candidate"][key],
-              table={"path": str(manifest), "sha256": file_sha256(manifest), "fingerprint_differences": diffs})
+    sp.predicted = None if psp[sp.metric] is None else round(psp[sp.metric], 5)
+    sp.predicted_ms, sp.predicted_baseline_ms = ms(pred["candidate"]), ms(pred["baseline"])
+    sp.prediction_source = "workload-tables"
+    sp.prediction_error, sp.latency_prediction_error = errors["speedup"][sp.metric], errors["candidate"][key]
+    sp.table = {"path": str(manifest), "sha256": file_sha256(manifest), "fingerprint_differences": diffs}
     return {"tables": {"path": str(manifest), "sha256": file_sha256(manifest), "kv_lens": list(tables.kv_lens),
                        "fingerprint_differences": diffs},
             "baseline_shape": baseline_shape,

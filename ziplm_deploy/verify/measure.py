@@ -54,7 +54,7 @@ from .inputs import FALLBACK_VOCAB, Resolved, _arch_and_shape, _opset, export_di
 from .parity_run import ParityPlan, _parity, plan_parity
 from .predict import _check_table, _predict
 from .quality import _heldout_quality, _ort_quality, _quality, not_measured, plan_quality
-from .report import VerifyReport
+from .report import Speedup, Timing, VerifyReport
 
 __all__ = ["VERIFY_RUNTIMES", "VerifyOptions", "export_dir", "preflight", "verify"]  # export_dir: for pipeline.run
 
@@ -210,9 +210,8 @@ def _measure(report: VerifyReport, backend: Any, models: dict[str, Resolved], op
         log(f"the baseline moved by {moved:+.1%} during timing (machine busy): measuring again")
     report.baseline["latency"] = stats["baseline"].to_json()
     report.candidate["latency"] = stats["candidate"].to_json()
-    report.timing = {"statistic": st, "baseline_recheck": stats["baseline:recheck"].to_json(), "drift": round(moved, 5),
-                     "max_drift": protocol.max_drift, "interference": abs(moved) > protocol.max_drift,
-                     "attempts": attempt}
+    report.timing = Timing(statistic=st, baseline_recheck=stats["baseline:recheck"].to_json(), drift=round(moved, 5),
+                           max_drift=protocol.max_drift, interference=abs(moved) > protocol.max_drift, attempts=attempt)
     dtype = "float16" if getattr(backend, "fp16", False) else "float32"
     report.fingerprint = fingerprint(backend, dtype=dtype, batch=opts.batch, seq=opts.seq, mode="prefill", kv_len=0,
                                      opset=_opset(models["candidate"].onnx),
@@ -223,10 +222,9 @@ def _measure(report: VerifyReport, backend: Any, models: dict[str, Resolved], op
     manifest = models["candidate"].manifest or {}
     if target is None:
         target = (manifest.get("metrics") or {}).get("target_speedup")
-    report.speedup = {"statistic": st, "baseline_ms": base, "candidate_ms": cand, "measured": round(measured, 5),
-                      "target": target, "tolerance": opts.tolerance,
-                      "target_source": "option" if opts.target is not None else ("manifest" if target else None),
-                      "meets_target": None if target is None else bool(measured >= target * (1 - opts.tolerance)),
-                      "target_deviation": None if target is None else round(measured / target - 1, 5),
-                      "predicted": None, "predicted_ms": None, "prediction_error": None,
-                      "latency_prediction_error": None, "prediction_source": None, "table": None}
+    report.speedup = Speedup(
+        statistic=st, baseline_ms=base, candidate_ms=cand, measured=round(measured, 5), target=target,
+        tolerance=opts.tolerance,
+        target_source="option" if opts.target is not None else ("manifest" if target else None),
+        meets_target=None if target is None else bool(measured >= target * (1 - opts.tolerance)),
+        target_deviation=None if target is None else round(measured / target - 1, 5))

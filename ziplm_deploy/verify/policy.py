@@ -34,9 +34,8 @@ missing (null), not finite (NaN, Infinity), out of range (a latency < 0, a perpl
 type (a string, a list, a bool: ``true`` is not 1), a parity flag that is anything but a JSON ``true``,
 a fingerprint that does not match ``device`` (or no fingerprint at all), a generation budget on a report
 without a ``workload`` block (or with a null metric: ``min_decode_speedup`` of a G = 1 workload) fail
-the gate (exit 1); every
-measurement is read through ``read_number``, the one rule. A policy without any budget is refused: it
-could only pass vacuously.
+the gate (exit 1); every measurement is read through ``read_value`` (``read_number`` where it sits in a
+dict), the one rule. A policy without any budget is refused: it could only pass vacuously.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from typing import Any, Callable
 
 from ..core.errors import UserError
 from ..core.fingerprint import DeviceFingerprint
-from .report import VerifyReport
+from .report import Timing, VerifyReport
 
 POLICY_FORMAT = "ziplm-deploy/gate-policy"
 POLICY_VERSION = 1
@@ -211,6 +210,12 @@ def read_number(root: Any, path: tuple[str, ...], *, prefix: str = "", lo: float
         if not isinstance(value, dict):
             return Reading(None, f"{where or 'report'} must be an object, got {_short(value)}")
         value, where = value.get(key), f"{where}.{key}" if where else key
+    return read_value(value, where, lo=lo, lo_open=lo_open, hi=hi)
+
+
+def read_value(value: Any, where: str, *, lo: float | None = None, lo_open: bool = False,
+               hi: float | None = None) -> Reading:
+    """``value`` (named ``where`` in problems) as ``read_number`` judges the number it reaches."""
     if value is None:
         return Reading(None, NOT_MEASURED)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -262,7 +267,7 @@ def judge(policy: Policy, report: VerifyReport, report_name: str = "verify.json"
     checks += _parity_checks(b, report.parity, policy.require_parity_ok)
     if b.max_timing_drift is not None:
         limit = b.max_timing_drift
-        checks.append(_budget("max_timing_drift", read_number(report.timing, ("drift",), prefix="timing"),
+        checks.append(_budget("max_timing_drift", _timing_drift(report.timing),
                               f"|drift| <= {limit:g}", lambda v: abs(v) <= limit, "baseline re-timed at the end moved by"))
     return Verdict(policy.name, report_name, checks)
 
@@ -276,28 +281,35 @@ def _measurement_check(report: VerifyReport) -> Check:
     return Check("measurement", False, report.status, "status ok", f"measurement errored: {why}")
 
 
+def _timing_drift(timing: Any) -> Reading:
+    """The re-timed baseline's drift; a ``timing`` that is not an object (as loaded) is judged as such."""
+    if isinstance(timing, Timing):
+        return read_value(timing.drift, "timing.drift")
+    return read_number(timing, ("drift",), prefix="timing")
+
+
 def _speed_checks(b: Budgets, report: VerifyReport) -> list[Check]:
     sp, checks = report.speedup, []
     if b.max_latency_ms is not None:
-        limit, stat = b.max_latency_ms, sp.get("statistic", "p25")
+        limit, stat = b.max_latency_ms, sp.statistic if sp.has("statistic") else "p25"
         reading = (read_number(report.candidate, ("latency", stat), prefix="candidate", lo=0) if isinstance(stat, str)
                    else Reading(None, f"speedup.statistic must be a string such as 'p25', got {_short(stat)}"))
         checks.append(_budget("max_latency_ms", reading, f"<= {limit:g} ms", lambda v: v <= limit,
                               f"candidate latency ({stat if isinstance(stat, str) else '?'}, ms)"))
     if b.min_speedup is not None:
         limit = b.min_speedup
-        checks.append(_budget("min_speedup", read_number(sp, ("measured",), prefix="speedup", lo=0, lo_open=True),
+        checks.append(_budget("min_speedup", read_value(sp.measured, "speedup.measured", lo=0, lo_open=True),
                               f">= {limit:g}x", lambda v: v >= limit, "measured speedup"))
     if b.max_target_shortfall is not None:
         limit = b.max_target_shortfall
-        checks.append(_budget("max_target_shortfall", read_number(sp, ("target_deviation",), prefix="speedup"),
+        checks.append(_budget("max_target_shortfall", read_value(sp.target_deviation, "speedup.target_deviation"),
                               f">= -{limit:g} (measured/target - 1)", lambda v: v >= -limit,
-                              f"deviation from the target {_fmt(sp.get('target'))}x"))
+                              f"deviation from the target {_fmt(sp.target)}x"))
     for name, key, what in (("max_prediction_error", "prediction_error", "speedup prediction error (measured/predicted - 1)"),
                             ("max_latency_prediction_error", "latency_prediction_error", "latency prediction error")):
         limit = getattr(b, name)
         if limit is not None:
-            checks.append(_budget(name, read_number(sp, (key,), prefix="speedup"), f"|error| <= {limit:g}",
+            checks.append(_budget(name, read_value(getattr(sp, key), f"speedup.{key}"), f"|error| <= {limit:g}",
                                   lambda v, limit=limit: abs(v) <= limit, what))
     return checks
 

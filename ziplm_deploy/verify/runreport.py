@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from .report import VERIFY_FORMAT, VerifyReport
+from .report import VERIFY_FORMAT, Speedup, VerifyReport
 from .svg import PALETTE, Series, chart
 
 FAMILY_FORMAT = "ziplm-deploy/family"
@@ -233,11 +233,23 @@ def _dense_from_model(data: RunData, model_dir: str | None) -> None:
 def _num(data: RunData, where: str, root: Any, path: tuple[str, ...], **bounds: Any) -> float | None:
     """A finite number from a report, or None; a present but invalid value (a string, NaN, a list...)
     becomes a warning, never a plotted point."""
-    from .policy import NOT_MEASURED, read_number
+    from .policy import read_number
 
-    reading = read_number(root, path, **bounds)
+    return _checked(data, where, ".".join(path), read_number(root, path, **bounds))
+
+
+def _speedup_num(data: RunData, where: str, sp: Speedup, key: str, **bounds: Any) -> float | None:
+    """``_num`` of the report's speedup ``key``."""
+    from .policy import read_value
+
+    return _checked(data, where, key, read_value(getattr(sp, key), key, **bounds))
+
+
+def _checked(data: RunData, where: str, name: str, reading: Any) -> float | None:
+    from .policy import NOT_MEASURED
+
     if reading.value is None and reading.problem != NOT_MEASURED:
-        data.warnings.append(f"{where}: {'.'.join(path)}: {reading.problem}; not shown")
+        data.warnings.append(f"{where}: {name}: {reading.problem}; not shown")
     return reading.value
 
 
@@ -275,17 +287,17 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
     if "precision" in cand:
         row.precision = _precision(data, where, cand["precision"])
     if rep.ok:
-        row.measured_speedup = _num(data, where, sp, ("measured",), lo=0, lo_open=True)
-        row.measured_ms = _num(data, where, sp, ("candidate_ms",), lo=0, lo_open=True)
-        row.baseline_ms = _num(data, where, sp, ("baseline_ms",), lo=0, lo_open=True)
+        row.measured_speedup = _speedup_num(data, where, sp, "measured", lo=0, lo_open=True)
+        row.measured_ms = _speedup_num(data, where, sp, "candidate_ms", lo=0, lo_open=True)
+        row.baseline_ms = _speedup_num(data, where, sp, "baseline_ms", lo=0, lo_open=True)
     else:
         data.warnings.append(f"{where}: measurement errored: {rep.error}")
-    predicted = _num(data, where, sp, ("predicted",), lo=0, lo_open=True)
+    predicted = _speedup_num(data, where, sp, "predicted", lo=0, lo_open=True)
     if predicted is not None:
         row.predicted_speedup = predicted
-        row.predicted_ms = _num(data, where, sp, ("predicted_ms",), lo=0, lo_open=True) or row.predicted_ms
+        row.predicted_ms = _speedup_num(data, where, sp, "predicted_ms", lo=0, lo_open=True) or row.predicted_ms
     if row.target is None:
-        row.target = _num(data, where, sp, ("target",), lo=0, lo_open=True)
+        row.target = _speedup_num(data, where, sp, "target", lo=0, lo_open=True)
     parity_ok = _parity_ok(rep.parity)
     if parity_ok is not None:
         row.parity_ok = parity_ok
@@ -302,7 +314,7 @@ def _merge_verify(data: RunData, by_path: dict[str, ModelRow], rep: VerifyReport
     if rep.ok and not any(r.method == "baseline" for r in data.rows):  # the reference point of the plots
         base_quality = _num(data, where, quality, ("baseline",), lo=0) if metric else None
         base = ModelRow("baseline", "baseline", _text(baseline.get("source")), 1.0, 1.0,
-                        _num(data, where, sp, ("predicted_baseline_ms",), lo=0, lo_open=True), 1.0,
+                        _speedup_num(data, where, sp, "predicted_baseline_ms", lo=0, lo_open=True), 1.0,
                         row.baseline_ms, row.baseline_ms, base_quality, metric if base_quality is not None else None,
                         "eval" if base_quality is not None else None, shape=_shape(baseline.get("shape")),
                         verify=row.verify)
