@@ -307,3 +307,24 @@ def test_an_output_folder_that_cannot_be_made_is_one_line():
 
     with pytest.raises(UserError, match="cannot write /proc/ziplm-nope/t.json: "):
         atomic_write_json("/proc/ziplm-nope/t.json", {"a": 1})
+
+
+def test_the_output_pre_check_writes_a_probe(tmp_path):
+    """check_output_path creates and removes a file where the output goes: a pseudo-filesystem that permission
+    bits call writable is refused before any work (``profile --workload --out /proc/x`` used to fail only after
+    minutes of profiling); a writable folder is left as it was."""
+    from ziplm_deploy.core.checks import check_output_path
+    from ziplm_deploy.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"--out: cannot write /proc/ziplm-nope/x \(/proc: "):
+        check_output_path("/proc/ziplm-nope/x", "--out", directory=True)
+    assert check_output_path(tmp_path / "a" / "b", "--out", directory=True) == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_profile_workload_refuses_an_unwritable_out_before_profiling(tiny, capsys):
+    from ziplm_deploy.cli import main
+
+    assert main(["profile", "--model", str(tiny["model"]), "--workload", "16x4", "--out", "/proc/ziplm-nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write /proc/ziplm-nope" in err, err

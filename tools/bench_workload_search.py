@@ -49,7 +49,7 @@ def _tables(arch, workload: Workload, ffn_step: int, rounds: int, folder: Path,
     from ziplm_deploy.runtime.timing import Protocol
 
     manifest = folder / "workload.json"
-    if manifest.is_file():
+    if manifest.is_file() and tables_load(manifest):
         tables = WorkloadTables.load(manifest)
         p = tables.prefill.protocol
         if (tables.workload == workload and tables.arch == arch and p.get("ffn_step") == ffn_step
@@ -217,3 +217,14 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def tables_load(manifest: Path) -> bool:
+    """Whether cached tables still load (tables written before ``logits`` existed are refused for generation)."""
+    from ziplm_deploy.core.errors import UserError
+
+    try:
+        WorkloadTables.load(manifest)
+    except UserError:
+        return False
+    return True

@@ -170,7 +170,9 @@ def main() -> int:
     tables = work / f"tables-{args.workload}-ffn{args.ffn_step}"
     extra: list[str] = []
     if not args.no_tables:
-        if not (tables / "workload.json").is_file():
+        from bench_workload_search import tables_load
+
+        if not (tables / "workload.json").is_file() or not tables_load(tables / "workload.json"):
             setup["tables_s"] = cli("profile", "--model", str(dense), "--workload", args.workload, "--ffn-step",
                                     str(args.ffn_step), "--rounds", str(args.table_rounds), "--no-progress",
                                     "--out", str(tables))
@@ -192,3 +194,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

@@ -168,6 +168,10 @@ def test_profile_workload_refuses_bert_generation(tmp_path, capsys):
                  str(tmp_path / "o"), *FAST]) == 0  # prefill-only is fine for an encoder
     assert WorkloadTables.load(tmp_path / "o").workload.name == "prefill-8"
     assert WorkloadTables.load(tmp_path / "o").prefill.fingerprint.logits == "all"  # scoring: every position
+    # one generated token (a classifier's single pass) keeps every position's logits and loads
+    assert main(["profile", "--model", str(tmp_path / "bert"), "--workload", "8x1", "--out",
+                 str(tmp_path / "g"), *FAST]) == 0
+    assert WorkloadTables.load(tmp_path / "g").prefill.fingerprint.logits == "all"
 
 
 def test_profile_defaults_unchanged_without_workload(tiny_model_dir, tmp_path, capsys):

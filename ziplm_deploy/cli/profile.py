@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.checks import check_output_path
     from ..core.errors import UserError
     from ..core.table import LatencyTable
-    from ..profiling.profiler import profile
+    from ..profiling.profiler import check_precision, profile
 
     if args.workload is not None:
         return _run_workload(args)
@@ -84,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--out", args.out), ("--check-out", args.check_out)):
         if path is not None:
             check_output_path(path, option)
+    precision = precision_from_args(args.precision, args.per_channel)
+    check_precision(precision, args.runtime, args.dtype)
     arch = arch_from_dir(args.model)
-    opts = _options(args, arch)
+    opts = _options(args, arch, precision)
     if args.out:
         table = profile(arch, opts, progress=not args.no_progress)
         table.save(args.out)
@@ -96,14 +98,12 @@ def run(args: argparse.Namespace) -> int:
     return _check_table(args, arch, table, opts) if args.check else 0
 
 
-def _options(args: argparse.Namespace, arch: Any) -> Any:
+def _options(args: argparse.Namespace, arch: Any, precision: Any) -> Any:
     """The profiling options of a single table, the precision and vocabulary step checked against the model."""
     from ..profiling.grid import check_vocab_step
-    from ..profiling.profiler import ProfileOptions, check_precision
+    from ..profiling.profiler import ProfileOptions
     from ..runtime.timing import Protocol
 
-    precision = precision_from_args(args.precision, args.per_channel)
-    check_precision(precision, args.runtime, args.dtype)
     check_precision_layers(precision, arch.num_layers, args.model)
     check_vocab_step(args.vocab_step, arch)
     protocol = Protocol(warmup=args.warmup, rounds=args.rounds, seed=args.seed)

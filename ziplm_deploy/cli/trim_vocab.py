@@ -41,18 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import copy
-    from pathlib import Path
 
     from ..core.checks import check_output_path
-    from ..core.manifest import MANIFEST_FILE, ModelManifest
     from ..models import load_model
     from ..models.vocab import count_tokens, prompts_from, select_tokens, trim_model, vocab_quality
     from ..prune.data import read_texts
 
     check_output_path(args.out, "output directory", directory=True, overwrite=args.overwrite)
-    arch, tokenizer = _checked_model(args)
-    parent_manifest = Path(args.model) / MANIFEST_FILE
-    parent = ModelManifest.load(parent_manifest) if parent_manifest.is_file() else None
+    arch, parent, tokenizer = _checked_model(args)
     texts = read_texts(args.data, "domain text")
     held, held_name = _held_out(args, texts, read_texts)
     if args.eval_data is None:
@@ -71,8 +67,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model's architecture and tokenizer, refused before any work if it cannot be trimmed as asked."""
+def _checked_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model's architecture, manifest (None: not made by this tool) and tokenizer, refused before any work if
+    it cannot be trimmed as asked."""
+    from pathlib import Path
+
+    from ..core.manifest import MANIFEST_FILE, ModelManifest
+
     from ..core.arch import read_model_config
     from ..core.errors import UserError
     from ..models.io import check_model_dir, check_seq_len
@@ -85,11 +86,13 @@ def _checked_model(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.keep is not None and args.keep > arch.vocab:
         raise UserError(f"--keep {args.keep} is more than the model's {arch.vocab} output tokens",
                         f"pass --keep {arch.vocab} or less")
+    parent_manifest = Path(args.model) / MANIFEST_FILE
+    parent = ModelManifest.load(parent_manifest) if parent_manifest.is_file() else None
     tokenizer = load_tokenizer(args.model)
     if tokenizer is None:
         raise UserError(f"{args.model} has no tokenizer files", "trim-vocab counts tokens with the model's tokenizer: "
                         "copy it into the model directory")
-    return arch, tokenizer
+    return arch, parent, tokenizer
 
 
 def _special_tokens(args: argparse.Namespace, arch: Any, tokenizer: Any) -> Any:

@@ -102,7 +102,22 @@ def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = F
         target = probe
     if not os.access(target, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: {target} is not writable", "choose a writable output location")
+    _probe_write(target, what, path)
     return path
+
+
+def _probe_write(folder: Path, what: str, path: Path) -> None:
+    """Create and remove a file in ``folder``: what permission bits cannot tell (a read-only mount, a
+    pseudo-filesystem such as /proc, root's bypassed permissions) is refused before the work, not after."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe.", dir=folder)
+    except OSError as e:
+        raise UserError(f"{what}: cannot write {path} ({folder}: {e.strerror or e})",
+                        "choose a writable output location") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def sweep_temporaries(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:

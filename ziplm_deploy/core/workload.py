@@ -368,7 +368,7 @@ def _check_tables(workload: Workload, prefill: LatencyTable, decode: tuple[Laten
         raise UserError(f"{name(prefill)}: measured at batch {fp.batch}, seq {fp.seq}, but workload {workload.name} "
                         f"has batch {workload.batch}, prompt {workload.prompt}",
                         "profile the prefill table at the workload's prompt length and batch")
-    if workload.generate and fp.logits != "last":
+    if workload.generate and prefill.arch.is_decoder and fp.logits != "last":
         raise UserError(f"{name(prefill)}: times the LM head on all {fp.seq} prompt positions, but a generation "
                         "runtime computes the last position's logits only (its time to first token would be "
                         "over-predicted)", f"re-profile with `ziplm-deploy profile --workload {workload.name}`")

@@ -112,7 +112,7 @@ def engine_metadata(backend: TensorRTBackend, onnx_path: Path, engine: str | os.
         "precision": precision, "builder_opt_level": int(backend.opt_level), "workspace_mb": backend.workspace_mb,
         "profiles": [{name: {"min": list(p[0]), "opt": list(p[1]), "max": list(p[2])} for name, p in profiles.items()}],
         "source_onnx": str(onnx_path), "source_onnx_sha256": file_sha256(onnx_path),
-        "engine_sha256": file_sha256(engine), "timing_cache": str(timing_cache) if timing_cache else None,
+        "engine_sha256": file_sha256(engine), "timing_cache": str(Path(timing_cache)) if timing_cache else None,
         "onnx_metadata": {p.key: p.value for p in proto.metadata_props},
         "producer": f"ziplm-deploy {__version__}",
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),

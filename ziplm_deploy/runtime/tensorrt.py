@@ -269,7 +269,7 @@ def check_engine_metadata(meta: dict[str, Any], tensorrt_version: str, gpu: str 
                         "rebuild it on this machine with `ziplm-deploy build-engine`")
 
 
-def build_serialized(backend: TensorRTBackend, onnx: bytes | Path, profiles: Mapping[str, tuple[tuple[int, ...], ...]],
+def build_serialized(backend: TensorRTBackend, onnx: bytes | str | os.PathLike, profiles: Mapping[str, tuple[tuple[int, ...], ...]],
                      precision: str, timing_cache: str | os.PathLike | None) -> bytes:
     """The one place a TensorRT builder is configured: parse ``onnx`` (bytes, or a file whose external data sits
     beside it), one optimisation profile ``{input: (min, opt, max)}``, ``precision`` kernels allowed, the timing
@@ -281,10 +281,10 @@ def build_serialized(backend: TensorRTBackend, onnx: bytes | Path, profiles: Map
     builder = trt.Builder(backend.logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, backend.logger)
-    parsed = parser.parse_from_file(str(onnx)) if isinstance(onnx, Path) else parser.parse(onnx)
-    if not parsed:
+    from_file = isinstance(onnx, (str, os.PathLike))
+    if not (parser.parse_from_file(str(onnx)) if from_file else parser.parse(onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse {onnx if isinstance(onnx, Path) else 'the ONNX model'}: {errors}")
+        raise UserError(f"TensorRT could not parse {onnx if from_file else 'the ONNX model'}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, backend.workspace_mb << 20)
     config.builder_optimization_level = int(backend.opt_level)
