@@ -429,6 +429,11 @@ def test_run_report_shows_the_generation_block(verified, tables, pair, tmp_path)
     assert any("ttft_ms.p25" in warning for warning in data.warnings)
     assert generation_rows(data)[2][2].startswith("– / ")
 
+    bad["workload"]["statistic"] = "p99"  # a statistic the timings do not have: said, not silently blank
+    (run / "pruned.verify.json").write_text(json.dumps(bad))
+    data = collect(run)
+    assert any("workload.statistic 'p99' has no timed figures (they have n, p25, p50, p90)" in w for w in data.warnings)
+
 
 def test_a_batch_of_two_is_timed_and_predicted_for_two_sequences(pair, tmp_path, capsys):
     """``--batch 2``: GenAI generates two sequences (the same prompt) per visit; the block, the fingerprint and

@@ -326,6 +326,10 @@ def _generation(data: RunData, where: str, block: dict[str, Any]) -> Generation:
     """A verify report's workload block; a missing or invalid figure is None (invalid ones also a warning)."""
     st = _text(block.get("statistic")) or "p25"
     pred = _obj(block.get("prediction"))
+    ttft = _obj(_obj(block.get("candidate")).get("ttft_ms"))
+    if ttft and st not in ttft:
+        data.warnings.append(f"{where}: workload.statistic {st!r:.20} has no timed figures (they have "
+                             f"{', '.join(sorted(map(str, ttft)))}); not shown")
 
     def timed(role: str) -> dict[str, float | None]:
         r = _obj(block.get(role))
