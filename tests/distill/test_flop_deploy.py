@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -200,3 +201,70 @@ def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_pat
     _fails(capsys, base[:1] + ["--model", str(out)] + base[3:] + ["--target-sparsity", "0.5", "--out", str(tmp_path / "y")],
            "already factorised")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def _cheap_low_ranks(table):
+    """``table`` with low-rank entries that cost ``rank / 32`` of the dense Linear: on the tiny model the measured
+    factorised pair is never faster than the dense Linear, so no speedup target would be reachable."""
+    from dataclasses import replace as replaced
+
+    from ziplm_deploy.core.table import LatencyTable, RankEntry, Stats
+
+    def cheap(e):
+        ref = table.references[f"linear:{e.linear}"]
+        f = e.rank / 32
+        return RankEntry(e.linear, e.rank, Stats(ref.p25 * f, ref.p50 * f, ref.p90 * f, ref.n))
+
+    return LatencyTable.build(replaced(table.fingerprint), table.arch, table.protocol, list(table.attention),
+                              list(table.ffn), dict(table.references), [cheap(e) for e in table.lowrank])
+
+
+def test_flop_is_a_pruning_method_with_speedup_targets(flop_dirs, capsys, tmp_path):
+    """`prune --method flop`: for each speedup target, FLOP trained towards the FFN sparsity the table predicts for
+    it; the member's prediction is its own ranks', its manifest records the calibration (verify measures quality on
+    the windows it did not train on); an unreachable target is reported; a table without low-rank entries, or a
+    pipeline that would profile none, is refused before any work."""
+    from ziplm_deploy.cli import main
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.distill.flop import sparsity_for_speedup
+    from ziplm_deploy.pipeline.run import run_pipeline
+    from ziplm_deploy.pipeline.spec import PipelineSpec, ProfileSpec, PruneSpec
+
+    root = flop_dirs
+    table = _cheap_low_ranks(LatencyTable.load(root / "table.json"))  # the tiny model's real ones never pay
+    table.save(tmp_path / "cheap.json")
+    sparsity, most = sparsity_for_speedup(table, ("down", "gate", "up"), 1.01)  # blocks are a sliver of it
+    assert 0 < sparsity < 1 and most > 1.01 and sparsity_for_speedup(table, ("down", "gate", "up"), most * 2)[0] is None
+    base = ["prune", "--model", str(root / "dense"), "--calib", str(root / "text.txt"), "--method", "flop",
+            "--seq-len", "16", "--windows", "8", "--flop-steps", "6", "--no-progress"]
+    out = tmp_path / "run"
+    assert main(base + ["--table", str(tmp_path / "cheap.json"), "--targets", "1.01", f"{most * 2:.1f}", "--out",
+                        str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "FLOP towards" in printed and "unreachable with flop" in printed
+    family = json.loads((out / "family-flop.json").read_text())
+    reached, unreached = family["members"]
+    assert not unreached["reachable"] and unreached["max_speedup"] == pytest.approx(most, rel=1e-3)
+    shape = ModelShape.from_model(load_model(reached["path"]))
+    assert shape.has_ranks and shape.to_json() == reached["shape"]
+    assert reached["predicted_speedup"] == pytest.approx(table.speedup(shape), rel=1e-3)
+    manifest = json.loads((Path(reached["path"]) / "manifest.json").read_text())
+    assert manifest["method"] == "flop" and manifest["options"]["windows"] == 8 and manifest["options"]["flop_steps"] == 6
+
+    _fails(capsys, base + ["--table", str(root / "plain.json"), "--targets", "1.1", "--out", str(tmp_path / "x")],
+           "has no low-rank entries")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match="prune.method flop factorises FFN Linears.*profile.rank_step: 32"):
+        PipelineSpec(model=str(root / "dense"), prune=PruneSpec(method="flop"))
+    spec = PipelineSpec(model=str(root / "dense"), prune=PruneSpec(method="flop", calib=str(root / "text.txt")),
+                        profile=ProfileSpec(table=str(root / "plain.json")))
+    with pytest.raises(UserError, match="has no low-rank entries"):
+        run_pipeline(spec, tmp_path / "p", log=lambda s: None, progress=False)
+    assert not (tmp_path / "p").exists()
+    # the same method from a pipeline file: its table's low-rank entries predict the member
+    ok = PipelineSpec(model=str(root / "dense"), profile=ProfileSpec(table=str(tmp_path / "cheap.json")),
+                      prune=PruneSpec(method="flop", targets=(1.01,), calib=str(root / "text.txt"), windows=8,
+                                      seq_len=16, flop_steps=6), export=None, verify=None, report=False)
+    result = run_pipeline(ok, tmp_path / "q", log=lambda s: None, progress=False)
+    (member,) = result.members
+    assert member["reachable"] and ModelShape.from_json(member["shape"]).has_ranks

@@ -57,7 +57,8 @@ def test_infeasible_budget_gives_none():
 
 
 def test_every_pruning_method_has_one_solver():
-    """The method registry: the names the CLI and pipeline files accept are exactly the solvers there are."""
-    from ziplm_deploy.prune.family import METHODS, SOLVERS
+    """The method registry: the names the CLI and pipeline files accept are exactly the methods there are."""
+    from ziplm_deploy.cli import prune as cli_prune
+    from ziplm_deploy.prune.family import METHOD_REGISTRY, METHODS
 
-    assert tuple(SOLVERS) == METHODS
+    assert tuple(METHOD_REGISTRY) == METHODS == cli_prune.METHODS

@@ -12,6 +12,7 @@ import argparse
 from . import argtypes
 
 BUDGETS = ("e2e", "ttft", "decode")  # prune.search.BUDGETS (not imported here: numpy-free parser)
+METHODS = ("ziplm", "magnitude", "uniform", "layerchop", "flop")  # prune.family.METHODS (likewise)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration text: .txt, .jsonl ('text' field), a saved HF dataset dir, or 'wikipedia'")
     p.add_argument("--targets", type=argtypes.speedup, nargs="+", default=[1.5, 2.0, 3.0],
                    help="speedup targets (default 1.5 2 3)")
-    p.add_argument("--method", default="ziplm", choices=("ziplm", "magnitude", "uniform", "layerchop"))
+    p.add_argument("--method", default="ziplm", choices=METHODS,
+                   help="ziplm (default), magnitude, uniform, layerchop, or flop (FFN Linears factorised by FLOP's L0 "
+                        "gates, trained on the calibration windows; needs a table with low-rank entries: "
+                        "profile --rank-step 32)")
     p.add_argument("--out", required=True, help="run directory: one model directory per target + family JSON")
     p.add_argument("--seq-len", type=argtypes.ranged(8, integer=True), default=128,
                    help="calibration window length (default 128)")
@@ -57,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ziplm: refine each target with SPDY's randomised per-layer loss coefficients (e.g. 20)")
     p.add_argument("--device", default="cpu", type=argtypes.torch_device,
                    help="cpu, or cuda[:N]: Hessians block by block and the OBS database on that device")
+    p.add_argument("--flop-steps", type=argtypes.positive_int, default=None,
+                   help="flop: training steps per target (default 200)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                          layerchop_rule=args.layerchop_rule, layerchop_indices=tuple(args.layers),
                          evaluate=not args.no_eval, device=args.device,
                          spdy_samples=args.spdy_samples, cost=args.cost, probe_windows=args.probe_windows,
-                         attention_levels=args.attention_levels)
+                         attention_levels=args.attention_levels, flop_steps=args.flop_steps)
     report = prune_family(args.model, table, table_path, args.calib, config, args.out, progress=not args.no_progress)
     reached = sum(m.reachable for m in report.members)
     print(f"{args.method}: {reached} of {len(report.members)} targets reached in {report.seconds:.0f}s; "

@@ -331,3 +331,33 @@ def flop_prune(model: nn.Module, windows: torch.Tensor, config: FlopConfig,
                          seed=config.seed, log=log)
     ranks = finalize(model)
     return FlopResult(ranks, history, time.perf_counter() - start)
+
+
+def sparsity_for_speedup(latency: Any, roles: tuple[str, ...], target: float) -> tuple[float | None, float]:
+    """``(sparsity, max_speedup)``: the FFN parameter sparsity at which factorising every FFN Linear uniformly is
+    predicted (``latency``: a table or ``prune.search.LatencyModel`` with low-rank entries) to reach ``target`` (a
+    speedup over its dense model), and the speedup of rank 1 everywhere. The sparsity is None when even rank 1 is
+    too slow. FLOP's L0 gates then aim at that parameter sparsity and may spread the ranks unevenly: the member's
+    speedup is the prediction of the ranks it ends with, not this one."""
+    from dataclasses import replace
+
+    from ..core.shape import ModelShape
+
+    dense = latency.dense_shape()
+    arch = latency.arch
+    dense_ms = latency.predict(dense)
+
+    def speedup(rank: int) -> float:
+        ranks = tuple(sorted((role, rank) for role in roles))
+        return dense_ms / latency.predict(ModelShape(tuple(replace(layer, ranks=ranks) for layer in dense.layers),
+                                                     dense.vocab))
+
+    most = speedup(1)
+    if most < target:
+        return None, most
+    lo, hi = 1, default_rank(arch.hidden, arch.ffn)
+    while lo < hi:  # the largest rank still predicted at the target (fewer kept ranks are faster)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if speedup(mid) >= target else (lo, mid - 1)
+    kept = lo * (arch.hidden + arch.ffn) / (arch.hidden * arch.ffn)
+    return min(0.99, max(0.01, 1.0 - kept)), most

@@ -142,6 +142,7 @@ def run_pipeline(spec: PipelineSpec, run_dir: str | os.PathLike, log: Callable[[
         _import_trt()  # a clear error before any work where TensorRT is missing
     state = _State(run_dir)  # a damaged state.json is refused before any work
     workload_manifest = _check_workload(spec)  # so are unusable prune.workload_tables
+    _check_method_table(spec, workload_manifest)  # and tables the pruning method cannot use
     make_dirs(run_dir)
     for folder in WORK_FOLDERS:
         for stale in sweep_temporaries(run_dir / folder):
@@ -198,7 +199,7 @@ def _profile_stage(run: _Run) -> None:
     if run.workload_manifest is not None:  # the manifest pins every table's sha256
         profile_key = _sha(["workload", run.model_key, _content_hash(run.workload_manifest)])
     else:
-        profile_key = _sha([asdict(spec.profile), run.model_key,
+        profile_key = _sha([_profile_options(spec), run.model_key,
                             _content_hash(spec.profile.table) if spec.profile.table else None])
     run.stage("profile", profile_key, lambda: _write_table(run))
 
@@ -228,7 +229,8 @@ def _write_table(run: _Run) -> tuple[list[str], dict[str, str]]:
         p = spec.profile
         table = profile(arch_from_dir(spec.model), ProfileOptions(
             runtime=p.runtime, batch=p.batch, seq=p.seq, threads=p.threads, opt_level=p.opt_level,
-            ffn_step=p.ffn_step, protocol=Protocol(rounds=p.rounds), precision=Precision.parse(p.precision)),
+            ffn_step=p.ffn_step, rank_step=p.rank_step or 0, protocol=Protocol(rounds=p.rounds),
+            precision=Precision.parse(p.precision)),
             progress=run.progress)
     table.save(table_path)
     return [str(table_path)], {"table": str(table_path)}
@@ -252,7 +254,7 @@ def _prune_members(run: _Run) -> tuple[list[str], list[dict[str, Any]]]:
     config = PruneConfig(method=p.method, targets=p.targets, seq_len=p.seq_len, windows=p.windows, seed=p.seed,
                          ffn_step=p.ffn_step, damp=p.damp, loss=p.loss, uniform=p.uniform,
                          spdy_samples=p.spdy_samples, device=p.device, cost=p.cost,
-                         probe_windows=p.probe_windows, attention_levels=p.attention_levels)
+                         probe_windows=p.probe_windows, attention_levels=p.attention_levels, flop_steps=p.flop_steps)
     if run.workload_manifest is not None:
         run_workload = run.run_workload
         latency, latency_path = _workload_latency(run_workload, p.budget, "the run's workload tables"), run_workload
@@ -373,11 +375,36 @@ def _report_stage(run: _Run, reached: list[dict[str, Any]]) -> None:
         run.log(f"[report] {run_dir / 'report.html'}")
 
 
+def _check_method_table(spec: PipelineSpec, workload_manifest: Path | None) -> None:
+    """A given table (profile.table or prune.workload_tables) that the pruning method cannot use (FLOP without
+    low-rank entries) is refused before any work; a measured one is checked by the spec (profile.rank_step)."""
+    from ..prune.family import METHOD_REGISTRY
+    from ..prune.search import LatencyModel
+
+    if workload_manifest is not None:
+        latency = _workload_latency(workload_manifest, spec.prune.budget, "prune.workload_tables")
+    elif spec.profile.table:
+        from ..core.table import LatencyTable
+
+        latency = LatencyModel.of_table(LatencyTable.load(spec.profile.table), "profile.table")
+    else:
+        return
+    METHOD_REGISTRY[spec.prune.method].check(latency)
+
+
+def _profile_options(spec: PipelineSpec) -> dict[str, Any]:
+    """The profile section's part of the stage key; without ``rank_step`` what it was before that option existed."""
+    options = asdict(spec.profile)
+    if options["rank_step"] is None:
+        del options["rank_step"]
+    return options
+
+
 def _prune_options(spec: PipelineSpec) -> dict[str, Any]:
     """The prune section's part of the stage key; without a workload exactly what it was before workloads
-    existed (a run directory made then resumes without pruning again)."""
+    existed (a run directory made then resumes without pruning again); likewise ``flop_steps``."""
     options = asdict(spec.prune)
-    for key in ("workload_tables", "budget"):
+    for key in ("workload_tables", "budget", "flop_steps"):
         if options[key] is None:
             del options[key]
     return options

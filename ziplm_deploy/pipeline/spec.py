@@ -3,6 +3,7 @@
     model: path/to/dense-model            # Hugging Face directory
     profile: {table: profiles/x.json}     # or measure: {runtime: ort-cpu, seq: 128, threads: 1, ...}
     prune: {method: ziplm, targets: [1.5, 2, 3], calib: wikipedia, windows: 32}
+    # method: magnitude | uniform | layerchop | flop (flop: FFN ranks by FLOP, flop_steps: 200; needs profile.rank_step)
     # or budget a generation workload instead of the profile stage's table (no profile section then):
     # prune: {workload_tables: tables/workload.json, budget: e2e, targets: [1.5, 2]}   # budget: e2e | ttft | decode
     distill: {data: wikipedia, steps: 200}   # optional: train every pruned model (KD from the dense one)
@@ -39,6 +40,7 @@ class ProfileSpec:
     opt_level: str = "all"
     ffn_step: int = 32
     rounds: int = 50
+    rank_step: int | None = None  # also time FLOP-factorised FFN Linears on this rank grid (prune.method: flop)
     # the deployment precision (fp32, int8-dynamic[/recipe options]): the table is measured so, prune
     # then searches total speedups over the fp32 dense model, and members are exported and verified so
     precision: str = "fp32"
@@ -46,6 +48,8 @@ class ProfileSpec:
     def __post_init__(self) -> None:
         from ..core.fingerprint import is_precision_label
 
+        if self.rank_step is not None and self.rank_step < 1:
+            raise UserError(f"profile.rank_step must be >= 1, got {self.rank_step}", "e.g. profile.rank_step: 32")
         if not isinstance(self.precision, str) or not is_precision_label(self.precision):
             raise UserError(f"profile.precision {self.precision!r} is not a precision label",
                             "use fp32, or int8-dynamic or int8-static with recipe options (e.g. int8-dynamic/fp32-embed)")
@@ -72,6 +76,7 @@ class PruneSpec:
     # (default e2e) instead of the profile stage's one-pass table
     workload_tables: str | None = None
     budget: str | None = None  # e2e | ttft | decode (with workload_tables only)
+    flop_steps: int | None = None  # method flop: training steps per target (None: 200)
 
     def __post_init__(self) -> None:
         from ..prune.family import ATTENTION_LEVELS, COSTS, METHODS
@@ -86,6 +91,8 @@ class PruneSpec:
                             f"choose one of: {', '.join(ATTENTION_LEVELS)}")
         if self.budget is not None and self.budget not in BUDGETS:
             raise UserError(f"prune.budget {self.budget!r} is unknown", f"choose one of: {', '.join(BUDGETS)}")
+        if self.flop_steps is not None and self.flop_steps < 1:
+            raise UserError(f"prune.flop_steps must be >= 1, got {self.flop_steps}")
         if self.budget is not None and self.workload_tables is None:
             raise UserError("prune.budget needs prune.workload_tables (the profile stage's table has one latency)",
                             "add prune.workload_tables, or drop prune.budget")
@@ -199,6 +206,12 @@ class PipelineSpec:
         if self.prune.workload_tables is not None and self.profile != ProfileSpec():
             raise UserError("prune.workload_tables replaces the profile stage's table, and this pipeline also has a "
                             "profile section", "drop the profile section, or prune.workload_tables")
+        from ..prune.family import METHOD_REGISTRY
+
+        if (METHOD_REGISTRY[self.prune.method].factorises and self.prune.workload_tables is None
+                and self.profile.table is None and not self.profile.rank_step):
+            raise UserError(f"prune.method {self.prune.method} factorises FFN Linears, and the profile stage measures "
+                            "no low-rank entries to predict them", "set profile.rank_step: 32")
         if self.gate is not None and self.verify is None:
             raise UserError("the gate judges verify reports, and this pipeline has no verify section",
                             "add a verify section (e.g. 'verify: {}') or drop the gate")

@@ -2,8 +2,12 @@
 
 Methods: ``ziplm`` (structured OBS database + DP search + OBS reconstruction), ``magnitude`` (the same
 DP over magnitude-ranked levels, no reconstruction), ``uniform`` (the same width in every layer,
-magnitude selection), ``layerchop`` (whole layers removed). Every model's predicted latency comes
-from the same table, so methods compare at equal predicted speed.
+magnitude selection), ``layerchop`` (whole layers removed), ``flop`` (every FFN Linear factorised and
+pruned to a rank by FLOP's L0 gates, trained on the calibration windows towards the parameter sparsity
+the table predicts for the target; needs a table with low-rank entries, ``profile --rank-step``). Every
+model's predicted latency comes from the same table, so methods compare at equal predicted speed. A
+method is one ``Method`` in ``METHOD_REGISTRY``: what it checks before any work, and how it solves a
+``Run`` into one ``Candidate`` per target.
 
 With workload tables (``prune --workload-tables``) the latency is a workload's end-to-end time, time to
 first token or decode time per token (``--budget``; ``search.LatencyModel``): targets are speedups of
@@ -33,7 +37,7 @@ from ..core.workload import Workload
 if TYPE_CHECKING:
     from .search import LatencyModel
 
-METHODS = ("ziplm", "magnitude", "uniform", "layerchop")  # SOLVERS has one entry each
+METHODS = ("ziplm", "magnitude", "uniform", "layerchop", "flop")  # METHOD_REGISTRY has one entry each
 COSTS = ("sensitivity", "obs")  # measured end-to-end KL per module level (prune/sensitivity.py) | OBS layer loss
 # how ZipLM prunes GQA attention: query heads within the kept KV groups too, or whole KV groups only
 ATTENTION_LEVELS = ("heads-in-groups", "whole-groups")
@@ -61,6 +65,7 @@ class PruneConfig:
     cost: str = "sensitivity"  # ziplm: what the search minimises: measured end-to-end sensitivity, or the OBS loss
     probe_windows: int = 2  # ziplm --cost sensitivity: calibration windows each probe is scored on (2, 4, 8 within noise)
     attention_levels: str = "heads-in-groups"  # ziplm, GQA: query heads within kept KV groups, or whole KV groups only
+    flop_steps: int | None = None  # flop: training steps per target (None: 200)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -84,6 +89,9 @@ class PruneConfig:
             raise UserError(f"probe_windows must be a positive integer, got {self.probe_windows!r}")
         if self.windows < 1 or self.seq_len < 8:
             raise UserError("need at least 1 calibration window of at least 8 tokens")
+        if self.flop_steps is not None and (isinstance(self.flop_steps, bool) or not isinstance(self.flop_steps, int)
+                                            or self.flop_steps < 1):
+            raise UserError(f"flop_steps must be a positive integer, got {self.flop_steps!r}")
 
 
 def _finite(x: Any) -> bool:
@@ -272,6 +280,8 @@ def _manifest_options(config: PruneConfig, latency: LatencyModel, calib: str | o
     from .data import BUILTIN_TEXTS
 
     options = asdict(config)
+    if options["flop_steps"] is None:  # as manifests were before flop was a method (their members are reused)
+        del options["flop_steps"]
     options["data"] = str(calib) if str(calib) in BUILTIN_TEXTS else str(Path(calib).resolve())
     if latency.tables is not None:
         options.update(workload=latency.tables.workload.to_json(), budget=latency.metric)
@@ -310,6 +320,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
         table_path = table_path / "workload.json"
     out = check_output_path(out, "prune output folder", directory=True)
     arch, tokenizer, windows, latency = _check_inputs(model_dir, latency, calib, config, log)
+    METHOD_REGISTRY[config.method].check(latency)
     for stale in sweep_temporaries(out):  # what a killed run was writing (a half-saved model, a JSON)
         log(f"removed the temporary {stale} of an interrupted run")
     dense = load_model(model_dir)
@@ -331,7 +342,7 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
     # the search works in the table's own terms: speedups over its (quantized) dense model
     relative = tuple(max(1.0, t / quant_speedup) for t in config.targets)
     run = Run(config, relative, dense, latency, windows, model_dir, out, log, progress)
-    for target, c in zip(config.targets, SOLVERS[config.method](run)):
+    for target, c in zip(config.targets, METHOD_REGISTRY[config.method].solve(run)):
         member = FamilyMember(target, c.reachable, round(c.max_speedup * quant_speedup, 4))
         if c.reachable:
             _produce_member(run, report, member, c, baseline_ms, tokenizer, options, arch.is_decoder)
@@ -535,9 +546,58 @@ def _solve_magnitude(run: Run) -> list[Candidate]:
             if r.reachable else Candidate(r.target, False, r.max_speedup) for r in results]
 
 
-# every pruning method ``prune_family`` runs, by name (FLOP is a training method: ``distill.flop``)
-SOLVERS: dict[str, Callable[[Run], list[Candidate]]] = {
-    "ziplm": _solve_ziplm, "magnitude": _solve_magnitude, "uniform": _solve_magnitude, "layerchop": _solve_layerchop,
+def _solve_flop(run: Run) -> list[Candidate]:
+    """FLOP aimed at each target: the FFN parameter sparsity the table predicts for it (``distill.flop.
+    sparsity_for_speedup``), then FLOP trained towards it on the calibration windows. Trained here, not in
+    ``build``: the member's shape (its ranks) is known only after training."""
+    import copy
+
+    from ..distill.flop import FlopConfig, flop_prune, sparsity_for_speedup
+    from ..models import adapter_for
+
+    config, latency = run.config, run.latency
+    roles = tuple(adapter_for(run.dense).ffn_linear_paths)
+    out = []
+    for t in run.targets:
+        sparsity, most = sparsity_for_speedup(latency, roles, t)
+        if sparsity is None:
+            out.append(Candidate(t, False, most))
+            continue
+        run.log(f"  target {t:g}x: FLOP towards {sparsity:.1%} FFN parameter sparsity ({config.flop_steps or 200} steps)")
+        model = copy.deepcopy(run.dense)
+        result = flop_prune(model, run.windows, FlopConfig(target=sparsity, steps=config.flop_steps or 200,
+                                                           seed=config.seed))
+        model.eval()
+        shape = adapter_for(model).shape_of(model)
+        out.append(Candidate(t, True, most, shape, latency.predict(shape), result.history[-1]["task"],
+                             lambda model=model: model))
+    return out
+
+
+def _needs_nothing(latency: LatencyModel) -> None:
+    """Every table predicts what the block-pruning methods produce."""
+
+
+def _check_flop(latency: LatencyModel) -> None:
+    """FLOP's members have factorised FFN Linears: every table must have low-rank entries (refused before work)."""
+    for _, table in latency.terms:
+        table.check_predicts_ranks(latency.dense_shape())
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method as ``prune_family`` runs it: ``check`` refuses, before any model is loaded, a latency model
+    it cannot use; ``solve`` turns a ``Run`` into one ``Candidate`` per target."""
+
+    solve: Callable[[Run], list[Candidate]]
+    check: Callable[[LatencyModel], None] = _needs_nothing
+    factorises: bool = False  # its members have low-rank FFN Linears: a measured table needs --rank-step
+
+
+# every pruning method, by name: the CLI's --method and pipeline files' prune.method accept exactly these
+METHOD_REGISTRY: dict[str, Method] = {
+    "ziplm": Method(_solve_ziplm), "magnitude": Method(_solve_magnitude), "uniform": Method(_solve_magnitude),
+    "layerchop": Method(_solve_layerchop), "flop": Method(_solve_flop, _check_flop, factorises=True),
 }
 
 

@@ -49,8 +49,8 @@ def plan_quality(paths: dict[str, str], kinds: dict[str, str], opts: VerifyOptio
     manifest = ModelManifest.load(manifest_file)
     options = manifest.options
     data = options.get("data")
-    if manifest.method not in METHODS or data is None:  # only prune runs draw calibration_windows of their data
-        return QualityPlan("none")
+    if manifest.method not in METHODS or data is None or "windows" not in options:
+        return QualityPlan("none")  # only prune runs draw calibration windows of their data (`flop` has its own split)
     values = {k: options.get(k) for k in ("seq_len", "windows", "seed")}
     bad = [f"options.{k} is {v!r}" for k, v in values.items()
            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)]
