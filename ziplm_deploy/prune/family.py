@@ -552,6 +552,8 @@ def _solve_flop(run: Run) -> list[Candidate]:
     ``build``: the member's shape (its ranks) is known only after training."""
     import copy
 
+    from tqdm import tqdm
+
     from ..distill.flop import FlopConfig, flop_prune, sparsity_for_speedup
     from ..models import adapter_for
 
@@ -563,10 +565,12 @@ def _solve_flop(run: Run) -> list[Candidate]:
         if sparsity is None:
             out.append(Candidate(t, False, most))
             continue
-        run.log(f"  target {t:g}x: FLOP towards {sparsity:.1%} FFN parameter sparsity ({config.flop_steps or 200} steps)")
+        steps = config.flop_steps or 200
+        run.log(f"  target {t:g}x: FLOP towards {sparsity:.1%} FFN parameter sparsity ({steps} steps)")
         model = copy.deepcopy(run.dense)
-        result = flop_prune(model, run.windows, FlopConfig(target=sparsity, steps=config.flop_steps or 200,
-                                                           seed=config.seed))
+        with tqdm(total=steps, desc=f"flop {t:g}x", unit="step", leave=False, disable=not run.progress) as bar:
+            result = flop_prune(model, run.windows, FlopConfig(target=sparsity, steps=steps, seed=config.seed),
+                                log=lambda row: bar.update(1))
         model.eval()
         shape = adapter_for(model).shape_of(model)
         out.append(Candidate(t, True, most, shape, latency.predict(shape), result.history[-1]["task"],
