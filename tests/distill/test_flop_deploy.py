@@ -203,23 +203,43 @@ def test_flop_command_end_to_end_and_its_input_errors(flop_dirs, capsys, tmp_pat
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def _cheap_low_ranks(table):
-    """``table`` with low-rank entries that cost ``rank / 32`` of the dense Linear: on the tiny model the measured
-    factorised pair is never faster than the dense Linear, so no speedup target would be reachable."""
-    from dataclasses import replace as replaced
-
+def _synthetic_low_rank_table(model_dir, out):
+    """A synthetic table (``linear_table``'s linear costs) with low-rank entries that cost ``rank / 32`` of the
+    dense Linear: deterministic predictions (on the tiny model the *measured* factorised pair is never faster than
+    the dense Linear, and its blocks are a sliver of the time, so no target would be reachable)."""
+    from families import linear_table
     from ziplm_deploy.core.table import LatencyTable, RankEntry, Stats
 
-    def cheap(e):
-        ref = table.references[f"linear:{e.linear}"]
-        f = e.rank / 32
-        return RankEntry(e.linear, e.rank, Stats(ref.p25 * f, ref.p50 * f, ref.p90 * f, ref.n))
+    linear_table(model_dir, out)
+    table = LatencyTable.load(out)
+    dense_linear = Stats(0.045, 0.05, 0.06, 10)
+    refs = {**table.references, "linear:in": dense_linear, "linear:out": dense_linear}
+    low = [RankEntry(kind, r, Stats(0.045 * r / 32, 0.05 * r / 32, 0.06 * r / 32, 10))
+           for kind in ("in", "out") for r in (8, 16, 24, 32)]
+    LatencyTable.build(table.fingerprint, table.arch, table.protocol, list(table.attention), list(table.ffn), refs,
+                       low).save(out)
+    return LatencyTable.load(out)
 
-    return LatencyTable.build(replaced(table.fingerprint), table.arch, table.protocol, list(table.attention),
-                              list(table.ffn), dict(table.references), [cheap(e) for e in table.lowrank])
+
+@pytest.fixture(scope="module")
+def flop_method_dirs(tmp_path_factory):
+    """A tiny Llama with SmolLM2's tokenizer, calibration text, and synthetic tables (deterministic predictions):
+    ``table.json`` with low-rank entries, ``plain.json`` without."""
+    from families import linear_table
+    from ziplm_deploy.models.assets import smollm2_dir
+    from ziplm_deploy.models.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("flop-method")
+    tokenizer = load_tokenizer(smollm2_dir())
+    save_model(tiny_llama_for(tokenizer, layers=2), root / "dense", tokenizer=tokenizer)
+    (root / "text.txt").write_text("\n\n".join("The miller grinds grain into flour for the town. " * (i % 4 + 2)
+                                              for i in range(20)))
+    linear_table(root / "dense", root / "plain.json")
+    _synthetic_low_rank_table(root / "dense", root / "table.json")
+    return root
 
 
-def test_flop_is_a_pruning_method_with_speedup_targets(flop_dirs, capsys, tmp_path):
+def test_flop_is_a_pruning_method_with_speedup_targets(flop_method_dirs, capsys, tmp_path):
     """`prune --method flop`: for each speedup target, FLOP trained towards the FFN sparsity the table predicts for
     it; the member's prediction is its own ranks', its manifest records the calibration (verify measures quality on
     the windows it did not train on); an unreachable target is reported; a table without low-rank entries, or a
@@ -230,26 +250,22 @@ def test_flop_is_a_pruning_method_with_speedup_targets(flop_dirs, capsys, tmp_pa
     from ziplm_deploy.pipeline.run import run_pipeline
     from ziplm_deploy.pipeline.spec import PipelineSpec, ProfileSpec, PruneSpec
 
-    root = flop_dirs
-    table = _cheap_low_ranks(LatencyTable.load(root / "table.json"))  # the tiny model's real ones never pay
-    table.save(tmp_path / "cheap.json")
-    sparsity, most = sparsity_for_speedup(table, ("down", "gate", "up"), 1.01)  # blocks are a sliver of it
-    assert 0 < sparsity < 1 and most > 1.01 and sparsity_for_speedup(table, ("down", "gate", "up"), most * 2)[0] is None
+    root = flop_method_dirs
+    table = LatencyTable.load(root / "table.json")
+    sparsity, most = sparsity_for_speedup(table, ("down", "gate", "up"), 1.2)
+    assert 0.1 < sparsity < 1 and most > 1.2 and sparsity_for_speedup(table, ("down", "gate", "up"), most * 2)[0] is None
     base = ["prune", "--model", str(root / "dense"), "--calib", str(root / "text.txt"), "--method", "flop",
             "--seq-len", "16", "--windows", "8", "--flop-steps", "6", "--no-progress"]
-    out = tmp_path / "run"
-    assert main(base + ["--table", str(tmp_path / "cheap.json"), "--targets", "1.01", f"{most * 2:.1f}", "--out",
+    out = tmp_path / "run"  # 6 steps: FLOP lands short of the sparsity it aims at (deterministic on the tiny model)
+    assert main(base + ["--table", str(root / "table.json"), "--targets", "1.2", f"{most * 2:.1f}", "--out",
                         str(out)]) == 1
     printed = capsys.readouterr().out
-    assert "FLOP towards" in printed and "unreachable with flop" in printed
-    family = json.loads((out / "family-flop.json").read_text())
-    reached, unreached = family["members"]
+    assert "FLOP towards 20.3% FFN parameter sparsity (6 steps)" in printed
+    assert "of the 20.3% it aimed at, predicted 1.1" in printed and "not saved (train longer: --flop-steps)" in printed
+    assert "unreachable with flop" in printed
+    short, unreached = json.loads((out / "family-flop.json").read_text())["members"]
+    assert not short["reachable"] and short["path"] is None and not list(out.glob("flop-1.2x*"))
     assert not unreached["reachable"] and unreached["max_speedup"] == pytest.approx(most, rel=1e-3)
-    shape = ModelShape.from_model(load_model(reached["path"]))
-    assert shape.has_ranks and shape.to_json() == reached["shape"]
-    assert reached["predicted_speedup"] == pytest.approx(table.speedup(shape), rel=1e-3)
-    manifest = json.loads((Path(reached["path"]) / "manifest.json").read_text())
-    assert manifest["method"] == "flop" and manifest["options"]["windows"] == 8 and manifest["options"]["flop_steps"] == 6
 
     _fails(capsys, base + ["--table", str(root / "plain.json"), "--targets", "1.1", "--out", str(tmp_path / "x")],
            "has no low-rank entries")
@@ -261,10 +277,33 @@ def test_flop_is_a_pruning_method_with_speedup_targets(flop_dirs, capsys, tmp_pa
     with pytest.raises(UserError, match="has no low-rank entries"):
         run_pipeline(spec, tmp_path / "p", log=lambda s: None, progress=False)
     assert not (tmp_path / "p").exists()
-    # the same method from a pipeline file: its table's low-rank entries predict the member
-    ok = PipelineSpec(model=str(root / "dense"), profile=ProfileSpec(table=str(tmp_path / "cheap.json")),
-                      prune=PruneSpec(method="flop", targets=(1.01,), calib=str(root / "text.txt"), windows=8,
-                                      seq_len=16, flop_steps=6), export=None, verify=None, report=False)
-    result = run_pipeline(ok, tmp_path / "q", log=lambda s: None, progress=False)
-    (member,) = result.members
-    assert member["reachable"] and ModelShape.from_json(member["shape"]).has_ranks
+    # the same method from a pipeline file, trained long enough to reach the target: the member is predicted from
+    # the ranks it ended with, its manifest records the calibration (verify's held-out windows) and the steps
+    ok = PipelineSpec(model=str(root / "dense"), profile=ProfileSpec(table=str(root / "table.json")),
+                      prune=PruneSpec(method="flop", targets=(1.2,), calib=str(root / "text.txt"), windows=8,
+                                      seq_len=16, flop_steps=100), export=None, verify=None, report=False)
+    (member,) = run_pipeline(ok, tmp_path / "q", log=lambda s: None, progress=False).members
+    shape = ModelShape.from_model(load_model(member["path"]))
+    assert member["reachable"] and shape.has_ranks and shape.to_json() == member["shape"]
+    assert member["predicted_speedup"] == pytest.approx(table.speedup(shape), rel=1e-3) and table.speedup(shape) >= 1.19
+    manifest = json.loads((Path(member["path"]) / "manifest.json").read_text())
+    assert manifest["method"] == "flop" and manifest["options"]["windows"] == 8 and manifest["options"]["flop_steps"] == 100
+    # flop's steps belong to flop
+    capsys.readouterr()
+    _fails(capsys, ["prune", "--model", str(root / "dense"), "--calib", str(root / "text.txt"), "--table",
+                    str(root / "table.json"), "--flop-steps", "5", "--out", str(tmp_path / "z")],
+           "flop_steps is for --method flop, not ziplm")
+    with pytest.raises(UserError, match="prune.flop_steps is for method flop, not ziplm"):
+        PruneSpec(flop_steps=5)
+
+
+def test_flop_refuses_an_encoder(tmp_path):
+    from families import linear_table
+    from ziplm_deploy.core.table import LatencyTable
+    from ziplm_deploy.prune.family import METHOD_REGISTRY
+    from ziplm_deploy.prune.search import LatencyModel
+
+    save_model(tiny_model("bert"), tmp_path / "bert")
+    linear_table(tmp_path / "bert", tmp_path / "t.json")
+    with pytest.raises(UserError, match="flop trains with the causal LM loss, and a bert model is not a decoder"):
+        METHOD_REGISTRY["flop"].check(LatencyModel.of_table(LatencyTable.load(tmp_path / "t.json")))

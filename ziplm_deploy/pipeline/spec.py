@@ -3,7 +3,8 @@
     model: path/to/dense-model            # Hugging Face directory
     profile: {table: profiles/x.json}     # or measure: {runtime: ort-cpu, seq: 128, threads: 1, ...}
     prune: {method: ziplm, targets: [1.5, 2, 3], calib: wikipedia, windows: 32}
-    # method: magnitude | uniform | layerchop | flop (flop: FFN ranks by FLOP, flop_steps: 200; needs profile.rank_step)
+    # method: magnitude | uniform | layerchop | flop (FFN ranks by FLOP, flop_steps: 200; needs a table with low-rank
+    # entries: profile.rank_step: 32, or a profile.table measured with --rank-step)
     # or budget a generation workload instead of the profile stage's table (no profile section then):
     # prune: {workload_tables: tables/workload.json, budget: e2e, targets: [1.5, 2]}   # budget: e2e | ttft | decode
     distill: {data: wikipedia, steps: 200}   # optional: train every pruned model (KD from the dense one)
@@ -48,8 +49,6 @@ class ProfileSpec:
     def __post_init__(self) -> None:
         from ..core.fingerprint import is_precision_label
 
-        if self.rank_step is not None and self.rank_step < 1:
-            raise UserError(f"profile.rank_step must be >= 1, got {self.rank_step}", "e.g. profile.rank_step: 32")
         if not isinstance(self.precision, str) or not is_precision_label(self.precision):
             raise UserError(f"profile.precision {self.precision!r} is not a precision label",
                             "use fp32, or int8-dynamic or int8-static with recipe options (e.g. int8-dynamic/fp32-embed)")
@@ -79,7 +78,7 @@ class PruneSpec:
     flop_steps: int | None = None  # method flop: training steps per target (None: 200)
 
     def __post_init__(self) -> None:
-        from ..prune.family import ATTENTION_LEVELS, COSTS, METHODS
+        from ..prune.family import ATTENTION_LEVELS, COSTS, METHOD_REGISTRY, METHODS
         from ..prune.search import BUDGETS
 
         if self.method not in METHODS:
@@ -91,8 +90,8 @@ class PruneSpec:
                             f"choose one of: {', '.join(ATTENTION_LEVELS)}")
         if self.budget is not None and self.budget not in BUDGETS:
             raise UserError(f"prune.budget {self.budget!r} is unknown", f"choose one of: {', '.join(BUDGETS)}")
-        if self.flop_steps is not None and self.flop_steps < 1:
-            raise UserError(f"prune.flop_steps must be >= 1, got {self.flop_steps}")
+        if self.flop_steps is not None and not METHOD_REGISTRY[self.method].factorises:
+            raise UserError(f"prune.flop_steps is for method flop, not {self.method}", "drop prune.flop_steps")
         if self.budget is not None and self.workload_tables is None:
             raise UserError("prune.budget needs prune.workload_tables (the profile stage's table has one latency)",
                             "add prune.workload_tables, or drop prune.budget")
@@ -319,10 +318,10 @@ def _value(tp: Any, value: Any, key: str, source: str) -> Any:
 # Lower bounds of numeric options, by key path (list indices dropped): (bound, strictly above it).
 _LOWER = {
     "profile.batch": (1, False), "profile.seq": (1, False), "profile.threads": (0, False),
-    "profile.ffn_step": (1, False), "profile.rounds": (1, False),
+    "profile.ffn_step": (1, False), "profile.rounds": (1, False), "profile.rank_step": (1, False),
     "prune.targets": (1, False), "prune.windows": (1, False), "prune.seq_len": (8, False), "prune.seed": (0, False),
     "prune.ffn_step": (1, False), "prune.damp": (0, False), "prune.spdy_samples": (0, False),
-    "prune.probe_windows": (1, False),
+    "prune.probe_windows": (1, False), "prune.flop_steps": (1, False),
     "distill.lr": (0, True), "distill.warmup": (0, False), "distill.grad_accum": (1, False),
     "distill.temperature": (0, True), "distill.kd_weight": (0, False), "distill.hidden_weight": (0, False),
     "distill.task_weight": (0, False), "distill.eval_windows": (1, False), "distill.save_every": (0, False),

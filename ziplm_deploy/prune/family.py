@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..core.arch import SHAPE_CONFIG_KEY, arch_from_dir, read_model_config
 from ..core.checks import check_output_path, integer, mapping, number, sweep_temporaries, typed
@@ -65,7 +65,7 @@ class PruneConfig:
     cost: str = "sensitivity"  # ziplm: what the search minimises: measured end-to-end sensitivity, or the OBS loss
     probe_windows: int = 2  # ziplm --cost sensitivity: calibration windows each probe is scored on (2, 4, 8 within noise)
     attention_levels: str = "heads-in-groups"  # ziplm, GQA: query heads within kept KV groups, or whole KV groups only
-    flop_steps: int | None = None  # flop: training steps per target (None: 200)
+    flop_steps: int | None = None  # flop: training steps per target (default 200; other methods: None)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -92,6 +92,11 @@ class PruneConfig:
         if self.flop_steps is not None and (isinstance(self.flop_steps, bool) or not isinstance(self.flop_steps, int)
                                             or self.flop_steps < 1):
             raise UserError(f"flop_steps must be a positive integer, got {self.flop_steps!r}")
+        trains = METHOD_REGISTRY[self.method].factorises
+        if self.flop_steps is not None and not trains:
+            raise UserError(f"flop_steps is for --method flop, not {self.method}", "drop --flop-steps")
+        if trains and self.flop_steps is None:
+            object.__setattr__(self, "flop_steps", 200)
 
 
 def _finite(x: Any) -> bool:
@@ -347,7 +352,8 @@ def prune_family(model_dir: str | os.PathLike, table: LatencyTable | LatencyMode
         if c.reachable:
             _produce_member(run, report, member, c, baseline_ms, tokenizer, options, arch.is_decoder)
         else:
-            log(f"  target {target:g}x: unreachable with {config.method} (max predicted speedup {member.max_speedup:.2f}x)")
+            log(f"  target {target:g}x: " + (c.why or f"unreachable with {config.method} (max predicted speedup "
+                                                       f"{member.max_speedup:.2f}x)"))
         report.members.append(member)
     report.seconds = round(time.perf_counter() - started, 1)
     atomic_write_json(out / f"family-{config.method}.json", report.to_json())
@@ -472,8 +478,9 @@ class Candidate:
     max_speedup: float
     shape: ModelShape | None = None
     predicted_ms: float = 0.0
-    loss: float = 0.0  # what the method minimised (search loss; LayerChop: layers dropped)
-    build: Callable[[], Any] | None = None  # the pruned model, from a fresh copy of the dense one
+    loss: float = 0.0  # what the method minimised (search loss; LayerChop: layers dropped; FLOP: final LM loss)
+    build: Callable[[], Any] | None = None  # the pruned model (a fresh copy of the dense one; FLOP: the trained one)
+    why: str = ""  # an unreachable target's reason, when it is not the maximum speedup
 
 
 @dataclass(frozen=True)
@@ -546,10 +553,12 @@ def _solve_magnitude(run: Run) -> list[Candidate]:
             if r.reachable else Candidate(r.target, False, r.max_speedup) for r in results]
 
 
-def _solve_flop(run: Run) -> list[Candidate]:
+def _solve_flop(run: Run) -> Iterator[Candidate]:
     """FLOP aimed at each target: the FFN parameter sparsity the table predicts for it (``distill.flop.
     sparsity_for_speedup``), then FLOP trained towards it on the calibration windows. Trained here, not in
-    ``build``: the member's shape (its ranks) is known only after training."""
+    ``build`` (the member's ranks are known only after training), one target at a time (each member is saved
+    before the next trains). FLOP's penalty budgets parameters, not time: a member predicted slower than its
+    target is reported as not reached, with what it reached."""
     import copy
 
     from tqdm import tqdm
@@ -559,23 +568,30 @@ def _solve_flop(run: Run) -> list[Candidate]:
 
     config, latency = run.config, run.latency
     roles = tuple(adapter_for(run.dense).ffn_linear_paths)
-    out = []
-    for t in run.targets:
+    dense_ms = latency.predict(latency.dense_shape())
+    for asked, t in zip(config.targets, run.targets):
         sparsity, most = sparsity_for_speedup(latency, roles, t)
-        if sparsity is None:
-            out.append(Candidate(t, False, most))
+        if sparsity is None or t <= 1.0:  # out of reach, or the table's own dense model (quantized) already meets it
+            yield (Candidate(t, False, most) if sparsity is None else
+                   Candidate(t, True, most, latency.dense_shape(), dense_ms, 0.0, _builder(run.dense, latency.dense_shape())))
             continue
-        steps = config.flop_steps or 200
-        run.log(f"  target {t:g}x: FLOP towards {sparsity:.1%} FFN parameter sparsity ({steps} steps)")
+        run.log(f"  target {asked:g}x: FLOP towards {sparsity:.1%} FFN parameter sparsity ({config.flop_steps} steps)")
         model = copy.deepcopy(run.dense)
-        with tqdm(total=steps, desc=f"flop {t:g}x", unit="step", leave=False, disable=not run.progress) as bar:
-            result = flop_prune(model, run.windows, FlopConfig(target=sparsity, steps=steps, seed=config.seed),
-                                log=lambda row: bar.update(1))
-        model.eval()
+        with tqdm(total=config.flop_steps, desc=f"flop {asked:g}x", unit="step", leave=False,
+                  disable=not run.progress) as bar:
+            result = flop_prune(model, run.windows, FlopConfig(target=sparsity, steps=config.flop_steps,
+                                                               seed=config.seed), log=lambda row: bar.update(1))
+        model.eval().requires_grad_(False)
+        model.zero_grad(set_to_none=True)
         shape = adapter_for(model).shape_of(model)
-        out.append(Candidate(t, True, most, shape, latency.predict(shape), result.history[-1]["task"],
-                             lambda model=model: model))
-    return out
+        predicted = latency.predict(shape)
+        if dense_ms / predicted < t * 0.995:
+            yield Candidate(t, False, most, why=f"FLOP reached {result.sparsity(model):.1%} FFN parameter sparsity of "
+                            f"the {sparsity:.1%} it aimed at, predicted {dense_ms / predicted:.3f}x of the table's "
+                            f"{t:.3f}x: not saved (train longer: --flop-steps)")
+            continue
+        recent = [row["task"] for row in result.history[-10:]]
+        yield Candidate(t, True, most, shape, predicted, sum(recent) / len(recent), lambda model=model: model)
 
 
 def _needs_nothing(latency: LatencyModel) -> None:
@@ -583,9 +599,18 @@ def _needs_nothing(latency: LatencyModel) -> None:
 
 
 def _check_flop(latency: LatencyModel) -> None:
-    """FLOP's members have factorised FFN Linears: every table must have low-rank entries (refused before work)."""
-    for _, table in latency.terms:
+    """FLOP trains a causal LM and its members have factorised FFN Linears: refused before work for an encoder,
+    or when a table (every table of a workload: the member's record predicts them all) has no low-rank entries of
+    either direction."""
+    if not latency.arch.is_decoder:
+        raise UserError(f"flop trains with the causal LM loss, and a {latency.arch.family} model is not a decoder",
+                        "use another --method")
+    tables = [t for _, t in latency.terms] if latency.tables is None else [latency.tables.prefill,
+                                                                          *latency.tables.decode]
+    for table in tables:
         table.check_predicts_ranks(latency.dense_shape())
+        for kind in ("in", "out"):
+            table.lowrank_ms(kind, 1)
 
 
 @dataclass(frozen=True)
@@ -593,7 +618,7 @@ class Method:
     """A pruning method as ``prune_family`` runs it: ``check`` refuses, before any model is loaded, a latency model
     it cannot use; ``solve`` turns a ``Run`` into one ``Candidate`` per target."""
 
-    solve: Callable[[Run], list[Candidate]]
+    solve: Callable[[Run], Iterable[Candidate]]
     check: Callable[[LatencyModel], None] = _needs_nothing
     factorises: bool = False  # its members have low-rank FFN Linears: a measured table needs --rank-step
 

@@ -49,8 +49,9 @@ def plan_quality(paths: dict[str, str], kinds: dict[str, str], opts: VerifyOptio
     manifest = ModelManifest.load(manifest_file)
     options = manifest.options
     data = options.get("data")
-    if manifest.method not in METHODS or data is None or "windows" not in options:
-        return QualityPlan("none")  # only prune runs draw calibration windows of their data (`flop` has its own split)
+    own_split = manifest.method == "flop" and "windows" not in options  # the `flop` command's, not `prune --method flop`
+    if manifest.method not in METHODS or data is None or own_split:  # only prune runs draw calibration windows
+        return QualityPlan("none")
     values = {k: options.get(k) for k in ("seq_len", "windows", "seed")}
     bad = [f"options.{k} is {v!r}" for k, v in values.items()
            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "seed" else 1)]
